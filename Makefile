@@ -1,0 +1,53 @@
+# Two commands do all the set-up on a fresh machine (only Python needed):
+#   make demo   - create .venv, install, run the whole path on the embedded stack
+#   make test   - create .venv if missing, lint, type-check, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DATASETS ?= ../shared/datasets
+NOTES  ?= 300
+
+.PHONY: venv demo test lint typecheck unit models evaluate bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first: pinned 2.13.0 resolves to the CPU build on this machine's disk, not a multi-GB CUDA download
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/ehrstream demo --notes $(NOTES) --datasets $(DATASETS)
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+# Retrain the shipped default models (GPU if present, CPU otherwise). Hyper-parameters were chosen on the
+# dev splits with tools/train_sweep.sh; test splits are only read by `make evaluate`.
+models: venv
+	$(BIN)/ehrstream train --task disease --data $(DATASETS)/ncbi_disease/train.conll.tsv --dev $(DATASETS)/ncbi_disease/devel.conll.tsv \
+		--max-length 128 --epochs 15 --lora-r 16 --learning-rate 5e-4 --out models/disease
+	$(BIN)/ehrstream train --task condition --data $(DATASETS)/medical_abstracts/train.csv --dev $(DATASETS)/medical_abstracts/dev.csv \
+		--max-length 256 --epochs 8 --lora-r 16 --learning-rate 5e-4 --out models/condition
+
+evaluate: venv
+	$(BIN)/ehrstream evaluate --task disease --data $(DATASETS)/ncbi_disease/test.conll.tsv --json
+	$(BIN)/ehrstream evaluate --task condition --data $(DATASETS)/medical_abstracts/test.csv --json
+
+bench: venv
+	$(BIN)/python benchmarks/codec_bench.py
+
+clean:
+	rm -rf $(VENV) .ehrstream .pytest_cache .ruff_cache .mypy_cache

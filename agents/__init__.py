@@ -1,0 +1,1 @@
+"""The Faust agents and the model runners they drive."""

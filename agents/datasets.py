@@ -1,0 +1,143 @@
+"""Reading labelled examples: the shipped corpora's formats and ehrstream's JSONL.
+
+Every NER source becomes text plus character spans, so one alignment routine serves
+CoNLL files, JSONL exports and reviewed rows from ClickHouse alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agents.errors import TrainingDataError
+
+
+@dataclass(frozen=True)
+class ClassificationExample:
+    text: str
+    label: str
+
+
+@dataclass(frozen=True)
+class NerExample:
+    text: str
+    #: (start, end, label) character spans, text[start:end] is the mention
+    spans: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+Example = ClassificationExample | NerExample
+
+
+def read_medical_abstracts(path: Path) -> list[ClassificationExample]:
+    """``condition_label,medical_abstract`` CSV; label names from ``labels.csv`` beside it."""
+    names_file = path.parent / "labels.csv"
+    names: dict[str, str] = {}
+    if names_file.exists():
+        with names_file.open(newline="", encoding="utf-8") as fh:
+            names = {row["condition_label"]: row["condition_name"] for row in csv.DictReader(fh)}
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "medical_abstract" not in rows[0]:
+        raise TrainingDataError(str(path), "expected columns condition_label,medical_abstract")
+    return [ClassificationExample(r["medical_abstract"], names.get(r["condition_label"], r["condition_label"])) for r in rows]
+
+
+def read_conll(path: Path) -> list[NerExample]:
+    """``token<TAB>BIO-tag`` lines, blank line between sentences; tokens joined by single spaces."""
+    examples: list[NerExample] = []
+    tokens: list[tuple[str, str]] = []
+
+    def flush() -> None:
+        if not tokens:
+            return
+        text_parts: list[str] = []
+        spans: list[tuple[int, int, str]] = []
+        pos = 0
+        open_span: list = []  # type: ignore[type-arg]
+        for token, tag in tokens:
+            start = pos
+            text_parts.append(token)
+            pos += len(token)
+            if tag.startswith("B-") or (tag.startswith("I-") and (not open_span or open_span[2] != tag[2:])):
+                if open_span:
+                    spans.append((open_span[0], open_span[1], open_span[2]))
+                open_span = [start, pos, tag[2:]]
+            elif tag.startswith("I-"):
+                open_span[1] = pos
+            else:
+                if open_span:
+                    spans.append((open_span[0], open_span[1], open_span[2]))
+                open_span = []
+            pos += 1
+        if open_span:
+            spans.append((open_span[0], open_span[1], open_span[2]))
+        examples.append(NerExample(" ".join(text_parts), spans))
+        tokens.clear()
+
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                flush()
+                continue
+            parts = line.split("\t")
+            if len(parts) < 2:
+                raise TrainingDataError(f"{path}:{line_no}", "expected token<TAB>tag")
+            tokens.append((parts[0], parts[-1]))
+    flush()
+    return examples
+
+
+def read_jsonl(path: Path, kind: str) -> list[Example]:
+    """ehrstream JSONL: ``{"text", "label"}`` (classification) or ``{"text", "entities": [{"start","end","label"}]}``."""
+    out: list[Example] = []
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                text = obj["text"]
+                if kind == "classification":
+                    out.append(ClassificationExample(text, str(obj["label"])))
+                else:
+                    spans = [(int(e["start"]), int(e["end"]), str(e["label"])) for e in obj.get("entities", [])]
+                    for start, end, _ in spans:
+                        if not 0 <= start < end <= len(text):
+                            raise TrainingDataError(f"{path}:{line_no}", f"span {start}-{end} outside the text")
+                    out.append(NerExample(text, spans))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise TrainingDataError(f"{path}:{line_no}", f"bad record ({type(exc).__name__}: {exc})") from None
+    return out
+
+
+def read_examples(path: Path, kind: str) -> list[Example]:
+    """Pick the reader by file name: ``*.conll*``, ``*.csv`` (medical_abstracts layout), else JSONL."""
+    if not path.exists():
+        raise TrainingDataError(str(path), "no such file")
+    if ".conll" in path.name:
+        examples: Sequence[Example] = read_conll(path)
+    elif path.suffix == ".csv":
+        examples = read_medical_abstracts(path)
+    else:
+        examples = read_jsonl(path, kind)
+    if not examples:
+        raise TrainingDataError(str(path), "no examples")
+    wanted = ClassificationExample if kind == "classification" else NerExample
+    if not isinstance(examples[0], wanted):
+        raise TrainingDataError(str(path), f"holds {type(examples[0]).__name__}s, task kind is {kind}")
+    return list(examples)
+
+
+def data_hash(examples: Iterable[Example]) -> str:
+    """sha256 over the examples' content, in order: the exact training data a model saw."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        payload = {"text": ex.text, "label": ex.label} if isinstance(ex, ClassificationExample) else {"text": ex.text, "spans": ex.spans}
+        digest.update(json.dumps(payload, sort_keys=True).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()

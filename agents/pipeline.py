@@ -1,0 +1,139 @@
+"""One micro-batch of raw notes in, the records to produce out.
+
+This is everything the extraction agent does between receiving a batch and sending
+its results, kept free of Faust so it runs in a worker thread (off the event loop)
+and can be tested directly: decode each record (bad ones become DeadLetters), run
+every configured task over the good notes in one batch per task, route each note,
+and encode an Extraction (and a ReviewTask when needed) per note.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from agents.runners import ModelRunner, TaskOutput
+from schemas._base import utc_now
+from schemas.clinical_note import ClinicalNote
+from schemas.codec import codec_for, decode_note
+from schemas.dead_letter import DeadLetter, ErrorKind
+from schemas.errors import RecordError
+from schemas.extraction import Extraction
+from schemas.review_task import ReviewTask
+from streams.routing import RoutingPolicy
+from streams.settings import TopicSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InRecord:
+    value: bytes
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+@dataclass
+class BatchResult:
+    records: list[OutRecord] = field(default_factory=list)
+    extracted: int = 0
+    auto_accepted: int = 0
+    routed_to_review: int = 0
+    dead_lettered: int = 0
+    #: seconds per stage, for metrics and the benchmark
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+def dead_letter(record: InRecord, kind: ErrorKind, message: str, stage: str) -> DeadLetter:
+    return DeadLetter(
+        raw=bytes(record.value), key=record.key, error_kind=kind, message=message,
+        source_topic=record.topic, source_partition=record.partition, source_offset=record.offset,
+        stage=stage, failed_at=utc_now(),
+    )
+
+
+class ExtractionPipeline:
+    def __init__(self, runners: Sequence[ModelRunner], policy: RoutingPolicy, topics: TopicSettings, max_note_bytes: int) -> None:
+        self.runners = list(runners)
+        self.policy = policy
+        self.topics = topics
+        self.max_note_bytes = max_note_bytes
+        self._extraction_codec = codec_for(Extraction)
+        self._review_codec = codec_for(ReviewTask)
+        self._dead_codec = codec_for(DeadLetter)
+
+    def process(self, records: Sequence[InRecord]) -> BatchResult:
+        result = BatchResult()
+        started = time.perf_counter()
+        notes: list[tuple[InRecord, ClinicalNote]] = []
+        for record in records:
+            try:
+                notes.append((record, decode_note(record.value, self.max_note_bytes)))
+            except RecordError as exc:
+                self._dead(result, record, exc.kind, exc.message)
+        result.stage_seconds["decode"] += time.perf_counter() - started
+        if notes:
+            outputs = self._infer(result, notes)
+            self._emit(result, notes, outputs)
+        return result
+
+    def _infer(self, result: BatchResult, notes: list[tuple[InRecord, ClinicalNote]]) -> list[list[TaskOutput] | None]:
+        """Every task over the batch; a failing batch is retried note by note so one bad note cannot sink the rest."""
+        texts = [note.text for _, note in notes]
+        started = time.perf_counter()
+        try:
+            per_task = [runner(texts) for runner in self.runners]
+            outputs: list[list[TaskOutput] | None] = [list(row) for row in zip(*per_task, strict=True)] if per_task else [[] for _ in notes]
+        except Exception:
+            log.exception("inference failed for a batch of %d notes; retrying one by one", len(notes))
+            outputs = []
+            for record, note in notes:
+                try:
+                    outputs.append([runner([note.text])[0] for runner in self.runners])
+                except Exception as exc:
+                    log.error("inference failed for %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
+                    outputs.append(None)
+        result.stage_seconds["infer"] += time.perf_counter() - started
+        return outputs
+
+    def _emit(self, result: BatchResult, notes: list[tuple[InRecord, ClinicalNote]], outputs: list[list[TaskOutput] | None]) -> None:
+        started = time.perf_counter()
+        now = utc_now()
+        for (record, note), task_outputs in zip(notes, outputs, strict=True):
+            if task_outputs is None:
+                self._dead(result, record, ErrorKind.processing_error, "model inference failed for this note")
+                continue
+            status, reasons = self.policy.route([d for out in task_outputs for d in out.decisions])
+            extraction = Extraction(
+                note_id=note.note_id, revision=0, patient_id=note.patient_id, encounter_id=note.encounter_id,
+                note_type=note.note_type, source=note.source, created_at=note.created_at, text=note.text,
+                status=status, results=[out.result for out in task_outputs], processed_at=now,
+            )
+            key = note.note_id.encode("utf-8")
+            result.records.append(OutRecord(self.topics.extractions, key, self._extraction_codec.encode(extraction)))
+            result.extracted += 1
+            if reasons:
+                task = ReviewTask(note_id=note.note_id, revision=0, note_type=note.note_type, created_at=now, reasons=reasons)
+                result.records.append(OutRecord(self.topics.review, key, self._review_codec.encode(task)))
+                result.routed_to_review += 1
+            else:
+                result.auto_accepted += 1
+        result.stage_seconds["encode"] += time.perf_counter() - started
+
+    def _dead(self, result: BatchResult, record: InRecord, kind: ErrorKind, message: str) -> None:
+        log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, kind.value)
+        letter = dead_letter(record, kind, message, stage="worker")
+        result.records.append(OutRecord(self.topics.deadletter, record.key, self._dead_codec.encode(letter)))
+        result.dead_lettered += 1

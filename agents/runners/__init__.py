@@ -1,0 +1,18 @@
+"""Model runners: text in, task results and routing decisions out."""
+
+import torch
+
+from agents.model_dir import LoadedModel
+from agents.runners.base import Decision, ModelRunner, TaskOutput
+from agents.runners.classification import ClassificationRunner
+from agents.runners.ner import NerRunner
+
+__all__ = ["ClassificationRunner", "Decision", "ModelRunner", "NerRunner", "TaskOutput", "build_runner"]
+
+
+def build_runner(task: str, loaded: LoadedModel, batch_size: int = 32, device: str = "auto", dtype: torch.dtype | None = None) -> ModelRunner:
+    """The runner for a loaded model's kind."""
+    from schemas.extraction import TaskKind
+
+    cls = NerRunner if loaded.kind is TaskKind.ner else ClassificationRunner
+    return cls(task, loaded, batch_size=batch_size, device=device, dtype=dtype)

@@ -1,0 +1,163 @@
+"""Avro single-object encoding for every model, and the notes topic's decoder.
+
+Wire format (Avro specification, "Single-object encoding"): the two marker bytes
+``C3 01``, the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's
+parsing canonical form, then the Avro binary body. A reader looks the fingerprint
+up among the schemas it knows, so no registry is needed. The notes topic also
+accepts a JSON object validated by :class:`~schemas.clinical_note.ClinicalNote`.
+
+fastavro does the binary work: it measured about 6x faster than the reference
+``avro`` package on a 2 KB note (``benchmarks/codec_bench.py``); the tests check
+both produce the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from functools import cache
+from importlib import resources
+from typing import Any, Generic, TypeVar
+
+import fastavro
+import fastavro.schema
+from pydantic import ValidationError
+
+from schemas._base import AvroModel
+from schemas.clinical_note import ClinicalNote
+from schemas.dead_letter import ErrorKind
+from schemas.errors import RecordError
+
+MARKER = b"\xc3\x01"
+HEADER_SIZE = len(MARKER) + 8
+
+M = TypeVar("M", bound=AvroModel)
+
+_EMPTY64 = 0xC15D213AA4D7A795
+
+
+@cache
+def _rabin_table() -> tuple[int, ...]:
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_EMPTY64 & -(fp & 1))
+        table.append(fp)
+    return tuple(table)
+
+
+def rabin_fingerprint(canonical_form: str) -> bytes:
+    """CRC-64-AVRO of a parsing canonical form, as the 8 little-endian bytes the wire carries."""
+    table = _rabin_table()
+    fp = _EMPTY64
+    for byte in canonical_form.encode("utf-8"):
+        fp = (fp >> 8) ^ table[(fp ^ byte) & 0xFF]
+    return fp.to_bytes(8, "little")
+
+
+def schema_text(file_name: str) -> str:
+    """The ``.avsc`` file shipped beside the models."""
+    return resources.files("schemas").joinpath(file_name).read_text(encoding="utf-8")
+
+
+def validation_summary(error: ValidationError) -> str:
+    """Which fields failed and why, without the values (they may be PHI)."""
+    parts = []
+    for item in error.errors(include_input=False, include_url=False, include_context=False):
+        where = ".".join(str(p) for p in item["loc"]) or "<record>"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+class AvroCodec(Generic[M]):
+    """Encodes one model type to single-object Avro and decodes it back.
+
+    ``writer_schemas`` adds older versions of the schema (JSON text) that may still be
+    on a topic: records written with them are read and resolved to the current one.
+    """
+
+    def __init__(self, model: type[M], writer_schemas: Iterable[str] = ()) -> None:
+        self.model = model
+        self.schema = self._parse(schema_text(model.avro_schema))
+        self.canonical_form = fastavro.schema.to_parsing_canonical_form(self.schema)
+        self.fingerprint = rabin_fingerprint(self.canonical_form)
+        self.header = MARKER + self.fingerprint
+        self._writers: dict[bytes, Any] = {self.fingerprint: self.schema}
+        for text in writer_schemas:
+            parsed = self._parse(text)
+            fp = rabin_fingerprint(fastavro.schema.to_parsing_canonical_form(parsed))
+            self._writers[fp] = parsed
+
+    @staticmethod
+    def _parse(text: str) -> Any:
+        return fastavro.schema.parse_schema(json.loads(text), _write_hint=False)
+
+    def encode(self, obj: M) -> bytes:
+        out = io.BytesIO()
+        out.write(self.header)
+        fastavro.schemaless_writer(out, self.schema, obj.model_dump())
+        return out.getvalue()
+
+    def decode(self, data: bytes) -> M:
+        """Decode one record; raises :class:`RecordError` with a dead-letter kind."""
+        if len(data) < HEADER_SIZE or data[:2] != MARKER:
+            raise RecordError(ErrorKind.invalid_avro, "not Avro single-object encoding (no C3 01 marker)")
+        writer = self._writers.get(bytes(data[2:HEADER_SIZE]))
+        if writer is None:
+            raise RecordError(
+                ErrorKind.unknown_schema,
+                f"unknown writer schema fingerprint {bytes(data[2:HEADER_SIZE]).hex()} for {self.model.__name__}",
+            )
+        buf = io.BytesIO(data)
+        buf.seek(HEADER_SIZE)
+        try:
+            record = fastavro.schemaless_reader(buf, writer, self.schema)
+        except Exception as exc:  # fastavro raises many types on truncated or corrupt input
+            raise RecordError(ErrorKind.invalid_avro, f"corrupt Avro body: {type(exc).__name__}") from None
+        if buf.tell() != len(data):
+            raise RecordError(ErrorKind.invalid_avro, f"{len(data) - buf.tell()} trailing bytes after the record")
+        try:
+            return self.model.model_validate(record)
+        except ValidationError as exc:
+            raise RecordError(ErrorKind.validation_error, validation_summary(exc)) from None
+
+
+@cache
+def codec_for(model: type[M]) -> AvroCodec[M]:
+    """The one codec per model type, built on first use."""
+    return AvroCodec(model)
+
+
+def decode_note(data: bytes, max_bytes: int) -> ClinicalNote:
+    """A ClinicalNote from the notes topic: Avro single-object encoding or a JSON object.
+
+    Raises :class:`RecordError` (kind and a PHI-free message) for anything else: an
+    oversized record, bytes that are neither, JSON that fails validation, empty text.
+    """
+    if len(data) > max_bytes:
+        raise RecordError(ErrorKind.oversized, f"record is {len(data)} bytes, limit is {max_bytes}")
+    if data[:2] == MARKER:
+        note = codec_for(ClinicalNote).decode(data)
+    else:
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecordError(ErrorKind.undecodable, f"neither Avro nor UTF-8 JSON (bad byte at {exc.start})") from None
+        stripped = text.lstrip()
+        if not stripped.startswith("{"):
+            raise RecordError(ErrorKind.undecodable, "neither Avro single-object encoding nor a JSON object")
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecordError(ErrorKind.invalid_json, f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        if not isinstance(obj, dict):
+            raise RecordError(ErrorKind.invalid_json, "JSON value is not an object")
+        try:
+            note = ClinicalNote.model_validate(obj)
+        except ValidationError as exc:
+            raise RecordError(ErrorKind.validation_error, validation_summary(exc)) from None
+    if not note.text.strip():
+        raise RecordError(ErrorKind.empty_text, "note text is empty or whitespace only")
+    return note

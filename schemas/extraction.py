@@ -1,0 +1,69 @@
+"""Extraction: every task's result for one note (mirrors extraction.avsc)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas._base import AvroModel, TimestampMillis
+
+
+class ExtractionStatus(StrEnum):
+    auto_accepted = "auto_accepted"
+    pending_review = "pending_review"
+    reviewed = "reviewed"
+
+
+class TaskKind(StrEnum):
+    classification = "classification"
+    ner = "ner"
+
+
+class DocumentLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str
+    probability: float = Field(ge=0.0, le=1.0)
+
+
+class Entity(BaseModel):
+    """A span of the note's text: ``text == note.text[start:end]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    text: str
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
+class TaskResult(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str
+    kind: TaskKind
+    model_name: str
+    model_version: str
+    #: classification: every label with its probability, most probable first
+    labels: list[DocumentLabel] = Field(default_factory=list)
+    #: ner: entity spans in text order
+    entities: list[Entity] = Field(default_factory=list)
+
+
+class Extraction(AvroModel):
+    avro_schema: ClassVar[str] = "extraction.avsc"
+
+    note_id: str
+    revision: int = 0
+    patient_id: str
+    encounter_id: str | None = None
+    note_type: str
+    source: str
+    created_at: TimestampMillis
+    text: str
+    status: ExtractionStatus
+    results: list[TaskResult]
+    processed_at: TimestampMillis

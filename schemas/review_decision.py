@@ -1,0 +1,41 @@
+"""ReviewDecision: a reviewer's verdict on one note (mirrors review_decision.avsc)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas._base import AvroModel, TimestampMillis
+
+
+class ChangeAction(StrEnum):
+    accept = "accept"
+    reject_span = "reject_span"
+    add_span = "add_span"
+    relabel_span = "relabel_span"
+    set_document_label = "set_document_label"
+
+
+class Change(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str
+    action: ChangeAction
+    #: JSON of the span or label before the change (None when added)
+    before: str | None = None
+    #: JSON of the span or label after the change (None when removed)
+    after: str | None = None
+
+
+class ReviewDecision(AvroModel):
+    avro_schema: ClassVar[str] = "review_decision.avsc"
+
+    decision_id: str
+    note_id: str
+    base_revision: int
+    reviewer_id: str
+    decided_at: TimestampMillis
+    changes: list[Change]
+    comment: str | None = None

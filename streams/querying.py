@@ -1,0 +1,42 @@
+"""``ehrstream query``: one way in for analysts, whatever runs underneath."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.errors import SinkError
+from streams.settings import Settings
+from streams.sink.backend import QueryResult, open_backend
+from streams.sink.query_server import check_read_only, remote_query, running_endpoint
+
+
+def run_query(settings: Settings, sql: str, parameters: dict[str, Any] | None, allow_writes: bool = False) -> QueryResult:
+    """Server mode: clickhouse-connect. Embedded: the running sink's endpoint, else chdb opened here."""
+    if not allow_writes:
+        check_read_only(sql)
+    if settings.embedded_clickhouse:
+        endpoint = running_endpoint(settings.data_dir)
+        if endpoint is not None:
+            return remote_query(endpoint, sql, parameters, allow_writes)
+        if not (settings.data_dir / "chdb").exists():
+            raise SinkError("query", f"no embedded database under {settings.data_dir} (run `ehrstream demo` or `ehrstream up` first)")
+    backend = open_backend(settings)
+    try:
+        return backend.query(sql, parameters)
+    finally:
+        backend.close()
+
+
+def format_table(result: QueryResult, max_width: int = 60) -> str:
+    def cell(value: Any) -> str:
+        text = "NULL" if value is None else str(value)
+        text = text.replace("\n", " ")
+        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+    rows = [[cell(v) for v in row] for row in result.rows]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(result.columns)]
+    line = "+".join("-" * (w + 2) for w in widths)
+    out = [" | ".join(c.ljust(w) for c, w in zip(result.columns, widths, strict=True)), line]
+    out += [" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out)

@@ -1,0 +1,39 @@
+"""Routing: auto-accept a note only when every decision clears its threshold.
+
+A decision is a document label's probability, an entity span's confidence, or the
+probability of "no entity" for a word the model almost tagged (see
+``agents.runners.spans``). Thresholds are per task, with per-label overrides. A note
+with any decision below its threshold is stored as ``pending_review`` and gets a
+ReviewTask listing each such decision, so nothing is hidden from analysts or reviewers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agents.runners.base import Decision
+from schemas.extraction import ExtractionStatus
+from schemas.review_task import ReviewReason
+from streams.settings import TaskSettings
+
+
+class RoutingPolicy:
+    def __init__(self, tasks: Sequence[TaskSettings]) -> None:
+        self._tasks = {t.name: t for t in tasks}
+
+    def threshold(self, task: str, label: str) -> float:
+        return self._tasks[task].threshold_for(label)
+
+    def route(self, decisions: Sequence[Decision]) -> tuple[ExtractionStatus, list[ReviewReason]]:
+        reasons = []
+        for d in decisions:
+            threshold = self.threshold(d.task, d.label)
+            if d.confidence < threshold:
+                reasons.append(
+                    ReviewReason(
+                        task=d.task, kind=d.kind, label=d.label, start=d.start, end=d.end,
+                        confidence=round(float(d.confidence), 6), threshold=threshold,
+                    )
+                )
+        status = ExtractionStatus.pending_review if reasons else ExtractionStatus.auto_accepted
+        return status, reasons

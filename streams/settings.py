@@ -1,0 +1,169 @@
+"""Settings: read once, from the environment and an optional TOML file, frozen, passed down.
+
+Precedence: explicit overrides (CLI flags) > environment variables > the config file
+(``EHRSTREAM_CONFIG`` or ``--config``) > defaults. Environment variables use the
+``EHRSTREAM_`` prefix, except the two every deployment sets: ``KAFKA_BOOTSTRAP_SERVERS``
+and ``CLICKHOUSE_URL``. Leaving either empty means the embedded default (Tansu, chdb).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from schemas.extraction import TaskKind
+from streams.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = REPO_ROOT / "models"
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "password", "secret", "default", "clickhouse"}
+
+
+class TaskSettings(BaseModel):
+    """One configured task: its model and its routing thresholds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    kind: TaskKind
+    model_dir: Path
+    #: a decision at or above this confidence is auto-accepted
+    threshold: float = Field(default=0.9, ge=0.0, le=1.0)
+    #: per-label overrides of ``threshold``
+    label_thresholds: dict[str, float] = Field(default_factory=dict)
+
+    def threshold_for(self, label: str) -> float:
+        return self.label_thresholds.get(label, self.threshold)
+
+
+def default_tasks() -> list[TaskSettings]:
+    return [
+        TaskSettings(name="condition", kind=TaskKind.classification, model_dir=DEFAULT_MODELS / "condition", threshold=0.8),
+        TaskSettings(name="disease", kind=TaskKind.ner, model_dir=DEFAULT_MODELS / "disease", threshold=0.8),
+    ]
+
+
+class TopicSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    notes: str = "ehr.notes"
+    extractions: str = "ehr.extractions"
+    review: str = "ehr.review"
+    review_decisions: str = "ehr.review-decisions"
+    deadletter: str = "ehr.deadletter"
+
+    def all(self) -> list[str]:
+        return [self.notes, self.extractions, self.review, self.review_decisions, self.deadletter]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EHRSTREAM_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    environment: Literal["development", "production"] = "development"
+    #: comma-separated host:port list; empty = start the embedded Tansu broker
+    kafka_bootstrap_servers: str = Field(
+        default="", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "EHRSTREAM_KAFKA_BOOTSTRAP_SERVERS")
+    )
+    #: clickhouse-connect URL (http[s]://user:password@host:port); empty = embedded chdb
+    clickhouse_url: SecretStr = Field(
+        default=SecretStr(""), validation_alias=AliasChoices("CLICKHOUSE_URL", "EHRSTREAM_CLICKHOUSE_URL")
+    )
+    clickhouse_database: str = Field(default="ehrstream", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    #: embedded state: chdb's data directory and the running stack's endpoint file
+    data_dir: Path = Path(".ehrstream")
+
+    topics: TopicSettings = TopicSettings()
+    topic_partitions: int = Field(default=4, ge=1)
+    worker_group: str = "ehrstream-worker"
+    sink_group: str = "ehrstream-sink"
+
+    tasks: list[TaskSettings] = Field(default_factory=default_tasks)
+
+    #: micro-batch bounds of the extraction agent
+    batch_max_notes: int = Field(default=64, ge=1)
+    batch_max_seconds: float = Field(default=0.5, gt=0)
+    inference_batch_size: int = Field(default=32, ge=1)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    #: records larger than this go to the dead-letter topic as ``oversized``
+    max_note_bytes: int = Field(default=1_000_000, ge=1024)
+
+    #: Faust's rebalance timeout; Tansu holds a group's first join for about half of it
+    rebalance_timeout_s: float = Field(default=60.0, gt=0)
+    session_timeout_s: float = Field(default=60.0, gt=0)
+
+    sink_batch_rows: int = Field(default=5000, ge=1)
+    sink_flush_seconds: float = Field(default=1.0, gt=0)
+    #: how long the sink retries one batch before it stops consuming and reports back-pressure
+    sink_retry_max_seconds: float = Field(default=300.0, gt=0)
+
+    log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return not self.kafka_bootstrap_servers.strip()
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return not self.clickhouse_url.get_secret_value().strip()
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, tasks: list[TaskSettings]) -> list[TaskSettings]:
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique: {names}")
+        return tasks
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets(self) -> Settings:
+        if self.environment == "production" and not self.embedded_clickhouse:
+            match = re.match(r"^[a-z]+://[^:/@]*:([^@]*)@", self.clickhouse_url.get_secret_value())
+            if match is not None and match.group(1).lower() in PLACEHOLDER_SECRETS:
+                raise ValueError("CLICKHOUSE_URL carries a placeholder password; set a real one in production")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _CONFIG_FILE.get("path")
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+_CONFIG_FILE: dict[str, Path | None] = {}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings once. ``overrides`` (CLI flags) win over everything else."""
+    if config_file is not None and not config_file.exists():
+        raise ConfigError("config", f"no such file: {config_file}")
+    _CONFIG_FILE["path"] = config_file
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise ConfigError("settings", str(exc)) from None
+    finally:
+        _CONFIG_FILE.pop("path", None)
+    if config_file is not None:
+        # model paths in a config file are relative to that file
+        base = config_file.resolve().parent
+        tasks = [t.model_copy(update={"model_dir": t.model_dir if t.model_dir.is_absolute() else base / t.model_dir}) for t in settings.tasks]
+        settings = settings.model_copy(update={"tasks": tasks})
+    return settings

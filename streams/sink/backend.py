@@ -1,0 +1,150 @@
+"""One ClickHouse interface over two engines.
+
+* :class:`ChdbBackend`: ClickHouse in-process (chdb), the embedded default. Its data
+  directory can be opened by one process only, so in embedded mode the sink owns it and
+  other commands reach it through the sink's query endpoint (``streams.sink.query_server``).
+* :class:`ServerBackend`: a ClickHouse server through clickhouse-connect.
+
+Both run the same SQL. Values are always bound as ``{name:Type}`` parameters, never
+formatted into SQL; rows are inserted as JSONEachRow data, never as SQL text.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from streams.errors import SinkError
+from streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[list[Any]]
+
+    def scalar(self) -> Any:
+        return self.rows[0][0] if self.rows else None
+
+
+class ClickHouseBackend(Protocol):
+    database: str
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None: ...
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult: ...
+
+    def insert_json(self, table: str, columns: list[str], payload: bytes) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _error_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    text = str(exc)
+    marker = "Code: "
+    if marker in text:
+        digits = text.split(marker, 1)[1].split(".", 1)[0].strip()
+        return int(digits) if digits.isdigit() else None
+    return None
+
+
+class ChdbBackend:
+    """Embedded ClickHouse. Thread-safe: calls are serialised on one session."""
+
+    def __init__(self, path: Path, database: str) -> None:
+        from chdb import session
+
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.database = database
+        self._lock = threading.Lock()
+        try:
+            self._session = session.Session(str(path))
+        except Exception as exc:
+            raise SinkError("open", f"chdb data directory {path} is unavailable (is another process using it?): {exc}") from exc
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
+        self._run(sql, parameters, "CSV")
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult:
+        out = self._run(sql, parameters, "JSONCompact")
+        if not out.strip():
+            return QueryResult([], [])
+        doc = json.loads(out)
+        return QueryResult([c["name"] for c in doc["meta"]], doc["data"])
+
+    def insert_json(self, table: str, columns: list[str], payload: bytes) -> int:
+        cols = ", ".join(f"`{c}`" for c in columns)
+        with self._lock:
+            try:
+                with self._session.send_insert(f"INSERT INTO {self.database}.{table} ({cols})", "JSONEachRow") as ins:
+                    ins.append(payload)
+                    res = ins.finish()
+            except Exception as exc:
+                raise SinkError("insert", str(exc).splitlines()[0][:500], _error_code(exc), table) from exc
+        return int(getattr(res, "rows_written", 0) or 0)
+
+    def _run(self, sql: str, parameters: dict[str, Any] | None, fmt: str) -> str:
+        with self._lock:
+            try:
+                res = self._session.query(sql, fmt, params=parameters or None)
+            except Exception as exc:
+                raise SinkError("query", str(exc).splitlines()[0][:500], _error_code(exc)) from exc
+        return res.bytes().decode("utf-8") if hasattr(res, "bytes") else str(res)
+
+    def close(self) -> None:
+        with self._lock:
+            self._session.close()
+
+
+class ServerBackend:
+    """A ClickHouse server through clickhouse-connect (HTTP)."""
+
+    def __init__(self, url: str, database: str) -> None:
+        import clickhouse_connect
+
+        self.database = database
+        try:
+            self._client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
+        except Exception as exc:
+            raise SinkError("connect", f"ClickHouse server unreachable: {type(exc).__name__}", _error_code(exc)) from exc
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
+        try:
+            self._client.command(sql, parameters=parameters)
+        except Exception as exc:
+            raise SinkError("command", str(exc).splitlines()[0][:500], _error_code(exc)) from exc
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult:
+        try:
+            res = self._client.query(sql, parameters=parameters)
+        except Exception as exc:
+            raise SinkError("query", str(exc).splitlines()[0][:500], _error_code(exc)) from exc
+        return QueryResult(list(res.column_names), [list(r) for r in res.result_rows])
+
+    def insert_json(self, table: str, columns: list[str], payload: bytes) -> int:
+        try:
+            summary = self._client.raw_insert(f"{self.database}.{table}", columns, insert_block=payload, fmt="JSONEachRow")
+        except Exception as exc:
+            raise SinkError("insert", str(exc).splitlines()[0][:500], _error_code(exc), table) from exc
+        return int(getattr(summary, "written_rows", 0) or 0)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def chdb_path(settings: Settings) -> Path:
+    return settings.data_dir / "chdb"
+
+
+def open_backend(settings: Settings) -> ClickHouseBackend:
+    """The backend the settings name: chdb under ``data_dir`` unless ``CLICKHOUSE_URL`` is set."""
+    if settings.embedded_clickhouse:
+        return ChdbBackend(chdb_path(settings), settings.clickhouse_database)
+    return ServerBackend(settings.clickhouse_url.get_secret_value(), settings.clickhouse_database)

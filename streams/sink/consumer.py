@@ -1,0 +1,158 @@
+"""The sink process: consume result topics, batch-insert into ClickHouse, then commit.
+
+Offsets are committed only after the rows they carry are written, so a crash or a
+ClickHouse outage replays records instead of losing them; the tables' keys make the
+replay harmless. While ClickHouse refuses writes the sink pauses its partitions, keeps
+its group membership alive by polling, and retries the same batch with backoff.
+Records it cannot decode go to the dead-letter topic (stage ``sink``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from schemas.codec import codec_for
+from schemas.dead_letter import DeadLetter
+from schemas.errors import RecordError
+from schemas.extraction import Extraction
+from schemas.review_task import ReviewTask
+from streams.errors import SinkBackpressureError, SinkError
+from streams.kafka_io import consumer as make_consumer
+from streams.kafka_io import producer as make_producer
+from streams.settings import Settings
+from streams.sink.backend import ClickHouseBackend
+from streams.sink.rows import TABLE_COLUMNS, dead_letter_row, extraction_row, json_each_row, review_task_row
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SinkStats:
+    rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    batches: int = 0
+    retries: int = 0
+    dead_lettered: int = 0
+
+
+@dataclass
+class _Batch:
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    dead: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    count: int = 0
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.dead.clear()
+        self.count = 0
+
+
+class ClickHouseSink:
+    def __init__(self, settings: Settings, bootstrap: str, backend: ClickHouseBackend) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.backend = backend
+        self.stats = SinkStats()
+        self.topics = settings.topics
+        self._extractions = codec_for(Extraction)
+        self._reviews = codec_for(ReviewTask)
+        self._dead = codec_for(DeadLetter)
+        self._batch = _Batch()
+
+    def run(self, stop: threading.Event) -> None:
+        consumer = make_consumer(
+            self.bootstrap, self.topics.extractions, self.topics.review, self.topics.deadletter,
+            group_id=self.settings.sink_group, max_poll_records=self.settings.sink_batch_rows,
+        )
+        producer = make_producer(self.bootstrap)
+        log.info("sink consuming %s, %s, %s", self.topics.extractions, self.topics.review, self.topics.deadletter)
+        try:
+            while not stop.is_set():
+                deadline = time.monotonic() + self.settings.sink_flush_seconds
+                while self._batch.count < self.settings.sink_batch_rows and not stop.is_set():
+                    left_ms = int((deadline - time.monotonic()) * 1000)
+                    if left_ms <= 0:
+                        break
+                    polled = consumer.poll(timeout_ms=left_ms, max_records=self.settings.sink_batch_rows - self._batch.count)
+                    for messages in polled.values():
+                        for message in messages:
+                            self._add(message)
+                if self._batch.count:
+                    if not self._flush(consumer, producer, stop):
+                        return  # stopped while ClickHouse was refusing: nothing committed, records will be replayed
+                    consumer.commit()
+        finally:
+            producer.close(timeout=5)
+            consumer.close(autocommit=False)
+
+    def _add(self, message: Any) -> None:
+        batch = self._batch
+        batch.count += 1
+        value: bytes = message.value or b""
+        try:
+            if message.topic == self.topics.extractions:
+                batch.rows["extractions"].append(extraction_row(self._extractions.decode(value), message.partition, message.offset))
+            elif message.topic == self.topics.review:
+                batch.rows["review_tasks"].append(review_task_row(self._reviews.decode(value)))
+            else:
+                batch.rows["dead_letters"].append(dead_letter_row(self._dead.decode(value)))
+        except RecordError as exc:
+            log.warning("sink dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc.kind.value)
+            from agents.pipeline import InRecord, dead_letter
+
+            letter = dead_letter(InRecord(value, message.key, message.topic, message.partition, message.offset), exc.kind, exc.message, "sink")
+            if message.topic == self.topics.deadletter:
+                # a dead letter that is itself unreadable is stored as such, not sent round again
+                batch.rows["dead_letters"].append(dead_letter_row(letter))
+            else:
+                batch.dead.append((message.key, self._dead.encode(letter)))
+
+    def _flush(self, consumer: KafkaConsumer, producer: KafkaProducer, stop: threading.Event) -> bool:
+        """Write the batch, retrying with backoff while ClickHouse refuses. Returns False if stopped first."""
+        delay = 0.2
+        started = time.monotonic()
+        paused = False
+        try:
+            while True:
+                try:
+                    self._write(producer)
+                    self.stats.batches += 1
+                    return True
+                except SinkError as exc:
+                    self.stats.retries += 1
+                    waited = time.monotonic() - started
+                    log.error("ClickHouse write failed (code %s, %.0f s so far), retrying: %s", exc.code, waited, exc.reason)
+                    if waited > self.settings.sink_retry_max_seconds:
+                        raise SinkBackpressureError(exc.operation, f"still failing after {waited:.0f} s: {exc.reason}", exc.code, exc.table) from exc
+                    if not paused:
+                        consumer.pause(*consumer.assignment())
+                        paused = True
+                    end = time.monotonic() + delay
+                    while time.monotonic() < end:
+                        if stop.is_set():
+                            return False
+                        consumer.poll(timeout_ms=100)  # paused: returns nothing, keeps the group membership
+                    delay = min(delay * 2, 10.0)
+        finally:
+            if paused:
+                consumer.resume(*consumer.assignment())
+            self._batch.clear()
+
+    def _write(self, producer: KafkaProducer) -> None:
+        for table, rows in self._batch.rows.items():
+            if rows:
+                self.backend.insert_json(table, TABLE_COLUMNS[table], json_each_row(rows))
+                self.stats.rows[table] += len(rows)
+                rows.clear()  # a retry after a partial write re-sends only the tables not yet written
+        for key, value in self._batch.dead:
+            producer.send(self.topics.deadletter, key=key, value=value)
+        if self._batch.dead:
+            producer.flush()
+            self.stats.dead_lettered += len(self._batch.dead)
+            self._batch.dead.clear()

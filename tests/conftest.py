@@ -1,0 +1,133 @@
+"""Real components as session fixtures: the Tansu broker, chdb, tiny real transformers models.
+
+Each test gets its own topics, consumer groups and ClickHouse database (uuid-named).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification
+
+from agents.model_dir import DEFAULT_BACKBONE, resolve_base
+from streams.embedded import TansuBroker
+from streams.settings import Settings, TaskSettings, TopicSettings
+from streams.sink.backend import ChdbBackend
+from schemas.extraction import TaskKind
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+
+
+def _tiny_config(labels: list[str]) -> BertConfig:
+    return BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=512, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+    )
+
+
+def _save_tiny(path: Path, model: torch.nn.Module) -> Path:
+    torch.manual_seed(0)
+    model.save_pretrained(path)  # type: ignore[operator]
+    AutoTokenizer.from_pretrained(resolve_base(DEFAULT_BACKBONE)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-initialised BERT token classifier, saved as a plain HF model directory."""
+    torch.manual_seed(0)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-ner"), BertForTokenClassification(_tiny_config(["O", "B-Disease", "I-Disease"])))
+
+
+@pytest.fixture(scope="session")
+def tiny_cls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-cls"), BertForSequenceClassification(_tiny_config(["cardio", "neuro", "onco"])))
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random backbone directory (for LoRA training tests)."""
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-base"), BertModel(_tiny_config(["x", "y"])))
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[TansuBroker]:
+    with TansuBroker() as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def chdb_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbBackend]:
+    """The one chdb of this test process (chdb allows one data directory per process)."""
+    backend = ChdbBackend(tmp_path_factory.mktemp("chdb") / "data", database="unused")
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def database(chdb_backend: ChdbBackend) -> Iterator[ChdbBackend]:
+    """chdb with a fresh uuid-named database for this test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    previous = chdb_backend.database
+    chdb_backend.database = name
+    yield chdb_backend
+    chdb_backend.command(f"DROP DATABASE IF EXISTS {name}")
+    chdb_backend.database = previous
+
+
+@pytest.fixture
+def topics() -> TopicSettings:
+    suffix = uuid.uuid4().hex[:8]
+    return TopicSettings(
+        notes=f"notes-{suffix}", extractions=f"extractions-{suffix}", review=f"review-{suffix}",
+        review_decisions=f"decisions-{suffix}", deadletter=f"deadletter-{suffix}",
+    )
+
+
+@pytest.fixture
+def tiny_settings(tmp_path: Path, topics: TopicSettings, tiny_ner_dir: Path, tiny_cls_dir: Path, database: ChdbBackend) -> Settings:
+    suffix = uuid.uuid4().hex[:8]
+    return Settings(
+        data_dir=tmp_path / "data", topics=topics, topic_partitions=2, clickhouse_database=database.database,
+        worker_group=f"worker-{suffix}", sink_group=f"sink-{suffix}",
+        tasks=[
+            TaskSettings(name="condition", kind=TaskKind.classification, model_dir=tiny_cls_dir, threshold=0.5),
+            TaskSettings(name="disease", kind=TaskKind.ner, model_dir=tiny_ner_dir, threshold=0.5),
+        ],
+        rebalance_timeout_s=4, session_timeout_s=10, sink_flush_seconds=0.3, batch_max_seconds=0.3,
+    )
+
+
+def write_config(path: Path, settings: Settings) -> Path:
+    """A TOML config file equivalent to ``settings`` (for subprocesses)."""
+    lines = [
+        f'topic_partitions = {settings.topic_partitions}',
+        f'worker_group = "{settings.worker_group}"',
+        f'sink_group = "{settings.sink_group}"',
+        f'clickhouse_database = "{settings.clickhouse_database}"',
+        f'batch_max_seconds = {settings.batch_max_seconds}',
+        f'sink_flush_seconds = {settings.sink_flush_seconds}',
+        "[topics]",
+        *[f'{k} = "{v}"' for k, v in settings.topics.model_dump().items()],
+    ]
+    for task in settings.tasks:
+        lines += ["[[tasks]]", f'name = "{task.name}"', f'kind = "{task.kind.value}"', f"model_dir = {json.dumps(str(task.model_dir))}", f"threshold = {task.threshold}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

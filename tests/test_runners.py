@@ -1,0 +1,97 @@
+"""Model runners on tiny real transformers models saved to disk: loading, windows, offsets, training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.datasets import ClassificationExample, NerExample, read_examples
+from agents.errors import ModelLoadError
+from agents.model_dir import MANIFEST, load_model
+from agents.runners import build_runner
+from agents.runners.ner import word_probabilities
+from agents.training import TrainConfig, evaluate_loaded, train
+from schemas.extraction import TaskKind
+from tests.conftest import DATASETS
+
+LONG_NOTE = " ".join(f"Visit {i}: patient reports ataxia-telangiectasia and breast cancer." for i in range(120))
+
+
+def test_ner_entities_are_exact_character_spans_of_the_original_text(tiny_ner_dir: Path) -> None:
+    runner = build_runner("disease", load_model(tiny_ner_dir, TaskKind.ner), batch_size=4, device="cpu")
+    texts = ["Short note.", LONG_NOTE, "Ünïcode  spacing\tand\nnewlines: Crohn's disease."]
+    outputs = runner(texts)
+    assert len(outputs) == 3
+    for text, out in zip(texts, outputs, strict=True):
+        for e in out.result.entities:
+            assert 0 <= e.start < e.end <= len(text)
+            assert e.text == text[e.start : e.end]
+            assert 0.0 <= e.confidence <= 1.0
+        assert out.result.model_version and out.result.kind is TaskKind.ner
+
+
+def test_long_notes_are_windowed_not_truncated(tiny_ner_dir: Path) -> None:
+    loaded = load_model(tiny_ner_dir, TaskKind.ner, max_length=64, stride=16)
+    runner = build_runner("disease", loaded, device="cpu")
+    windows = runner.preprocess([LONG_NOTE])
+    assert len(windows) > 20 and set(windows.sample) == {0}
+    probs = runner.window_probabilities(windows)
+    ((starts, ends, word_probs),) = word_probabilities(windows, probs, 1)
+    # every word of the note has probabilities, and the last word reaches the end of the text
+    assert ends[-1] == len(LONG_NOTE.rstrip())
+    assert word_probs.shape == (len(starts), 3)
+    np.testing.assert_allclose(word_probs.sum(axis=1), 1.0, rtol=1e-4)
+
+
+def test_classification_distribution_merges_windows(tiny_cls_dir: Path) -> None:
+    runner = build_runner("condition", load_model(tiny_cls_dir, TaskKind.classification, max_length=32, stride=8), device="cpu")
+    (short, long) = runner(["Chest pain.", LONG_NOTE])
+    for out in (short, long):
+        probs = [lab.probability for lab in out.result.labels]
+        assert sorted(lab.label for lab in out.result.labels) == ["cardio", "neuro", "onco"]
+        assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-4)
+        assert out.decisions[0].label == out.result.labels[0].label
+
+
+def test_wrong_kind_and_missing_dirs_fail_clearly(tiny_ner_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no such directory"):
+        load_model(tmp_path / "nope", TaskKind.ner)
+    with pytest.raises(ModelLoadError, match="neither"):
+        load_model(tmp_path, TaskKind.ner)
+
+
+def test_conll_reader_builds_text_and_spans() -> None:
+    examples = read_examples(DATASETS / "ncbi_disease" / "devel.conll.tsv", "ner")
+    assert len(examples) == 923
+    mentions = sum(len(ex.spans) for ex in examples if isinstance(ex, NerExample))
+    assert mentions == 787  # SOURCE.md: devel has 787 B- tags
+    for ex in examples[:50]:
+        assert isinstance(ex, NerExample)
+        for start, end, label in ex.spans:
+            assert label == "Disease" and ex.text[start:end].strip() == ex.text[start:end]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [TaskKind.ner, TaskKind.classification])
+def test_lora_training_writes_a_loadable_versioned_model_dir(kind: TaskKind, tiny_backbone_dir: Path, tmp_path: Path) -> None:
+    if kind is TaskKind.ner:
+        data: list = [NerExample("Patient has breast cancer today.", [(12, 25, "Disease")]),
+                      NerExample("No sign of diabetes here.", [(11, 19, "Disease")])] * 4
+    else:
+        data = [ClassificationExample("chest pain and arrhythmia", "cardio"), ClassificationExample("seizures and stroke", "neuro")] * 4
+    config = TrainConfig(task="t", kind=kind, base=str(tiny_backbone_dir), epochs=2, batch_size=4, max_length=32, stride=8, device="cpu")
+    result = train(config, data, data[:2], tmp_path / "model")
+    manifest = json.loads((tmp_path / "model" / MANIFEST).read_text())
+    assert manifest["format"] == "lora" and manifest["data_sha256"] == result.manifest.data_sha256
+    assert (tmp_path / "model" / "adapter_model.safetensors").exists()
+    assert json.loads((tmp_path / "model" / "metrics.json").read_text())["history"][-1]["epoch"] == 2
+    loaded = load_model(tmp_path / "model", kind)
+    assert loaded.version == result.manifest.version
+    scores = evaluate_loaded(loaded, "t", data, device="cpu")
+    assert scores["n"] == len(data) and 0.0 <= scores["f1"] <= 1.0
+    # same data and settings: same version (deterministic)
+    again = train(config, data, data[:2], tmp_path / "again")
+    assert again.manifest.version == result.manifest.version
