@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import faust
+from faust.streams import Stream
 
 from agents.pipeline import ExtractionPipeline, InRecord
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: exit status of a worker that stopped rather than acknowledge an undelivered batch
+EXIT_UNDELIVERED = 75
 
 
 def register_extraction_agent(app: faust.App, settings: Settings, pipeline: ExtractionPipeline) -> Any:
@@ -31,19 +36,36 @@ def register_extraction_agent(app: faust.App, settings: Settings, pipeline: Extr
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
 
     @app.agent(notes, name="extract")
-    async def extract(stream: faust.StreamT) -> None:
+    async def extract(stream: faust.StreamT[bytes]) -> None:
         loop = asyncio.get_running_loop()
-        async for events in stream.take_events(settings.batch_max_notes, within=settings.batch_max_seconds):
+        batches = cast(Stream[bytes], stream).take_events(settings.batch_max_notes, within=settings.batch_max_seconds)
+        async for events in batches:
             records = [
                 InRecord(ev.message.value or b"", ev.message.key, ev.message.topic, ev.message.partition, ev.message.offset)
                 for ev in events
             ]
-            result = await loop.run_in_executor(executor, pipeline.process, records)
-            pending = [await outputs[r.topic].send(key=r.key, value=r.value) for r in result.records]
-            await asyncio.gather(*pending)
+            try:
+                result = await loop.run_in_executor(executor, pipeline.process, records)
+                pending = [await outputs[r.topic].send(key=r.key, value=r.value) for r in result.records]
+                await asyncio.gather(*pending)
+            except Exception:
+                first = records[0]
+                log.critical(
+                    "batch from %s[%d]@%d could not be delivered; exiting without acknowledging it so it is replayed",
+                    first.topic,
+                    first.partition,
+                    first.offset,
+                    exc_info=True,
+                )
+                logging.shutdown()
+                os._exit(EXIT_UNDELIVERED)
             log.info(
                 "batch of %d: %d extracted (%d auto-accepted, %d to review), %d dead-lettered",
-                len(records), result.extracted, result.auto_accepted, result.routed_to_review, result.dead_lettered,
+                len(records),
+                result.extracted,
+                result.auto_accepted,
+                result.routed_to_review,
+                result.dead_lettered,
             )
 
     return extract

@@ -85,7 +85,7 @@ def _dir_fingerprint(path: Path) -> str:
     digest = hashlib.sha256()
     for name in sorted(p.name for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin"}):
         digest.update(name.encode())
-        digest.update((path / name).read_bytes()[:1 << 20])
+        digest.update((path / name).read_bytes()[: 1 << 20])
     return digest.hexdigest()[:12]
 
 
@@ -121,8 +121,8 @@ def load_model(path: Path | str, kind: TaskKind, max_length: int | None = None, 
     manifest = read_manifest(path)
     auto = _auto_class(kind)
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the head is replaced by the adapter's copy; skip the "newly initialised" warning
-    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # the head is replaced by the adapter's copy; skip the "newly initialised" warning
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         if manifest is None:
             if not (path / "config.json").exists():

@@ -56,20 +56,42 @@ class BatchResult:
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
-def dead_letter(record: InRecord, kind: ErrorKind, message: str, stage: str) -> DeadLetter:
+def dead_letter(record: InRecord, kind: ErrorKind, message: str, stage: str, max_raw_bytes: int) -> DeadLetter:
+    """A DeadLetter for ``record``. Raw bytes beyond ``max_raw_bytes`` are cut (so the letter itself can be
+    produced); the message then says so, and the whole original stays at its topic, partition and offset."""
+    raw = bytes(record.value)
+    if len(raw) > max_raw_bytes:
+        message += (
+            f" (raw cut from {len(raw)} to {max_raw_bytes} bytes; the original is at {record.topic}[{record.partition}]@{record.offset})"
+        )
+        raw = raw[:max_raw_bytes]
     return DeadLetter(
-        raw=bytes(record.value), key=record.key, error_kind=kind, message=message,
-        source_topic=record.topic, source_partition=record.partition, source_offset=record.offset,
-        stage=stage, failed_at=utc_now(),
+        raw=raw,
+        key=record.key,
+        error_kind=kind,
+        message=message,
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        stage=stage,
+        failed_at=utc_now(),
     )
 
 
 class ExtractionPipeline:
-    def __init__(self, runners: Sequence[ModelRunner], policy: RoutingPolicy, topics: TopicSettings, max_note_bytes: int) -> None:
+    def __init__(
+        self,
+        runners: Sequence[ModelRunner],
+        policy: RoutingPolicy,
+        topics: TopicSettings,
+        max_note_bytes: int,
+        max_record_bytes: int = 1_000_000,
+    ) -> None:
         self.runners = list(runners)
         self.policy = policy
         self.topics = topics
         self.max_note_bytes = max_note_bytes
+        self.max_record_bytes = max_record_bytes
         self._extraction_codec = codec_for(Extraction)
         self._review_codec = codec_for(ReviewTask)
         self._dead_codec = codec_for(DeadLetter)
@@ -117,12 +139,29 @@ class ExtractionPipeline:
                 continue
             status, reasons = self.policy.route([d for out in task_outputs for d in out.decisions])
             extraction = Extraction(
-                note_id=note.note_id, revision=0, patient_id=note.patient_id, encounter_id=note.encounter_id,
-                note_type=note.note_type, source=note.source, created_at=note.created_at, text=note.text,
-                status=status, results=[out.result for out in task_outputs], processed_at=now,
+                note_id=note.note_id,
+                revision=0,
+                patient_id=note.patient_id,
+                encounter_id=note.encounter_id,
+                note_type=note.note_type,
+                source=note.source,
+                created_at=note.created_at,
+                text=note.text,
+                status=status,
+                results=[out.result for out in task_outputs],
+                processed_at=now,
             )
             key = note.note_id.encode("utf-8")
-            result.records.append(OutRecord(self.topics.extractions, key, self._extraction_codec.encode(extraction)))
+            encoded = self._extraction_codec.encode(extraction)
+            if len(encoded) > self.max_record_bytes:
+                self._dead(
+                    result,
+                    record,
+                    ErrorKind.oversized,
+                    f"extraction of {len(encoded)} bytes exceeds max_record_bytes {self.max_record_bytes}",
+                )
+                continue
+            result.records.append(OutRecord(self.topics.extractions, key, encoded))
             result.extracted += 1
             if reasons:
                 task = ReviewTask(note_id=note.note_id, revision=0, note_type=note.note_type, created_at=now, reasons=reasons)
@@ -134,6 +173,6 @@ class ExtractionPipeline:
 
     def _dead(self, result: BatchResult, record: InRecord, kind: ErrorKind, message: str) -> None:
         log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, kind.value)
-        letter = dead_letter(record, kind, message, stage="worker")
+        letter = dead_letter(record, kind, message, stage="worker", max_raw_bytes=self.max_record_bytes // 2)
         result.records.append(OutRecord(self.topics.deadletter, record.key, self._dead_codec.encode(letter)))
         result.dead_lettered += 1

@@ -74,7 +74,9 @@ def label_set(kind: TaskKind, examples: list[Example]) -> list[str]:
     return ["O"] + [f"{prefix}-{t}" for t in types for prefix in ("B", "I")]
 
 
-def encode_examples(tokenizer: Any, kind: TaskKind, examples: list[Example], labels: list[str], max_length: int, stride: int) -> list[tuple[list[int], Any]]:
+def encode_examples(
+    tokenizer: Any, kind: TaskKind, examples: list[Example], labels: list[str], max_length: int, stride: int
+) -> list[tuple[list[int], Any]]:
     """(input_ids, target) per training window: a label id, or per-token label ids for NER."""
     index = {label: i for i, label in enumerate(labels)}
     windows = make_windows(tokenizer, [ex.text for ex in examples], max_length, stride)
@@ -155,7 +157,9 @@ def evaluate_loaded(
     return span_scores(gold_spans, pred_spans)
 
 
-def train(config: TrainConfig, train_examples: list[Example], dev_examples: list[Example], out_dir: Path, name: str | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, train_examples: list[Example], dev_examples: list[Example], out_dir: Path, name: str | None = None
+) -> TrainResult:
     if not train_examples:
         raise TrainingDataError(config.task, "no training examples")
     seed_everything(config.seed)
@@ -167,7 +171,7 @@ def train(config: TrainConfig, train_examples: list[Example], dev_examples: list
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     auto = AutoModelForTokenClassification if config.kind is TaskKind.ner else AutoModelForSequenceClassification
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     try:
         model: Any = auto.from_pretrained(
             base_dir,
@@ -203,7 +207,7 @@ def train(config: TrainConfig, train_examples: list[Example], dev_examples: list
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
     )
     loaded = LoadedModel(model, tokenizer, config.kind, labels, name or config.task, "training", config.max_length, config.stride)
-    rng = random.Random(config.seed)
+    rng = random.Random(config.seed)  # noqa: S311 (shuffling, not security)
     history: list[dict[str, Any]] = []
     best_f1, best_state = -1.0, None
     for epoch in range(1, config.epochs + 1):
@@ -231,7 +235,11 @@ def train(config: TrainConfig, train_examples: list[Example], dev_examples: list
         log.info("epoch %d: loss %.4f, dev f1 %.4f, %.0f s", epoch, row["train_loss"], dev["f1"], epoch_s)
         if dev["f1"] > best_f1:
             best_f1 = float(dev["f1"])
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if "lora_" in k or "classifier" in k or config.method == "full"}
+            best_state = {
+                k: v.detach().cpu().clone()
+                for k, v in model.state_dict().items()
+                if "lora_" in k or "classifier" in k or config.method == "full"
+            }
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     model.eval()

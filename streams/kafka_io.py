@@ -6,6 +6,7 @@ here from the settings, so every process talks to the broker the same way.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -31,13 +32,17 @@ def producer(bootstrap: str, **extra: Any) -> KafkaProducer:
     return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **extra)
 
 
-def consumer(bootstrap: str, *topics: str, group_id: str | None, **extra: Any) -> KafkaConsumer:
+def consumer(bootstrap: str, *topics: str, group_id: str | None, session_timeout_s: float = 45.0, **extra: Any) -> KafkaConsumer:
+    """A manually committing consumer. Tansu holds a group's first join for about half the session timeout."""
+    session_ms = int(session_timeout_s * 1000)
     return KafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(500, session_ms // 4),
         **extra,
     )
 
@@ -57,10 +62,8 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 30.0) -
         existing = set(admin.list_topics())
         missing = [name for name in settings.topics.all() if name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process created them first
                 admin.create_topics([NewTopic(name, settings.topic_partitions, 1) for name in missing])
-            except TopicAlreadyExistsError:
-                pass
         return sorted(admin.list_topics())
     finally:
         admin.close()

@@ -41,8 +41,12 @@ class PublishSummary:
             self.examples.append((line, reason))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"accepted": self.accepted, "rejected": self.rejected, "reasons": dict(self.reasons),
-                "examples": [{"line": n, "reason": r} for n, r in self.examples]}
+        return {
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "reasons": dict(self.reasons),
+            "examples": [{"line": n, "reason": r} for n, r in self.examples],
+        }
 
 
 def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:

@@ -31,8 +31,13 @@ class RoutingPolicy:
             if d.confidence < threshold:
                 reasons.append(
                     ReviewReason(
-                        task=d.task, kind=d.kind, label=d.label, start=d.start, end=d.end,
-                        confidence=round(float(d.confidence), 6), threshold=threshold,
+                        task=d.task,
+                        kind=d.kind,
+                        label=d.label,
+                        start=d.start,
+                        end=d.end,
+                        confidence=round(float(d.confidence), 6),
+                        threshold=threshold,
                     )
                 )
         status = ExtractionStatus.pending_review if reasons else ExtractionStatus.auto_accepted

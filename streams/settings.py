@@ -74,9 +74,7 @@ class Settings(BaseSettings):
         default="", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "EHRSTREAM_KAFKA_BOOTSTRAP_SERVERS")
     )
     #: clickhouse-connect URL (http[s]://user:password@host:port); empty = embedded chdb
-    clickhouse_url: SecretStr = Field(
-        default=SecretStr(""), validation_alias=AliasChoices("CLICKHOUSE_URL", "EHRSTREAM_CLICKHOUSE_URL")
-    )
+    clickhouse_url: SecretStr = Field(default=SecretStr(""), validation_alias=AliasChoices("CLICKHOUSE_URL", "EHRSTREAM_CLICKHOUSE_URL"))
     clickhouse_database: str = Field(default="ehrstream", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     #: embedded state: chdb's data directory and the running stack's endpoint file
     data_dir: Path = Path(".ehrstream")
@@ -94,7 +92,9 @@ class Settings(BaseSettings):
     inference_batch_size: int = Field(default=32, ge=1)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     #: records larger than this go to the dead-letter topic as ``oversized``
-    max_note_bytes: int = Field(default=1_000_000, ge=1024)
+    max_note_bytes: int = Field(default=500_000, ge=1024)
+    #: the largest record ehrstream produces; keep it at or under the broker's message.max.bytes
+    max_record_bytes: int = Field(default=1_000_000, ge=4096)
 
     #: Faust's rebalance timeout; Tansu holds a group's first join for about half of it
     rebalance_timeout_s: float = Field(default=60.0, gt=0)
@@ -164,6 +164,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if config_file is not None:
         # model paths in a config file are relative to that file
         base = config_file.resolve().parent
-        tasks = [t.model_copy(update={"model_dir": t.model_dir if t.model_dir.is_absolute() else base / t.model_dir}) for t in settings.tasks]
+        tasks = [
+            t.model_copy(update={"model_dir": t.model_dir if t.model_dir.is_absolute() else base / t.model_dir}) for t in settings.tasks
+        ]
         settings = settings.model_copy(update={"tasks": tasks})
     return settings

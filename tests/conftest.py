@@ -16,10 +16,10 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification
 
 from agents.model_dir import DEFAULT_BACKBONE, resolve_base
+from schemas.extraction import TaskKind
 from streams.embedded import TansuBroker
 from streams.settings import Settings, TaskSettings, TopicSettings
 from streams.sink.backend import ChdbBackend
-from schemas.extraction import TaskKind
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -27,9 +27,15 @@ DATASETS = REPO.parent / "shared" / "datasets"
 
 def _tiny_config(labels: list[str]) -> BertConfig:
     return BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=512, num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
     )
 
 
@@ -91,8 +97,11 @@ def database(chdb_backend: ChdbBackend) -> Iterator[ChdbBackend]:
 def topics() -> TopicSettings:
     suffix = uuid.uuid4().hex[:8]
     return TopicSettings(
-        notes=f"notes-{suffix}", extractions=f"extractions-{suffix}", review=f"review-{suffix}",
-        review_decisions=f"decisions-{suffix}", deadletter=f"deadletter-{suffix}",
+        notes=f"notes-{suffix}",
+        extractions=f"extractions-{suffix}",
+        review=f"review-{suffix}",
+        review_decisions=f"decisions-{suffix}",
+        deadletter=f"deadletter-{suffix}",
     )
 
 
@@ -100,30 +109,43 @@ def topics() -> TopicSettings:
 def tiny_settings(tmp_path: Path, topics: TopicSettings, tiny_ner_dir: Path, tiny_cls_dir: Path, database: ChdbBackend) -> Settings:
     suffix = uuid.uuid4().hex[:8]
     return Settings(
-        data_dir=tmp_path / "data", topics=topics, topic_partitions=2, clickhouse_database=database.database,
-        worker_group=f"worker-{suffix}", sink_group=f"sink-{suffix}",
+        data_dir=tmp_path / "data",
+        topics=topics,
+        topic_partitions=2,
+        clickhouse_database=database.database,
+        worker_group=f"worker-{suffix}",
+        sink_group=f"sink-{suffix}",
         tasks=[
             TaskSettings(name="condition", kind=TaskKind.classification, model_dir=tiny_cls_dir, threshold=0.5),
             TaskSettings(name="disease", kind=TaskKind.ner, model_dir=tiny_ner_dir, threshold=0.5),
         ],
-        rebalance_timeout_s=4, session_timeout_s=10, sink_flush_seconds=0.3, batch_max_seconds=0.3,
+        rebalance_timeout_s=4,
+        session_timeout_s=6,
+        sink_flush_seconds=0.3,
+        batch_max_seconds=0.3,
     )
 
 
 def write_config(path: Path, settings: Settings) -> Path:
     """A TOML config file equivalent to ``settings`` (for subprocesses)."""
     lines = [
-        f'topic_partitions = {settings.topic_partitions}',
+        f"topic_partitions = {settings.topic_partitions}",
         f'worker_group = "{settings.worker_group}"',
         f'sink_group = "{settings.sink_group}"',
         f'clickhouse_database = "{settings.clickhouse_database}"',
-        f'batch_max_seconds = {settings.batch_max_seconds}',
-        f'sink_flush_seconds = {settings.sink_flush_seconds}',
+        f"batch_max_seconds = {settings.batch_max_seconds}",
+        f"sink_flush_seconds = {settings.sink_flush_seconds}",
         "[topics]",
         *[f'{k} = "{v}"' for k, v in settings.topics.model_dump().items()],
     ]
     for task in settings.tasks:
-        lines += ["[[tasks]]", f'name = "{task.name}"', f'kind = "{task.kind.value}"', f"model_dir = {json.dumps(str(task.model_dir))}", f"threshold = {task.threshold}"]
+        lines += [
+            "[[tasks]]",
+            f'name = "{task.name}"',
+            f'kind = "{task.kind.value}"',
+            f"model_dir = {json.dumps(str(task.model_dir))}",
+            f"threshold = {task.threshold}",
+        ]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -78,8 +78,10 @@ def test_conll_reader_builds_text_and_spans() -> None:
 @pytest.mark.parametrize("kind", [TaskKind.ner, TaskKind.classification])
 def test_lora_training_writes_a_loadable_versioned_model_dir(kind: TaskKind, tiny_backbone_dir: Path, tmp_path: Path) -> None:
     if kind is TaskKind.ner:
-        data: list = [NerExample("Patient has breast cancer today.", [(12, 25, "Disease")]),
-                      NerExample("No sign of diabetes here.", [(11, 19, "Disease")])] * 4
+        data: list = [
+            NerExample("Patient has breast cancer today.", [(12, 25, "Disease")]),
+            NerExample("No sign of diabetes here.", [(11, 19, "Disease")]),
+        ] * 4
     else:
         data = [ClassificationExample("chest pain and arrhythmia", "cardio"), ClassificationExample("seizures and stroke", "neuro")] * 4
     config = TrainConfig(task="t", kind=kind, base=str(tiny_backbone_dir), epochs=2, batch_size=4, max_length=32, stride=8, device="cpu")

@@ -73,19 +73,40 @@ def test_schema_and_model_agree_field_by_field(model: type) -> None:
 
 
 def _note(**update: typing.Any) -> ClinicalNote:
-    base = dict(note_id="n-1", patient_id="p-1", encounter_id="e-1", note_type="progress_note", author=None,
-                created_at=datetime(2026, 11, 1, 12, 30, 15, 123000, tzinfo=UTC), text="Patient has diabetes.", source="test",
-                meta={"ward": "3B"})
+    base = dict(
+        note_id="n-1",
+        patient_id="p-1",
+        encounter_id="e-1",
+        note_type="progress_note",
+        author=None,
+        created_at=datetime(2026, 11, 1, 12, 30, 15, 123000, tzinfo=UTC),
+        text="Patient has diabetes.",
+        source="test",
+        meta={"ward": "3B"},
+    )
     base.update(update)
     return ClinicalNote(**base)
 
 
 def _extraction() -> Extraction:
     return Extraction(
-        note_id="n-1", patient_id="p-1", note_type="x", source="s", created_at=datetime(2026, 1, 1, tzinfo=UTC), text="abc diabetes",
-        status=ExtractionStatus.pending_review, processed_at=datetime(2026, 1, 2, tzinfo=UTC),
-        results=[TaskResult(task="disease", kind=TaskKind.ner, model_name="m", model_version="v",
-                            entities=[Entity(label="Disease", start=4, end=12, text="diabetes", confidence=0.5)])],
+        note_id="n-1",
+        patient_id="p-1",
+        note_type="x",
+        source="s",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        text="abc diabetes",
+        status=ExtractionStatus.pending_review,
+        processed_at=datetime(2026, 1, 2, tzinfo=UTC),
+        results=[
+            TaskResult(
+                task="disease",
+                kind=TaskKind.ner,
+                model_name="m",
+                model_version="v",
+                entities=[Entity(label="Disease", start=4, end=12, text="diabetes", confidence=0.5)],
+            )
+        ],
     )
 
 
@@ -119,6 +140,7 @@ def test_reader_resolves_records_written_with_an_older_schema() -> None:
     old_codec = AvroCodec(ClinicalNote)
     old_codec.schema = AvroCodec._parse(json.dumps(old))
     import fastavro.schema
+
     old_codec.header = MARKER + rabin_fingerprint(fastavro.schema.to_parsing_canonical_form(old_codec.schema))
     written = io.BytesIO()
     written.write(old_codec.header)
@@ -175,6 +197,15 @@ def test_truncated_and_padded_avro_are_invalid() -> None:
 
 def test_dead_letter_keeps_raw_bytes_exactly() -> None:
     raw = bytes(range(256))
-    letter = DeadLetter(raw=raw, key=None, error_kind=ErrorKind.undecodable, message="m", source_topic="t",
-                        source_partition=1, source_offset=42, stage="worker", failed_at=datetime.now(UTC))
+    letter = DeadLetter(
+        raw=raw,
+        key=None,
+        error_kind=ErrorKind.undecodable,
+        message="m",
+        source_topic="t",
+        source_partition=1,
+        source_offset=42,
+        stage="worker",
+        failed_at=datetime.now(UTC),
+    )
     assert codec_for(DeadLetter).decode(codec_for(DeadLetter).encode(letter)).raw == raw

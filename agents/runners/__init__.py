@@ -10,7 +10,9 @@ from agents.runners.ner import NerRunner
 __all__ = ["ClassificationRunner", "Decision", "ModelRunner", "NerRunner", "TaskOutput", "build_runner"]
 
 
-def build_runner(task: str, loaded: LoadedModel, batch_size: int = 32, device: str = "auto", dtype: torch.dtype | None = None) -> ModelRunner:
+def build_runner(
+    task: str, loaded: LoadedModel, batch_size: int = 32, device: str = "auto", dtype: torch.dtype | None = None
+) -> ModelRunner:
     """The runner for a loaded model's kind."""
     from schemas.extraction import TaskKind
 

@@ -57,7 +57,7 @@ class ModelRunner(ABC):
         self.device = pick_device(device)
         # bf16 on CUDA (tensor cores, half the memory traffic); float32 on CPU, where bf16 is slower here
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        self.model = loaded.model.to(device=self.device, dtype=self.dtype)
+        self.model = loaded.model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
         self.pad_id = int(loaded.tokenizer.pad_token_id or 0)
 
     def __call__(self, texts: list[str]) -> list[TaskOutput]:

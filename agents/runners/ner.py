@@ -11,9 +11,7 @@ from schemas.extraction import Entity, TaskKind, TaskResult
 from schemas.review_task import ReasonKind
 
 
-def word_probabilities(
-    windows: Windows, probs: list[np.ndarray], n_texts: int
-) -> list[tuple[list[int], list[int], np.ndarray]]:
+def word_probabilities(windows: Windows, probs: list[np.ndarray], n_texts: int) -> list[tuple[list[int], list[int], np.ndarray]]:
     """Per text: word start offsets, word end offsets, and ``[words, labels]`` probabilities.
 
     A word's probabilities are read at its first sub-token. Where windows overlap, the

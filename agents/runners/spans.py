@@ -63,9 +63,7 @@ class TagScheme:
         return self.labels.index("O") if "O" in self.labels else None
 
 
-def decode_spans(
-    starts: list[int], ends: list[int], probs: np.ndarray, scheme: TagScheme
-) -> tuple[list[Span], list[Span]]:
+def decode_spans(starts: list[int], ends: list[int], probs: np.ndarray, scheme: TagScheme) -> tuple[list[Span], list[Span]]:
     """Entity spans and possible missed entities from word-level probabilities ``[words, labels]``.
 
     ``starts``/``ends`` are each word's character offsets. Returns ``(entities, possible)``.

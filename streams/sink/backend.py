@@ -65,7 +65,7 @@ class ChdbBackend:
         self.database = database
         self._lock = threading.Lock()
         try:
-            self._session = session.Session(str(path))
+            self._session = session.Session(str(path))  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise SinkError("open", f"chdb data directory {path} is unavailable (is another process using it?): {exc}") from exc
 
@@ -93,14 +93,14 @@ class ChdbBackend:
     def _run(self, sql: str, parameters: dict[str, Any] | None, fmt: str) -> str:
         with self._lock:
             try:
-                res = self._session.query(sql, fmt, params=parameters or None)
+                res = self._session.query(sql, fmt, params=parameters or None)  # type: ignore[no-untyped-call]
             except Exception as exc:
                 raise SinkError("query", str(exc).splitlines()[0][:500], _error_code(exc)) from exc
         return res.bytes().decode("utf-8") if hasattr(res, "bytes") else str(res)
 
     def close(self) -> None:
         with self._lock:
-            self._session.close()
+            self._session.close()  # type: ignore[no-untyped-call]
 
 
 class ServerBackend:

@@ -67,8 +67,13 @@ class ClickHouseSink:
 
     def run(self, stop: threading.Event) -> None:
         consumer = make_consumer(
-            self.bootstrap, self.topics.extractions, self.topics.review, self.topics.deadletter,
-            group_id=self.settings.sink_group, max_poll_records=self.settings.sink_batch_rows,
+            self.bootstrap,
+            self.topics.extractions,
+            self.topics.review,
+            self.topics.deadletter,
+            group_id=self.settings.sink_group,
+            session_timeout_s=self.settings.session_timeout_s,
+            max_poll_records=self.settings.sink_batch_rows,
         )
         producer = make_producer(self.bootstrap)
         log.info("sink consuming %s, %s, %s", self.topics.extractions, self.topics.review, self.topics.deadletter)
@@ -106,7 +111,8 @@ class ClickHouseSink:
             log.warning("sink dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc.kind.value)
             from agents.pipeline import InRecord, dead_letter
 
-            letter = dead_letter(InRecord(value, message.key, message.topic, message.partition, message.offset), exc.kind, exc.message, "sink")
+            origin = InRecord(value, message.key, message.topic, message.partition, message.offset)
+            letter = dead_letter(origin, exc.kind, exc.message, "sink", max_raw_bytes=self.settings.max_record_bytes // 2)
             if message.topic == self.topics.deadletter:
                 # a dead letter that is itself unreadable is stored as such, not sent round again
                 batch.rows["dead_letters"].append(dead_letter_row(letter))
@@ -129,7 +135,9 @@ class ClickHouseSink:
                     waited = time.monotonic() - started
                     log.error("ClickHouse write failed (code %s, %.0f s so far), retrying: %s", exc.code, waited, exc.reason)
                     if waited > self.settings.sink_retry_max_seconds:
-                        raise SinkBackpressureError(exc.operation, f"still failing after {waited:.0f} s: {exc.reason}", exc.code, exc.table) from exc
+                        raise SinkBackpressureError(
+                            exc.operation, f"still failing after {waited:.0f} s: {exc.reason}", exc.code, exc.table
+                        ) from exc
                     if not paused:
                         consumer.pause(*consumer.assignment())
                         paused = True

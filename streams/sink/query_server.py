@@ -48,7 +48,7 @@ class QueryServer:
             def log_message(self, format: str, *args: Any) -> None:  # no request lines (queries may hold ids)
                 return
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 supplied = self.headers.get("Authorization", "").removeprefix("Bearer ")
                 if not hmac.compare_digest(supplied, server.token):
                     self._reply(401, {"error": "unauthorised"})
@@ -111,7 +111,9 @@ def running_endpoint(data_dir: Path) -> dict[str, Any] | None:
 def remote_query(endpoint: dict[str, Any], sql: str, parameters: dict[str, Any] | None, allow_writes: bool = False) -> QueryResult:
     body = json.dumps({"sql": sql, "parameters": parameters, "allow_writes": allow_writes}).encode()
     req = request.Request(
-        f"http://127.0.0.1:{endpoint['port']}/query", data=body, method="POST",
+        f"http://127.0.0.1:{endpoint['port']}/query",
+        data=body,
+        method="POST",
         headers={"Authorization": f"Bearer {endpoint['token']}", "Content-Type": "application/json"},
     )
     try:

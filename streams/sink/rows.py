@@ -14,13 +14,33 @@ from schemas.review_task import ReviewTask
 
 TABLE_COLUMNS: dict[str, list[str]] = {
     "extractions": [
-        "note_id", "revision", "patient_id", "encounter_id", "note_type", "source", "created_at", "text", "status",
-        "models", "doc_labels", "entities", "processed_at", "kafka_partition", "kafka_offset",
+        "note_id",
+        "revision",
+        "patient_id",
+        "encounter_id",
+        "note_type",
+        "source",
+        "created_at",
+        "text",
+        "status",
+        "models",
+        "doc_labels",
+        "entities",
+        "processed_at",
+        "kafka_partition",
+        "kafka_offset",
     ],
     "review_tasks": ["note_id", "revision", "note_type", "created_at", "reasons"],
     "dead_letters": [
-        "source_topic", "source_partition", "source_offset", "stage", "error_kind", "message", "raw_base64",
-        "key_base64", "failed_at",
+        "source_topic",
+        "source_partition",
+        "source_offset",
+        "stage",
+        "error_kind",
+        "message",
+        "raw_base64",
+        "key_base64",
+        "failed_at",
     ],
 }
 
@@ -31,25 +51,44 @@ def _ts(value: datetime) -> str:
 
 def extraction_row(e: Extraction, partition: int, offset: int) -> dict[str, Any]:
     return {
-        "note_id": e.note_id, "revision": e.revision, "patient_id": e.patient_id, "encounter_id": e.encounter_id,
-        "note_type": e.note_type, "source": e.source, "created_at": _ts(e.created_at), "text": e.text,
+        "note_id": e.note_id,
+        "revision": e.revision,
+        "patient_id": e.patient_id,
+        "encounter_id": e.encounter_id,
+        "note_type": e.note_type,
+        "source": e.source,
+        "created_at": _ts(e.created_at),
+        "text": e.text,
         "status": e.status.value,
         "models": {r.task: f"{r.model_name}@{r.model_version}" for r in e.results},
         "doc_labels": [{"task": r.task, "label": lab.label, "probability": lab.probability} for r in e.results for lab in r.labels],
         "entities": [
             {"task": r.task, "label": en.label, "start": en.start, "end": en.end, "text": en.text, "confidence": en.confidence}
-            for r in e.results for en in r.entities
+            for r in e.results
+            for en in r.entities
         ],
-        "processed_at": _ts(e.processed_at), "kafka_partition": partition, "kafka_offset": offset,
+        "processed_at": _ts(e.processed_at),
+        "kafka_partition": partition,
+        "kafka_offset": offset,
     }
 
 
 def review_task_row(t: ReviewTask) -> dict[str, Any]:
     return {
-        "note_id": t.note_id, "revision": t.revision, "note_type": t.note_type, "created_at": _ts(t.created_at),
+        "note_id": t.note_id,
+        "revision": t.revision,
+        "note_type": t.note_type,
+        "created_at": _ts(t.created_at),
         "reasons": [
-            {"task": r.task, "kind": r.kind.value, "label": r.label, "start": r.start, "end": r.end,
-             "confidence": r.confidence, "threshold": r.threshold}
+            {
+                "task": r.task,
+                "kind": r.kind.value,
+                "label": r.label,
+                "start": r.start,
+                "end": r.end,
+                "confidence": r.confidence,
+                "threshold": r.threshold,
+            }
             for r in t.reasons
         ],
     }
@@ -57,8 +96,12 @@ def review_task_row(t: ReviewTask) -> dict[str, Any]:
 
 def dead_letter_row(d: DeadLetter) -> dict[str, Any]:
     return {
-        "source_topic": d.source_topic, "source_partition": d.source_partition, "source_offset": d.source_offset,
-        "stage": d.stage, "error_kind": d.error_kind.value, "message": d.message,
+        "source_topic": d.source_topic,
+        "source_partition": d.source_partition,
+        "source_offset": d.source_offset,
+        "stage": d.stage,
+        "error_kind": d.error_kind.value,
+        "message": d.message,
         "raw_base64": base64.b64encode(d.raw).decode("ascii"),
         "key_base64": base64.b64encode(d.key).decode("ascii") if d.key is not None else None,
         "failed_at": _ts(d.failed_at),

@@ -1,0 +1,127 @@
+"""The whole path on real components: Tansu, a Faust worker subprocess, the sink, chdb."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from schemas.clinical_note import ClinicalNote
+from schemas.codec import codec_for
+from schemas.dead_letter import DeadLetter, ErrorKind
+from streams.embedded import SinkThread, TansuBroker, WorkerProcess
+from streams.kafka_io import ensure_topics, producer
+from streams.publish import publish_file
+from streams.settings import Settings
+from streams.sink.backend import ChdbBackend
+from tests.conftest import DATASETS, REPO, write_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+PLANTED_TEXT = "Zebulon Quarrington has severe xylophage syndrome"
+PLANTED_PATIENT = "MRN-99887766"
+
+
+def _notes_file(path: Path, n: int) -> Path:
+    lines = []
+    for i in range(n):
+        note = ClinicalNote(
+            note_id=f"e2e-{i}",
+            patient_id=PLANTED_PATIENT,
+            note_type="progress_note",
+            created_at="2026-11-01T08:00:00Z",
+            text=f"{PLANTED_TEXT}. Visit {i}.",
+            source="e2e",
+        )
+        lines.append(note.model_dump_json())
+    lines.insert(3, '{"note_id": "broken", "patient_id": ')  # rejected at publish, with its line number
+    lines.insert(5, json.dumps({"note_id": "no-text", "patient_id": PLANTED_PATIENT}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=2000)
+    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    letters = [codec_for(DeadLetter).decode(m.value) for m in consumer]
+    consumer.close()
+    return letters
+
+
+def test_notes_flow_to_clickhouse_and_bad_records_to_the_dead_letter_topic(
+    broker: TansuBroker, tiny_settings: Settings, database: ChdbBackend, tmp_path: Path
+) -> None:
+    settings = tiny_settings.model_copy(update={"log_level": "DEBUG"})
+    ensure_topics(settings, broker.bootstrap)
+    config = write_config(tmp_path / "ehrstream.toml", settings)
+    sink = SinkThread(settings, broker.bootstrap, backend=database)
+    worker = WorkerProcess(settings, broker.bootstrap, config, tmp_path / "worker.log")
+    sink.start()
+    worker.start()
+    try:
+        summary = publish_file(_notes_file(tmp_path / "notes.jsonl", 40), broker.bootstrap, settings.topics.notes, progress=False)
+        assert (summary.accepted, summary.rejected) == (40, 2)
+        assert [line for line, _ in summary.examples] == [4, 6]
+        assert all(PLANTED_PATIENT not in reason for _, reason in summary.examples)
+        raw = producer(broker.bootstrap)
+        bad = [b"\xff\xfe garbage", b"", b"x" * (settings.max_note_bytes + 1)]
+        for value in bad:
+            raw.send(settings.topics.notes, key=b"bad", value=value)
+        raw.flush()
+        raw.close()
+
+        db = database.database
+        deadline = time.monotonic() + 180
+        stored = dead = 0
+        while time.monotonic() < deadline:
+            assert worker.alive(), (tmp_path / "worker.log").read_text()[-3000:]
+            stored = database.query(f"SELECT count() FROM {db}.extractions_final").scalar()
+            dead = database.query(f"SELECT count() FROM {db}.dead_letters").scalar()
+            if stored == 40 and dead == 3:
+                break
+            time.sleep(1)
+        assert (stored, dead) == (40, 3)
+        rows = database.query(
+            f"SELECT note_id, length(doc_labels), mapKeys(models) FROM {db}.extractions_final WHERE note_id = {{id:String}}",
+            {"id": "e2e-7"},
+        ).rows
+        assert rows == [["e2e-7", 3, ["condition", "disease"]]]
+        kinds = sorted(d.error_kind.value for d in _dead_letters(broker.bootstrap, settings.topics.deadletter))
+        assert kinds == sorted([ErrorKind.undecodable.value, ErrorKind.undecodable.value, ErrorKind.oversized.value])
+        letters = _dead_letters(broker.bootstrap, settings.topics.deadletter)
+        assert {d.source_topic for d in letters} == {settings.topics.notes}
+        by_kind = {d.error_kind: d for d in letters}
+        oversized = by_kind[ErrorKind.oversized]
+        # cut to half of max_record_bytes so the letter itself can be produced; the message says where the original is
+        assert len(oversized.raw) == settings.max_record_bytes // 2 and f"@{oversized.source_offset}" in oversized.message
+        assert sorted(len(d.raw) for d in letters if d.error_kind is ErrorKind.undecodable) == [0, 10]
+        # threshold 0.5 on random tiny models: the routing split is checked in test_pipeline; here both sides add up
+        statuses = dict(database.query(f"SELECT status, count() FROM {db}.extractions_final GROUP BY status").rows)
+        assert sum(statuses.values()) == 40
+    finally:
+        worker.stop()
+        sink.stop()
+    log_text = (tmp_path / "worker.log").read_text()
+    assert "batch of" in log_text  # the worker logged at DEBUG/INFO ...
+    assert PLANTED_TEXT not in log_text and "Zebulon" not in log_text  # ... and never the note text
+    assert PLANTED_PATIENT not in log_text
+
+
+def test_demo_command_accounts_for_every_note(tmp_path: Path) -> None:
+    """`ehrstream demo --json` with the shipped default models, as a user runs it."""
+    cmd = [sys.executable, "-m", "streams.cli", "--data-dir", str(tmp_path), "demo", "--notes", "60", "--datasets", str(DATASETS), "--json"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["published"] == 60
+    assert summary["extracted"] + summary["dead_lettered"] == 60
+    assert summary["dead_lettered"] == 1  # one bad record in fifty
+    assert summary["clickhouse_notes"] == summary["extracted"]
+    assert summary["auto_accepted"] + summary["routed_to_review"] == summary["extracted"]

@@ -1,0 +1,113 @@
+"""The extraction pipeline and routing, with tiny real models and no broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agents.model_dir import load_model
+from agents.pipeline import ExtractionPipeline, InRecord
+from agents.runners import build_runner
+from agents.runners.base import Decision
+from schemas.clinical_note import ClinicalNote
+from schemas.codec import codec_for
+from schemas.dead_letter import DeadLetter, ErrorKind
+from schemas.extraction import Extraction, ExtractionStatus, TaskKind
+from schemas.review_task import ReasonKind, ReviewTask
+from streams.routing import RoutingPolicy
+from streams.settings import TaskSettings, TopicSettings
+
+
+def test_routing_uses_task_thresholds_and_label_overrides(tmp_path: Path) -> None:
+    policy = RoutingPolicy(
+        [
+            TaskSettings(
+                name="condition", kind=TaskKind.classification, model_dir=tmp_path, threshold=0.8, label_thresholds={"neoplasms": 0.95}
+            ),
+            TaskSettings(name="disease", kind=TaskKind.ner, model_dir=tmp_path, threshold=0.6),
+        ]
+    )
+    confident = [
+        Decision("condition", ReasonKind.document_label, "cardio", 0.85),
+        Decision("disease", ReasonKind.entity, "Disease", 0.7, 3, 9),
+    ]
+    assert policy.route(confident) == (ExtractionStatus.auto_accepted, [])
+    status, reasons = policy.route(
+        [
+            Decision("condition", ReasonKind.document_label, "neoplasms", 0.9),
+            Decision("disease", ReasonKind.possible_entity, "Disease", 0.55, 10, 14),
+        ]
+    )
+    assert status is ExtractionStatus.pending_review
+    assert [(r.task, r.kind, r.label, r.threshold, r.start) for r in reasons] == [
+        ("condition", ReasonKind.document_label, "neoplasms", 0.95, None),
+        ("disease", ReasonKind.possible_entity, "Disease", 0.6, 10),
+    ]
+
+
+def _pipeline(tiny_cls_dir: Path, tiny_ner_dir: Path, threshold: float) -> tuple[ExtractionPipeline, TopicSettings]:
+    tasks = [
+        TaskSettings(name="condition", kind=TaskKind.classification, model_dir=tiny_cls_dir, threshold=threshold),
+        TaskSettings(name="disease", kind=TaskKind.ner, model_dir=tiny_ner_dir, threshold=threshold),
+    ]
+    runners = [build_runner(t.name, load_model(t.model_dir, t.kind), device="cpu") for t in tasks]
+    topics = TopicSettings()
+    return ExtractionPipeline(runners, RoutingPolicy(tasks), topics, max_note_bytes=5000), topics
+
+
+def _record(value: bytes, offset: int) -> InRecord:
+    return InRecord(value, b"k", "ehr.notes", 0, offset)
+
+
+def test_every_record_becomes_an_extraction_or_a_dead_letter(tiny_cls_dir: Path, tiny_ner_dir: Path) -> None:
+    pipeline, topics = _pipeline(tiny_cls_dir, tiny_ner_dir, threshold=0.0)
+    note = ClinicalNote(
+        note_id="n1", patient_id="p1", note_type="t", created_at="2026-11-01T00:00:00Z", text="Diabetes and asthma.", source="s"
+    )
+    records = [
+        _record(codec_for(ClinicalNote).encode(note), 0),
+        _record(note.model_copy(update={"note_id": "n2"}).model_dump_json().encode(), 1),
+        _record(b"\x00\x01 junk", 2),
+        _record(note.model_copy(update={"note_id": "n3", "text": "x" * 6000}).model_dump_json().encode(), 3),
+    ]
+    result = pipeline.process(records)
+    assert (result.extracted, result.dead_lettered, result.auto_accepted, result.routed_to_review) == (2, 2, 2, 0)
+    by_topic: dict[str, list[bytes]] = {}
+    for r in result.records:
+        by_topic.setdefault(r.topic, []).append(r.value)
+    extractions = [codec_for(Extraction).decode(v) for v in by_topic[topics.extractions]]
+    assert [e.note_id for e in extractions] == ["n1", "n2"]
+    assert {r.task for r in extractions[0].results} == {"condition", "disease"}
+    letters = [codec_for(DeadLetter).decode(v) for v in by_topic[topics.deadletter]]
+    assert [(d.error_kind, d.source_offset) for d in letters] == [(ErrorKind.undecodable, 2), (ErrorKind.oversized, 3)]
+    assert letters[0].raw == b"\x00\x01 junk"
+    assert topics.review not in by_topic
+
+
+def test_low_confidence_notes_go_to_review_and_are_still_extracted(tiny_cls_dir: Path, tiny_ner_dir: Path) -> None:
+    pipeline, topics = _pipeline(tiny_cls_dir, tiny_ner_dir, threshold=1.0)  # nothing clears 1.0
+    note = ClinicalNote(note_id="n1", patient_id="p1", note_type="t", created_at="2026-11-01T00:00:00Z", text="Diabetes.", source="s")
+    result = pipeline.process([_record(note.model_dump_json().encode(), 0)])
+    assert (result.extracted, result.routed_to_review) == (1, 1)
+    (extraction,) = [codec_for(Extraction).decode(r.value) for r in result.records if r.topic == topics.extractions]
+    (task,) = [codec_for(ReviewTask).decode(r.value) for r in result.records if r.topic == topics.review]
+    assert extraction.status is ExtractionStatus.pending_review
+    assert task.note_id == "n1" and any(r.kind is ReasonKind.document_label and r.threshold == 1.0 for r in task.reasons)
+
+
+def test_a_failing_model_dead_letters_only_the_failing_note(tiny_cls_dir: Path, tiny_ner_dir: Path) -> None:
+    pipeline, topics = _pipeline(tiny_cls_dir, tiny_ner_dir, threshold=0.0)
+    real = pipeline.runners[0]
+
+    class Flaky:
+        def __call__(self, texts: list[str]) -> list:
+            if any("POISON" in t for t in texts):
+                raise RuntimeError("model blew up")
+            return real(texts)
+
+    pipeline.runners[0] = Flaky()  # type: ignore[assignment]
+    good = ClinicalNote(note_id="ok", patient_id="p", note_type="t", created_at="2026-11-01T00:00:00Z", text="fine", source="s")
+    bad = good.model_copy(update={"note_id": "bad", "text": "POISON"})
+    result = pipeline.process([_record(good.model_dump_json().encode(), 0), _record(bad.model_dump_json().encode(), 1)])
+    assert (result.extracted, result.dead_lettered) == (1, 1)
+    (letter,) = [codec_for(DeadLetter).decode(r.value) for r in result.records if r.topic == topics.deadletter]
+    assert letter.error_kind is ErrorKind.processing_error and letter.source_offset == 1

@@ -1,0 +1,169 @@
+"""The ClickHouse side on real chdb (and the real broker for the sink loop)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from schemas.codec import codec_for
+from schemas.dead_letter import DeadLetter, ErrorKind
+from schemas.extraction import Entity, Extraction, ExtractionStatus, TaskKind, TaskResult
+from streams.embedded import SinkThread, TansuBroker
+from streams.errors import QueryRefusedError
+from streams.kafka_io import ensure_topics, producer
+from streams.querying import run_query
+from streams.settings import Settings
+from streams.sink.backend import ChdbBackend
+from streams.sink.migrations import migrate
+from streams.sink.query_server import QueryServer, check_read_only, remote_query
+from streams.sink.rows import TABLE_COLUMNS, extraction_row, json_each_row
+
+
+def extraction(
+    note_id: str, revision: int = 0, status: ExtractionStatus = ExtractionStatus.auto_accepted, text: str = "Has asthma."
+) -> Extraction:
+    return Extraction(
+        note_id=note_id,
+        revision=revision,
+        patient_id="p",
+        note_type="progress_note",
+        source="s",
+        created_at=datetime(2026, 11, 1, tzinfo=UTC),
+        text=text,
+        status=status,
+        processed_at=datetime.now(UTC),
+        results=[
+            TaskResult(
+                task="disease",
+                kind=TaskKind.ner,
+                model_name="m",
+                model_version="v1",
+                entities=[Entity(label="Disease", start=4, end=10, text="asthma", confidence=0.97)],
+            ),
+        ],
+    )
+
+
+def test_migrations_are_idempotent(database: ChdbBackend) -> None:
+    assert migrate(database) == ["001_tables.sql"]
+    assert migrate(database) == []
+    tables = {r[0] for r in database.query("SELECT name FROM system.tables WHERE database = {db:String}", {"db": database.database}).rows}
+    assert {"extractions", "review_tasks", "dead_letters", "extractions_final", "schema_migrations"} <= tables
+
+
+def test_replays_are_collapsed_and_revisions_are_kept(database: ChdbBackend) -> None:
+    migrate(database)
+    rows = [extraction_row(extraction(f"n{i}"), 0, i) for i in range(5)]
+    payload = json_each_row(rows)
+    database.insert_json("extractions", TABLE_COLUMNS["extractions"], payload)
+    database.insert_json("extractions", TABLE_COLUMNS["extractions"], payload)  # at-least-once replay
+    reviewed = extraction_row(extraction("n0", revision=1, status=ExtractionStatus.reviewed), 0, 99)
+    database.insert_json("extractions", TABLE_COLUMNS["extractions"], json_each_row([reviewed]))
+    db = database.database
+    assert database.query(f"SELECT count() FROM {db}.extractions_final").scalar() == 5
+    assert database.query(f"SELECT status FROM {db}.extractions_final WHERE note_id = {{id:String}}", {"id": "n0"}).scalar() == "reviewed"
+    assert database.query(f"SELECT count() FROM {db}.extractions FINAL WHERE note_id = 'n0'").scalar() == 2  # audit trail
+    entity = database.query(
+        f"SELECT e.label, e.text, e.start FROM {db}.extractions_final ARRAY JOIN entities AS e WHERE note_id = 'n1'"
+    ).rows
+    assert entity == [["Disease", "asthma", 4]]
+
+
+def test_parameters_are_bound_not_formatted(database: ChdbBackend) -> None:
+    migrate(database)
+    database.insert_json("extractions", TABLE_COLUMNS["extractions"], json_each_row([extraction_row(extraction("x"), 0, 0)]))
+    hostile = "x' OR '1'='1"
+    assert (
+        database.query(f"SELECT count() FROM {database.database}.extractions_final WHERE note_id = {{id:String}}", {"id": hostile}).scalar()
+        == 0
+    )
+
+
+@pytest.mark.parametrize("sql", ["DROP TABLE t", "INSERT INTO t VALUES (1)", "SELECT 1; DROP TABLE t", "ALTER TABLE t DELETE WHERE 1", ""])
+def test_query_refuses_writes(sql: str) -> None:
+    with pytest.raises(QueryRefusedError):
+        check_read_only(sql)
+
+
+def test_query_endpoint_requires_its_token_and_is_read_only(database: ChdbBackend, tmp_path: Path) -> None:
+    migrate(database)
+    server = QueryServer(database, tmp_path)
+    server.start()
+    try:
+        endpoint = json.loads((tmp_path / "sink.json").read_text())
+        assert (tmp_path / "sink.json").stat().st_mode & 0o777 == 0o600
+        assert remote_query(endpoint, "SELECT 1 AS one", None).rows == [[1]]
+        with pytest.raises(QueryRefusedError):
+            remote_query(endpoint, f"DROP DATABASE {database.database}", None)
+        from streams.errors import SinkError
+
+        with pytest.raises(SinkError, match="unauthorised"):
+            remote_query({**endpoint, "token": "wrong"}, "SELECT 1", None)
+        settings = Settings(data_dir=tmp_path)
+        assert run_query(settings, "SELECT 2", None).rows == [[2]]  # the CLI path finds the running endpoint
+    finally:
+        server.stop()
+    assert not (tmp_path / "sink.json").exists()
+
+
+@pytest.mark.slow
+def test_sink_writes_rows_then_commits_and_dead_letters_what_it_cannot_read(
+    broker: TansuBroker, tiny_settings: Settings, database: ChdbBackend
+) -> None:
+    settings = tiny_settings
+    ensure_topics(settings, broker.bootstrap)
+    p = producer(broker.bootstrap)
+    for i in range(20):
+        p.send(settings.topics.extractions, key=f"n{i}".encode(), value=codec_for(Extraction).encode(extraction(f"n{i}")))
+    p.send(settings.topics.extractions, key=b"bad", value=b"not avro")
+    p.flush()
+    sink = SinkThread(settings, broker.bootstrap, backend=database)
+    sink.start()
+    try:
+        db = database.database
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stored = database.query(f"SELECT count() FROM {db}.extractions_final").scalar()
+            dead = database.query(f"SELECT count() FROM {db}.dead_letters").scalar()
+            if stored == 20 and dead == 1:
+                break
+            time.sleep(0.5)
+        assert (stored, dead) == (20, 1)
+        row = database.query(f"SELECT error_kind, stage, source_topic FROM {db}.dead_letters").rows[0]
+        assert row == [ErrorKind.invalid_avro.value, "sink", settings.topics.extractions]
+    finally:
+        sink.stop()
+    # offsets were committed for everything written
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    committed = admin.list_group_offsets(settings.sink_group)[settings.sink_group]
+    admin.close()
+    extraction_offsets = sum(o.offset for tp, o in committed.items() if tp.topic == settings.topics.extractions)
+    assert extraction_offsets == 21
+
+
+def test_dead_letter_rows_keep_raw_bytes(database: ChdbBackend) -> None:
+    import base64
+
+    from streams.sink.rows import dead_letter_row
+
+    migrate(database)
+    letter = DeadLetter(
+        raw=b"\xff\x00raw",
+        key=None,
+        error_kind=ErrorKind.undecodable,
+        message="m",
+        source_topic="t",
+        source_partition=0,
+        source_offset=7,
+        stage="worker",
+        failed_at=datetime.now(UTC),
+    )
+    database.insert_json("dead_letters", TABLE_COLUMNS["dead_letters"], json_each_row([dead_letter_row(letter)]))
+    stored = database.query(f"SELECT raw_base64 FROM {database.database}.dead_letters").scalar()
+    assert base64.b64decode(stored) == b"\xff\x00raw"
