@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agents.errors import TrainingDataError
 
@@ -92,6 +93,33 @@ def read_conll(path: Path) -> list[NerExample]:
     return examples
 
 
+def read_pubtator(path: Path) -> list[NerExample]:
+    """PubTator documents: ``PMID|t|title``, ``PMID|a|abstract``, then ``PMID<TAB>start<TAB>end<TAB>text<TAB>type<TAB>id``.
+
+    Offsets are into title + " " + abstract: whole documents, as notes are.
+    """
+    docs: dict[str, dict[str, Any]] = {}
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split("|", 2)
+        if len(parts) == 3 and parts[1] in ("t", "a") and parts[0].isdigit():
+            doc = docs.setdefault(parts[0], {"parts": [], "spans": []})
+            doc["parts"].append(parts[2])
+            continue
+        cols = line.split("\t")
+        if len(cols) >= 5 and cols[0] in docs:
+            docs[cols[0]]["spans"].append((int(cols[1]), int(cols[2]), "Disease", cols[3], line_no))
+    out = []
+    for pmid, doc in docs.items():
+        text = " ".join(doc["parts"])
+        spans = []
+        for start, end, label, mention, line_no in doc["spans"]:
+            if text[start:end] != mention:
+                raise TrainingDataError(f"{path}:{line_no}", f"offsets {start}-{end} do not match the mention in {pmid}")
+            spans.append((start, end, label))
+        out.append(NerExample(text, sorted(set(spans))))
+    return out
+
+
 def read_jsonl(path: Path, kind: str) -> list[Example]:
     """ehrstream JSONL: ``{"text", "label"}`` (classification) or ``{"text", "entities": [{"start","end","label"}]}``."""
     out: list[Example] = []
@@ -121,6 +149,8 @@ def read_examples(path: Path, kind: str) -> list[Example]:
         raise TrainingDataError(str(path), "no such file")
     if ".conll" in path.name:
         examples: Sequence[Example] = read_conll(path)
+    elif ".pubtator" in path.name:
+        examples = read_pubtator(path)
     elif path.suffix == ".csv":
         examples = read_medical_abstracts(path)
     else:

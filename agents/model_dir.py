@@ -55,6 +55,8 @@ class ModelManifest(BaseModel):
     format: Literal["lora", "full"]
     max_length: int = 256
     stride: int = 64
+    #: logits are divided by this before softmax; fitted on a dev split by ``ehrstream calibrate``
+    temperature: float = 1.0
     data_sha256: str = ""
     training: dict[str, Any] = {}
 
@@ -101,6 +103,7 @@ class LoadedModel:
     version: str
     max_length: int
     stride: int
+    temperature: float = 1.0
 
 
 def read_manifest(path: Path) -> ModelManifest | None:
@@ -163,7 +166,8 @@ def load_model(path: Path | str, kind: TaskKind, max_length: int | None = None, 
     if overlap >= window // 2:
         raise ModelLoadError(path, f"stride {overlap} must be under half the window {window}")
     model.eval()
-    return LoadedModel(model, tokenizer, kind, labels, name, version, window, overlap)
+    temperature = manifest.temperature if manifest is not None else 1.0
+    return LoadedModel(model, tokenizer, kind, labels, name, version, window, overlap, temperature)
 
 
 def write_manifest(path: Path, manifest: ModelManifest) -> None:

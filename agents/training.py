@@ -25,7 +25,6 @@ from transformers.utils import logging as hf_logging
 
 from agents.datasets import ClassificationExample, Example, NerExample, data_hash
 from agents.errors import TrainingDataError
-from agents.metrics import classification_scores, span_scores
 from agents.model_dir import DEFAULT_BACKBONE, LoadedModel, ModelManifest, resolve_base, write_manifest
 from agents.runners import build_runner
 from agents.runners.base import pick_device
@@ -142,19 +141,10 @@ def seed_everything(seed: int) -> None:
 def evaluate_loaded(
     loaded: LoadedModel, task: str, examples: list[Example], batch_size: int = 32, device: str = "auto", dtype: torch.dtype | None = None
 ) -> dict[str, Any]:
-    """Score a model on labelled examples through the production runner."""
-    runner = build_runner(task, loaded, batch_size=batch_size, device=device, dtype=dtype)
-    outputs = []
-    texts = [ex.text for ex in examples]
-    for first in range(0, len(texts), 256):
-        outputs += runner(texts[first : first + 256])
-    if loaded.kind is TaskKind.classification:
-        gold = [ex.label for ex in examples if isinstance(ex, ClassificationExample)]
-        pred = [out.result.labels[0].label for out in outputs]
-        return classification_scores(gold, pred, loaded.labels)
-    gold_spans = [ex.spans for ex in examples if isinstance(ex, NerExample)]
-    pred_spans = [[(e.start, e.end, e.label) for e in out.result.entities] for out in outputs]
-    return span_scores(gold_spans, pred_spans)
+    """Score a model on labelled examples through the production runner (see ``agents.evaluation``)."""
+    from agents.evaluation import Run, report
+
+    return report(Run.of(build_runner(task, loaded, batch_size=batch_size, device=device, dtype=dtype), examples))
 
 
 def train(

@@ -15,6 +15,8 @@ from schemas.errors import EhrstreamError
 
 log = logging.getLogger("ehrstream")
 
+DEFAULT_CONFIG = Path("ehrstream.toml")
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,7 +76,12 @@ def _setup_logging(level: str) -> None:
 )
 @click.pass_context
 def main(ctx: click.Context, config: Path | None, log_level: str | None, data_dir: Path | None) -> None:
-    """ehrstream: clinical notes in, structured and reviewable data out."""
+    """ehrstream: clinical notes in, structured and reviewable data out.
+
+    Without --config, ./ehrstream.toml is read when it exists.
+    """
+    if config is None and DEFAULT_CONFIG.exists():
+        config = DEFAULT_CONFIG
     ctx.obj = _Context(config, log_level, data_dir)
     _setup_logging(log_level or "INFO")
 
@@ -228,8 +235,15 @@ def up(obj: _Context) -> None:
     "--data",
     envvar="EHRSTREAM_TRAIN_DATA",
     required=True,
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="Training file: CoNLL, medical_abstracts CSV or ehrstream JSONL.",
+    help="Training file (CoNLL, medical_abstracts CSV or ehrstream JSONL), or 'clickhouse' for reviewed + confident rows.",
+)
+@_option(
+    "--confidence-floor",
+    envvar="EHRSTREAM_TRAIN_CONFIDENCE_FLOOR",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="With --data clickhouse: auto-accepted rows below this confidence are left out.",
 )
 @_option(
     "--dev",
@@ -262,7 +276,8 @@ def up(obj: _Context) -> None:
 def train(
     obj: _Context,
     task: str,
-    data: Path,
+    data: str,
+    confidence_floor: float,
     dev: Path | None,
     out: Path | None,
     base: str,
@@ -281,11 +296,22 @@ def train(
     from agents.training import train as run_training
 
     settings = obj.settings()
-    task_settings = next((t for t in settings.tasks if t.name == task), None)
-    if task_settings is None:
-        raise click.UsageError(f"unknown task {task!r}; configured: {[t.name for t in settings.tasks]}")
+    task_settings = _task(obj, task)
     kind = task_settings.kind
-    train_examples = read_examples(data, kind.value)
+    if data == "clickhouse":
+        from streams.training_data import examples_from_clickhouse
+
+        source = examples_from_clickhouse(settings, task, kind, confidence_floor)
+        click.echo(
+            f"clickhouse: {source.reviewed} reviewed, {source.machine_labelled} auto-accepted >= {confidence_floor}, "
+            f"{source.below_floor} below the floor left out",
+            err=True,
+        )
+        train_examples = source.examples
+    elif Path(data).is_file():
+        train_examples = read_examples(Path(data), kind.value)
+    else:
+        raise click.BadParameter(f"no such file: {data}", param_hint="--data")
     dev_examples = read_examples(dev, kind.value) if dev else []
     config = TrainConfig(
         task=task,
@@ -316,13 +342,20 @@ def train(
     )
 
 
+def _task(obj: _Context, name: str) -> Any:
+    task = next((t for t in obj.settings().tasks if t.name == name), None)
+    if task is None:
+        raise click.UsageError(f"unknown task {name!r}; configured: {[t.name for t in obj.settings().tasks]}")
+    return task
+
+
 @main.command()
 @_option("--task", envvar="EHRSTREAM_EVAL_TASK", required=True, help="Task name, as configured.")
 @_option(
     "--model",
     envvar="EHRSTREAM_EVAL_MODEL",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
-    help="Model directory (default: the task's configured model_dir).",
+    help="Model directory (default: the model the worker is configured with).",
 )
 @_option(
     "--data",
@@ -331,28 +364,136 @@ def train(
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="Labelled file: CoNLL, medical_abstracts CSV or ehrstream JSONL.",
 )
+@_option(
+    "--plots", envvar="EHRSTREAM_EVAL_PLOTS", type=click.Path(path_type=Path, file_okay=False), help="Write PNG plots and report.json here."
+)
+@_option(
+    "--threshold",
+    envvar="EHRSTREAM_EVAL_THRESHOLD",
+    type=float,
+    help="Mark this threshold on the trade-off plot (default: the configured one).",
+)
 @_option("--device", envvar="EHRSTREAM_DEVICE", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the scores.")
 @click.pass_obj
-def evaluate(obj: _Context, task: str, model: Path | None, data: Path, device: str, as_json: bool) -> None:
-    """Score a model on labelled data: macro-F1 and accuracy, or strict span P/R/F1 for NER."""
+def evaluate(
+    obj: _Context, task: str, model: Path | None, data: Path, plots: Path | None, threshold: float | None, device: str, as_json: bool
+) -> None:
+    """Score a model: P/R/F1 (micro, macro, per label; strict and overlap spans for NER), confusion, ECE, review trade-off."""
+    from agents import plots as charts
     from agents.datasets import read_examples
+    from agents.evaluation import Run, report
     from agents.model_dir import load_model
-    from agents.training import evaluate_loaded
+    from agents.runners import build_runner
 
-    settings = obj.settings()
-    task_settings = next((t for t in settings.tasks if t.name == task), None)
-    if task_settings is None:
-        raise click.UsageError(f"unknown task {task!r}; configured: {[t.name for t in settings.tasks]}")
+    task_settings = _task(obj, task)
     loaded = load_model(model or task_settings.model_dir, task_settings.kind)
     examples = read_examples(data, task_settings.kind.value)
-    scores = evaluate_loaded(loaded, task, examples, device=device)
-    summary = {"task": task, "model": loaded.name, "version": loaded.version, "data": str(data), **scores}
-    if not as_json:
-        for key in ("n", "f1", "precision", "recall", "accuracy"):
-            if key in summary:
-                click.echo(f"{key:>10}: {summary[key]}")
-    click.echo(json.dumps(summary) if as_json else "")
+    result = report(Run.of(build_runner(task, loaded, device=device), examples), guard=task_settings.possible_entity_threshold)
+    chosen = threshold if threshold is not None else task_settings.threshold
+    at = min(result["tradeoff"], key=lambda r: abs(r["threshold"] - chosen))
+    summary = {
+        "task": task,
+        "model": loaded.name,
+        "version": loaded.version,
+        "temperature": loaded.temperature,
+        "data": str(data),
+        "n": result["n"],
+        "f1": result["f1"],
+        "precision": result["precision"],
+        "recall": result["recall"],
+        **({"accuracy": result["accuracy"]} if "accuracy" in result else {"overlap_f1": result["overlap"]["f1"]}),
+        "macro_f1": result["macro"]["f1"],
+        "ece": result["calibration"]["ece"],
+        "threshold": chosen,
+        "review_share": at["review_share"],
+        "auto_precision": at["auto_precision"],
+    }
+    if plots is not None:
+        title = f"{task} ({loaded.name} {loaded.version}) on {data.name}"
+        plots.mkdir(parents=True, exist_ok=True)
+        (plots / "report.json").write_text(json.dumps({**summary, "report": result}, indent=2) + "\n")
+        charts.reliability_diagram(result, plots / "reliability.png", title)
+        charts.confusion_matrix(result, plots / "confusion.png", title)
+        charts.tradeoff_curve(result, plots / "tradeoff.png", title, chosen)
+        summary["plots"] = str(plots)
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        click.echo(f"{key:>15}: {value:.4f}" if isinstance(value, float) else f"{key:>15}: {value}")
+    if "per_label" in result:
+        for label, scores in result["per_label"].items():
+            row = scores.get("strict", scores)
+            click.echo(f"  {label:<35} P {row['precision']:.3f}  R {row['recall']:.3f}  F1 {row['f1']:.3f}")
+
+
+@main.command()
+@_option("--task", envvar="EHRSTREAM_CAL_TASK", required=True, help="Task name, as configured.")
+@_option(
+    "--model",
+    envvar="EHRSTREAM_CAL_MODEL",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Model directory (default: the configured one).",
+)
+@_option(
+    "--data",
+    envvar="EHRSTREAM_CAL_DATA",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Dev split (never the test split).",
+)
+@_option(
+    "--target-precision",
+    envvar="EHRSTREAM_CAL_TARGET_PRECISION",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="Auto-accept precision to reach.",
+)
+@_option(
+    "--write-config",
+    envvar="EHRSTREAM_CAL_WRITE_CONFIG",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Config file to write the thresholds into (default: --config, else ehrstream.toml).",
+)
+@_option("--device", envvar="EHRSTREAM_DEVICE", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the result.")
+@click.pass_obj
+def calibrate(
+    obj: _Context, task: str, model: Path | None, data: Path, target_precision: float, write_config: Path | None, device: str, as_json: bool
+) -> None:
+    """Fit temperature scaling on a dev split and write the least-review thresholds that reach the target precision."""
+    from agents.calibration import write_temperature, write_thresholds
+    from agents.datasets import read_examples
+    from agents.evaluation import Run, choose_thresholds, fit_temperature
+    from agents.model_dir import load_model
+    from agents.runners import build_runner
+
+    task_settings = _task(obj, task)
+    model_dir = model or task_settings.model_dir
+    loaded = load_model(model_dir, task_settings.kind)
+    run = Run.of(build_runner(task, loaded, device=device), read_examples(data, task_settings.kind.value))
+    before = run.nll(1.0)
+    temperature = fit_temperature(run)
+    chosen = choose_thresholds(run, target_precision, temperature, guard=task_settings.possible_entity_threshold)
+    config_file = write_config or obj.config or Path("ehrstream.toml")
+    write_temperature(model_dir, temperature)
+    write_thresholds(config_file, task, task_settings.kind.value, model_dir, chosen["threshold"], chosen["label_thresholds"])
+    result = {
+        "task": task,
+        "model": str(model_dir),
+        "data": str(data),
+        "temperature": temperature,
+        "nll_before": round(before, 4),
+        "nll_after": round(run.nll(temperature), 4),
+        "target_precision": target_precision,
+        **chosen,
+        "config": str(config_file),
+    }
+    if not result["reached_target"]:
+        click.echo(f"warning: no threshold reaches precision {target_precision} on {data.name}; using the strictest", err=True)
+    click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>17}: {v}" for k, v in result.items()))
 
 
 def run() -> None:

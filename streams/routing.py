@@ -2,7 +2,8 @@
 
 A decision is a document label's probability, an entity span's confidence, or the
 probability of "no entity" for a word the model almost tagged (see
-``agents.runners.spans``). Thresholds are per task, with per-label overrides. A note
+``agents.runners.spans``). Thresholds are per task, with per-label overrides; the
+"no entity" decisions have their own per-task threshold (a recall guard). A note
 with any decision below its threshold is stored as ``pending_review`` and gets a
 ReviewTask listing each such decision, so nothing is hidden from analysts or reviewers.
 """
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from agents.runners.base import Decision
 from schemas.extraction import ExtractionStatus
-from schemas.review_task import ReviewReason
+from schemas.review_task import ReasonKind, ReviewReason
 from streams.settings import TaskSettings
 
 
@@ -21,13 +22,13 @@ class RoutingPolicy:
     def __init__(self, tasks: Sequence[TaskSettings]) -> None:
         self._tasks = {t.name: t for t in tasks}
 
-    def threshold(self, task: str, label: str) -> float:
-        return self._tasks[task].threshold_for(label)
+    def threshold(self, task: str, label: str, kind: ReasonKind) -> float:
+        return self._tasks[task].threshold_for(label, kind)
 
     def route(self, decisions: Sequence[Decision]) -> tuple[ExtractionStatus, list[ReviewReason]]:
         reasons = []
         for d in decisions:
-            threshold = self.threshold(d.task, d.label)
+            threshold = self.threshold(d.task, d.label, d.kind)
             if d.confidence < threshold:
                 reasons.append(
                     ReviewReason(

@@ -16,6 +16,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, fiel
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from schemas.extraction import TaskKind
+from schemas.review_task import ReasonKind
 from streams.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +36,13 @@ class TaskSettings(BaseModel):
     threshold: float = Field(default=0.9, ge=0.0, le=1.0)
     #: per-label overrides of ``threshold``
     label_thresholds: dict[str, float] = Field(default_factory=dict)
+    #: NER recall guard: a word tagged O is sent to review when p(O) is below this. Set by policy, not by
+    #: ``calibrate`` (which targets the precision of what is accepted, not what is missed).
+    possible_entity_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
 
-    def threshold_for(self, label: str) -> float:
+    def threshold_for(self, label: str, kind: ReasonKind = ReasonKind.entity) -> float:
+        if kind is ReasonKind.possible_entity:
+            return self.possible_entity_threshold
         return self.label_thresholds.get(label, self.threshold)
 
 

@@ -23,7 +23,7 @@ def test_routing_uses_task_thresholds_and_label_overrides(tmp_path: Path) -> Non
             TaskSettings(
                 name="condition", kind=TaskKind.classification, model_dir=tmp_path, threshold=0.8, label_thresholds={"neoplasms": 0.95}
             ),
-            TaskSettings(name="disease", kind=TaskKind.ner, model_dir=tmp_path, threshold=0.6),
+            TaskSettings(name="disease", kind=TaskKind.ner, model_dir=tmp_path, threshold=0.6, possible_entity_threshold=0.5),
         ]
     )
     confident = [
@@ -34,13 +34,16 @@ def test_routing_uses_task_thresholds_and_label_overrides(tmp_path: Path) -> Non
     status, reasons = policy.route(
         [
             Decision("condition", ReasonKind.document_label, "neoplasms", 0.9),
-            Decision("disease", ReasonKind.possible_entity, "Disease", 0.55, 10, 14),
+            Decision("disease", ReasonKind.possible_entity, "Disease", 0.55, 10, 14),  # clears the 0.5 recall guard
+            Decision("disease", ReasonKind.possible_entity, "Disease", 0.45, 20, 24),
+            Decision("disease", ReasonKind.entity, "Disease", 0.55, 30, 34),
         ]
     )
     assert status is ExtractionStatus.pending_review
     assert [(r.task, r.kind, r.label, r.threshold, r.start) for r in reasons] == [
         ("condition", ReasonKind.document_label, "neoplasms", 0.95, None),
-        ("disease", ReasonKind.possible_entity, "Disease", 0.6, 10),
+        ("disease", ReasonKind.possible_entity, "Disease", 0.5, 20),
+        ("disease", ReasonKind.entity, "Disease", 0.6, 30),
     ]
 
 

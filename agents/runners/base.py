@@ -39,6 +39,13 @@ class TaskOutput:
     decisions: list[Decision]
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    out: np.ndarray = (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return out
+
+
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,14 +71,21 @@ class ModelRunner(ABC):
         if not texts:
             return []
         windows = self.preprocess(texts)
-        probs = self.window_probabilities(windows)
-        return self.postprocess(texts, windows, probs)
+        return self.postprocess(texts, windows, self.window_probabilities(windows))
 
     def preprocess(self, texts: list[str]) -> Windows:
         return make_windows(self.loaded.tokenizer, texts, self.loaded.max_length, self.loaded.stride)
 
-    def window_probabilities(self, windows: Windows) -> list[np.ndarray]:
-        """Class probabilities per window (per token for NER), float32, in window order."""
+    def window_probabilities(self, windows: Windows, temperature: float | None = None) -> list[np.ndarray]:
+        """Class probabilities per window (per token for NER), float32, in window order.
+
+        Logits are divided by the model's calibrated temperature (1.0 until ``ehrstream calibrate``).
+        """
+        t = self.loaded.temperature if temperature is None else temperature
+        return [softmax(logits / t) for logits in self.window_logits(windows)]
+
+    def window_logits(self, windows: Windows) -> list[np.ndarray]:
+        """Raw logits per window (per token for NER), float32, in window order."""
         order = sorted(range(len(windows)), key=lambda i: len(windows.input_ids[i]))
         out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(windows)
         with torch.inference_mode():
@@ -85,9 +99,9 @@ class ModelRunner(ABC):
                     ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
                     mask[row, : len(seq)] = 1
                 logits = self._forward(ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True))
-                probs = logits.float().softmax(dim=-1).cpu().numpy()
+                values = logits.float().cpu().numpy()  # upcast (bf16 on CUDA) before numpy
                 for row, i in enumerate(idx):
-                    out[i] = probs[row, : len(windows.input_ids[i])] if probs.ndim == 3 else probs[row]
+                    out[i] = values[row, : len(windows.input_ids[i])] if values.ndim == 3 else values[row]
         return out
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,73 @@
+"""Training data from ClickHouse: reviewed results plus confident machine labels.
+
+Reviewed notes (status ``reviewed``, written when a reviewer's decision is applied) are
+taken as they are. Auto-accepted notes are taken only when the task's decisions clear a
+confidence floor: the top document label's probability for classification; for NER every
+span's confidence (a note is kept or dropped whole, since dropping one span would teach
+the model that its text is not an entity). This is the confidence filter for noisy labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from agents.datasets import ClassificationExample, Example, NerExample
+from agents.errors import TrainingDataError
+from schemas.extraction import TaskKind
+from streams.querying import run_query
+from streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class ClickHouseExamples:
+    examples: list[Example]
+    reviewed: int
+    machine_labelled: int
+    below_floor: int
+
+
+def examples_from_clickhouse(settings: Settings, task: str, kind: TaskKind, floor: float) -> ClickHouseExamples:
+    db = settings.clickhouse_database  # validated identifier; values are bound
+    sql = (
+        "SELECT note_id, text, status, "  # noqa: S608
+        "arrayFilter(x -> x.task = {task:String}, doc_labels) AS labels, "
+        "arrayFilter(x -> x.task = {task:String}, entities) AS spans "
+        f"FROM {db}.extractions_final WHERE status IN ('reviewed', 'auto_accepted') ORDER BY note_id"
+    )
+    rows = run_query(settings, sql, {"task": task}).rows
+    examples: list[Example] = []
+    reviewed = machine = dropped = 0
+    for _note_id, text, status, labels, spans in rows:
+        is_reviewed = status == "reviewed"
+        if kind is TaskKind.classification:
+            if not labels:
+                continue
+            top = max(labels, key=_probability)
+            if not is_reviewed and _probability(top) < floor:
+                dropped += 1
+                continue
+            examples.append(ClassificationExample(text, _field(top, "label", 1)))
+        else:
+            parsed = [
+                (int(_field(s, "start", 2)), int(_field(s, "end", 3)), str(_field(s, "label", 1)), float(_field(s, "confidence", 5)))
+                for s in spans
+            ]
+            if not is_reviewed and any(conf < floor for *_, conf in parsed):
+                dropped += 1
+                continue
+            examples.append(NerExample(text, [(a, b, label) for a, b, label, _ in parsed]))
+        reviewed += is_reviewed
+        machine += not is_reviewed
+    if not examples:
+        raise TrainingDataError("clickhouse", f"no reviewed or confident ({floor}) rows for task {task!r} in {db}.extractions_final")
+    return ClickHouseExamples(examples, reviewed, machine, dropped)
+
+
+def _field(value: Any, name: str, index: int) -> Any:
+    """A named tuple element: a dict (server JSON) or a list (compact JSON)."""
+    return value[name] if isinstance(value, dict) else value[index]
+
+
+def _probability(value: Any) -> float:
+    return float(_field(value, "probability", 2))
