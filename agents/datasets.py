@@ -9,12 +9,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agents.errors import TrainingDataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,17 +99,26 @@ def read_conll(path: Path) -> list[NerExample]:
 def read_pubtator(path: Path) -> list[NerExample]:
     """PubTator documents: ``PMID|t|title``, ``PMID|a|abstract``, then ``PMID<TAB>start<TAB>end<TAB>text<TAB>type<TAB>id``.
 
-    Offsets are into title + " " + abstract: whole documents, as notes are.
+    Offsets are into title + " " + abstract: whole documents, as notes are. The corpus has a few
+    annotations whose offsets are off by a character or two; a mention found within 5 characters of
+    its stated offsets is re-anchored there, and one that cannot be found is skipped and logged.
     """
     docs: dict[str, dict[str, Any]] = {}
+    duplicate = ""
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            duplicate = ""
+            continue
         parts = line.split("|", 2)
         if len(parts) == 3 and parts[1] in ("t", "a") and parts[0].isdigit():
-            doc = docs.setdefault(parts[0], {"parts": [], "spans": []})
-            doc["parts"].append(parts[2])
+            if parts[1] == "t" and parts[0] in docs:  # a repeated document (the train split has one): keep the first
+                duplicate = parts[0]
+                continue
+            if parts[0] != duplicate:
+                docs.setdefault(parts[0], {"parts": [], "spans": []})["parts"].append(parts[2])
             continue
         cols = line.split("\t")
-        if len(cols) >= 5 and cols[0] in docs:
+        if len(cols) >= 5 and cols[0] in docs and cols[0] != duplicate:
             docs[cols[0]]["spans"].append((int(cols[1]), int(cols[2]), "Disease", cols[3], line_no))
     out = []
     for pmid, doc in docs.items():
@@ -114,7 +126,11 @@ def read_pubtator(path: Path) -> list[NerExample]:
         spans = []
         for start, end, label, mention, line_no in doc["spans"]:
             if text[start:end] != mention:
-                raise TrainingDataError(f"{path}:{line_no}", f"offsets {start}-{end} do not match the mention in {pmid}")
+                found = text.find(mention.strip(), max(0, start - 5), end + 5)
+                if found < 0:
+                    log.warning("%s:%d: mention of %s not found near %d-%d; skipped", path.name, line_no, pmid, start, end)
+                    continue
+                start, end = found, found + len(mention.strip())
             spans.append((start, end, label))
         out.append(NerExample(text, sorted(set(spans))))
     return out

@@ -57,6 +57,10 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     #: stop after this many training windows per epoch (0 = all); for smoke runs
     limit: int = 0
+    #: train on a seeded random subset of this many examples (0 = all); for data-efficiency curves
+    train_size: int = 0
+    #: raise the epoch count so small subsets still get at least this many optimiser steps
+    min_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,8 @@ def train(
     if not train_examples:
         raise TrainingDataError(config.task, "no training examples")
     seed_everything(config.seed)
+    if config.train_size and config.train_size < len(train_examples):
+        train_examples = random.Random(config.seed).sample(train_examples, config.train_size)  # noqa: S311 (sampling, not security)
     device = pick_device(config.device)
     labels = label_set(config.kind, train_examples)
     if len(labels) < 2:
@@ -189,7 +195,8 @@ def train(
     if config.limit:
         encoded = encoded[: config.limit]
     steps_per_epoch = (len(encoded) + config.batch_size - 1) // config.batch_size
-    total_steps = steps_per_epoch * config.epochs
+    epochs = max(config.epochs, -(-config.min_steps // steps_per_epoch)) if config.min_steps else config.epochs
+    total_steps = steps_per_epoch * epochs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     warmup = max(1, int(total_steps * config.warmup_ratio))
@@ -200,13 +207,13 @@ def train(
     rng = random.Random(config.seed)  # noqa: S311 (shuffling, not security)
     history: list[dict[str, Any]] = []
     best_f1, best_state = -1.0, None
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, epochs + 1):
         model.train()
         order = list(range(len(encoded)))
         rng.shuffle(order)
         started = time.perf_counter()
         loss_sum = 0.0
-        bar = tqdm(range(0, len(order), config.batch_size), desc=f"{config.task} epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+        bar = tqdm(range(0, len(order), config.batch_size), desc=f"{config.task} epoch {epoch}/{epochs}", unit="batch", leave=False)
         for first in bar:
             batch = _collate([encoded[i] for i in order[first : first + config.batch_size]], int(tokenizer.pad_token_id or 0), config.kind)
             loss = model(**{k: v.to(device) for k, v in batch.items()}).loss

@@ -271,6 +271,22 @@ def up(obj: _Context) -> None:
 @_option("--max-length", envvar="EHRSTREAM_TRAIN_MAX_LENGTH", type=int, default=256, show_default=True, help="Window length in tokens.")
 @_option("--lora-r", envvar="EHRSTREAM_TRAIN_LORA_R", type=int, default=16, show_default=True)
 @_option("--seed", envvar="EHRSTREAM_TRAIN_SEED", type=int, default=13, show_default=True)
+@_option(
+    "--train-size",
+    envvar="EHRSTREAM_TRAIN_SIZE",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seeded random subset of N examples (0 = all).",
+)
+@_option(
+    "--min-steps",
+    envvar="EHRSTREAM_TRAIN_MIN_STEPS",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Raise the epochs so a small subset gets this many steps.",
+)
 @_option("--device", envvar="EHRSTREAM_DEVICE", default="auto", show_default=True)
 @click.pass_obj
 def train(
@@ -288,6 +304,8 @@ def train(
     max_length: int,
     lora_r: int,
     seed: int,
+    train_size: int,
+    min_steps: int,
     device: str,
 ) -> None:
     """Fine-tune a task's model and write a versioned model directory."""
@@ -326,6 +344,8 @@ def train(
         lora_r=lora_r,
         lora_alpha=2 * lora_r,
         seed=seed,
+        train_size=train_size,
+        min_steps=min_steps,
         device=device,
     )
     result = run_training(config, train_examples, dev_examples, out or task_settings.model_dir)
@@ -494,6 +514,78 @@ def calibrate(
     if not result["reached_target"]:
         click.echo(f"warning: no threshold reaches precision {target_precision} on {data.name}; using the strictest", err=True)
     click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>17}: {v}" for k, v in result.items()))
+
+
+@main.command()
+@_option(
+    "--llm",
+    envvar="EHRSTREAM_LABEL_LLM",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Local causal LM directory (e.g. Gemma 3).",
+)
+@_option("--task", envvar="EHRSTREAM_LABEL_TASK", required=True, help="Task name; its labels come from the task's model.")
+@_option(
+    "--input",
+    "input_file",
+    envvar="EHRSTREAM_LABEL_INPUT",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Notes (JSONL or CSV).",
+)
+@_option(
+    "--out",
+    envvar="EHRSTREAM_LABEL_OUT",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("labels"),
+    show_default=True,
+    help="Writes train.jsonl, review.jsonl, rejected.jsonl.",
+)
+@_option(
+    "--min-confidence",
+    envvar="EHRSTREAM_LABEL_MIN_CONFIDENCE",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="Labels at or above become training data.",
+)
+@_option("--batch-size", envvar="EHRSTREAM_LABEL_BATCH_SIZE", type=int, default=8, show_default=True)
+@_option("--max-new-tokens", envvar="EHRSTREAM_LABEL_MAX_NEW_TOKENS", type=int, default=256, show_default=True)
+@click.option("--publish", is_flag=True, help="Also send the review-bound notes to the extractions and review topics.")
+@_option("--device", envvar="EHRSTREAM_DEVICE", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the summary.")
+@click.pass_obj
+def label(
+    obj: _Context,
+    llm: Path,
+    task: str,
+    input_file: Path,
+    out: Path,
+    min_confidence: float,
+    batch_size: int,
+    max_new_tokens: int,
+    publish: bool,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Pre-label notes with a local LLM: confident labels become training data, the rest review tasks."""
+    import dataclasses
+
+    from agents.llm_labeller import LlmLabeller
+    from agents.model_dir import load_model
+    from agents.runners.spans import TagScheme
+    from schemas.extraction import TaskKind
+    from streams.labelling import label_file
+
+    task_settings = _task(obj, task)
+    labels = load_model(task_settings.model_dir, task_settings.kind).labels
+    if task_settings.kind is TaskKind.ner:
+        labels = TagScheme(labels).types
+    labeller = LlmLabeller(llm, task, task_settings.kind, labels, device=device, max_new_tokens=max_new_tokens)
+    target = (obj.bootstrap(), obj.settings().topics) if publish else None
+    summary = label_file(labeller, input_file, out, min_confidence, batch_size, target)
+    result = {"task": task, "llm": labeller.name, "out": str(out), **dataclasses.asdict(summary)}
+    click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>14}: {v}" for k, v in result.items()))
 
 
 def run() -> None:
