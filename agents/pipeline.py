@@ -138,19 +138,7 @@ class ExtractionPipeline:
                 self._dead(result, record, ErrorKind.processing_error, "model inference failed for this note")
                 continue
             status, reasons = self.policy.route([d for out in task_outputs for d in out.decisions])
-            extraction = Extraction(
-                note_id=note.note_id,
-                revision=0,
-                patient_id=note.patient_id,
-                encounter_id=note.encounter_id,
-                note_type=note.note_type,
-                source=note.source,
-                created_at=note.created_at,
-                text=note.text,
-                status=status,
-                results=[out.result for out in task_outputs],
-                processed_at=now,
-            )
+            extraction = Extraction.of_note(note, status, [out.result for out in task_outputs], now)
             key = note.note_id.encode("utf-8")
             encoded = self._extraction_codec.encode(extraction)
             if len(encoded) > self.max_record_bytes:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas._base import AvroModel, TimestampMillis
+from schemas.clinical_note import ClinicalNote
 
 
 class ExtractionStatus(StrEnum):
@@ -67,3 +69,20 @@ class Extraction(AvroModel):
     status: ExtractionStatus
     results: list[TaskResult]
     processed_at: TimestampMillis
+
+    @classmethod
+    def of_note(cls, note: ClinicalNote, status: ExtractionStatus, results: list[TaskResult], processed_at: datetime) -> Extraction:
+        """The model's revision (0) of a note's extraction, carrying the note's identity and text."""
+        return cls(
+            note_id=note.note_id,
+            revision=0,
+            patient_id=note.patient_id,
+            encounter_id=note.encounter_id,
+            note_type=note.note_type,
+            source=note.source,
+            created_at=note.created_at,
+            text=note.text,
+            status=status,
+            results=results,
+            processed_at=processed_at,
+        )

@@ -78,18 +78,7 @@ def review_records(note: ClinicalNote, labelled: Labelled, labeller: LlmLabeller
                 )
             ]
     now = utc_now()
-    extraction = Extraction(
-        note_id=note.note_id,
-        patient_id=note.patient_id,
-        encounter_id=note.encounter_id,
-        note_type=note.note_type,
-        source=note.source,
-        created_at=note.created_at,
-        text=note.text,
-        status=ExtractionStatus.pending_review,
-        results=[result],
-        processed_at=now,
-    )
+    extraction = Extraction.of_note(note, ExtractionStatus.pending_review, [result], now)
     return extraction, ReviewTask(note_id=note.note_id, revision=0, note_type=note.note_type, created_at=now, reasons=reasons)
 
 
