@@ -7,7 +7,6 @@ reads them). Both are plain files, reviewed and versioned like any other config 
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,3 @@ def _relative(path: Path, base: Path) -> str:
         return str(path.resolve().relative_to(base.resolve()))
     except ValueError:
         return str(path.resolve())
-
-
-def summary_json(result: dict[str, Any]) -> str:
-    return json.dumps(result)

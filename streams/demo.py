@@ -10,7 +10,6 @@ and what is in ClickHouse's final view.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import shutil
 import time
@@ -214,7 +213,3 @@ def clickhouse_notes(sink: SinkThread) -> int:
 def summary_table(summary: dict[str, Any]) -> str:
     width = max(len(k) for k in summary)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in summary.items())
-
-
-def dumps(summary: dict[str, Any]) -> str:
-    return json.dumps(summary)

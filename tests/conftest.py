@@ -6,7 +6,6 @@ Each test gets its own topics, consumer groups and ClickHouse database (uuid-nam
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,8 +147,3 @@ def write_config(path: Path, settings: Settings) -> Path:
         ]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
