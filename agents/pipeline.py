@@ -56,28 +56,6 @@ class BatchResult:
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
-def dead_letter(record: InRecord, kind: ErrorKind, message: str, stage: str, max_raw_bytes: int) -> DeadLetter:
-    """A DeadLetter for ``record``. Raw bytes beyond ``max_raw_bytes`` are cut (so the letter itself can be
-    produced); the message then says so, and the whole original stays at its topic, partition and offset."""
-    raw = bytes(record.value)
-    if len(raw) > max_raw_bytes:
-        message += (
-            f" (raw cut from {len(raw)} to {max_raw_bytes} bytes; the original is at {record.topic}[{record.partition}]@{record.offset})"
-        )
-        raw = raw[:max_raw_bytes]
-    return DeadLetter(
-        raw=raw,
-        key=record.key,
-        error_kind=kind,
-        message=message,
-        source_topic=record.topic,
-        source_partition=record.partition,
-        source_offset=record.offset,
-        stage=stage,
-        failed_at=utc_now(),
-    )
-
-
 class ExtractionPipeline:
     def __init__(
         self,
@@ -161,6 +139,8 @@ class ExtractionPipeline:
 
     def _dead(self, result: BatchResult, record: InRecord, kind: ErrorKind, message: str) -> None:
         log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, kind.value)
-        letter = dead_letter(record, kind, message, stage="worker", max_raw_bytes=self.max_record_bytes // 2)
+        letter = DeadLetter.of_record(
+            record.value, record.key, record.topic, record.partition, record.offset, kind, message, "worker", self.max_record_bytes // 2
+        )
         result.records.append(OutRecord(self.topics.deadletter, record.key, self._dead_codec.encode(letter)))
         result.dead_lettered += 1

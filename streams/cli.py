@@ -26,6 +26,33 @@ def _option(*names: str, envvar: str, **kwargs: Any) -> Callable[[F], F]:
     return click.option(*names, envvar=envvar, show_envvar=True, **kwargs)
 
 
+def _task_model_data(prefix: str, data_help: str) -> Callable[[F], F]:
+    """--task, --model and --data, as `evaluate` and `calibrate` share them (env vars EHRSTREAM_<prefix>_...)."""
+    options = [
+        _option("--task", envvar=f"EHRSTREAM_{prefix}_TASK", required=True, help="Task name, as configured."),
+        _option(
+            "--model",
+            envvar=f"EHRSTREAM_{prefix}_MODEL",
+            type=click.Path(path_type=Path, file_okay=False, exists=True),
+            help="Model directory (default: the task's configured model_dir, the one the worker loads).",
+        ),
+        _option(
+            "--data",
+            envvar=f"EHRSTREAM_{prefix}_DATA",
+            required=True,
+            type=click.Path(path_type=Path, exists=True, dir_okay=False),
+            help=data_help,
+        ),
+    ]
+
+    def apply(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 class _Context:
     def __init__(self, config: Path | None, log_level: str | None, data_dir: Path | None) -> None:
         self.config = config
@@ -370,20 +397,7 @@ def _task(obj: _Context, name: str) -> Any:
 
 
 @main.command()
-@_option("--task", envvar="EHRSTREAM_EVAL_TASK", required=True, help="Task name, as configured.")
-@_option(
-    "--model",
-    envvar="EHRSTREAM_EVAL_MODEL",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    help="Model directory (default: the model the worker is configured with).",
-)
-@_option(
-    "--data",
-    envvar="EHRSTREAM_EVAL_DATA",
-    required=True,
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="Labelled file: CoNLL, medical_abstracts CSV or ehrstream JSONL.",
-)
+@_task_model_data("EVAL", data_help="Labelled file: CoNLL, PubTator, medical_abstracts CSV or ehrstream JSONL.")
 @_option(
     "--plots", envvar="EHRSTREAM_EVAL_PLOTS", type=click.Path(path_type=Path, file_okay=False), help="Write PNG plots and report.json here."
 )
@@ -449,20 +463,7 @@ def evaluate(
 
 
 @main.command()
-@_option("--task", envvar="EHRSTREAM_CAL_TASK", required=True, help="Task name, as configured.")
-@_option(
-    "--model",
-    envvar="EHRSTREAM_CAL_MODEL",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    help="Model directory (default: the configured one).",
-)
-@_option(
-    "--data",
-    envvar="EHRSTREAM_CAL_DATA",
-    required=True,
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="Dev split (never the test split).",
-)
+@_task_model_data("CAL", data_help="Dev split (never the test split).")
 @_option(
     "--target-precision",
     envvar="EHRSTREAM_CAL_TARGET_PRECISION",

@@ -16,21 +16,15 @@ from typing import Any
 
 from streams.embedded import EMBEDDED_TIMEOUTS, SinkThread, TansuBroker, WorkerProcess
 from streams.kafka_io import ensure_topics
+from streams.runfiles import live_run_file
 from streams.settings import Settings
 
 STACK_FILE = "stack.json"
 
 
 def running_stack(data_dir: Path) -> dict[str, Any] | None:
-    file = data_dir / STACK_FILE
-    if not file.exists():
-        return None
-    info: dict[str, Any] = json.loads(file.read_text())
-    try:
-        os.kill(int(info["pid"]), 0)
-    except (ProcessLookupError, PermissionError):
-        return None
-    return info
+    """The running ``ehrstream up`` (broker address, pid), or None."""
+    return live_run_file(data_dir / STACK_FILE)
 
 
 def run_stack(settings: Settings, config: Path | None, echo: Callable[[str], None]) -> None:

@@ -109,10 +109,17 @@ class ClickHouseSink:
                 batch.rows["dead_letters"].append(dead_letter_row(self._dead.decode(value)))
         except RecordError as exc:
             log.warning("sink dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc.kind.value)
-            from agents.pipeline import InRecord, dead_letter
-
-            origin = InRecord(value, message.key, message.topic, message.partition, message.offset)
-            letter = dead_letter(origin, exc.kind, exc.message, "sink", max_raw_bytes=self.settings.max_record_bytes // 2)
+            letter = DeadLetter.of_record(
+                value,
+                message.key,
+                message.topic,
+                message.partition,
+                message.offset,
+                exc.kind,
+                exc.message,
+                "sink",
+                self.settings.max_record_bytes // 2,
+            )
             if message.topic == self.topics.deadletter:
                 # a dead letter that is itself unreadable is stored as such, not sent round again
                 batch.rows["dead_letters"].append(dead_letter_row(letter))

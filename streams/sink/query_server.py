@@ -19,6 +19,7 @@ from typing import Any
 from urllib import request
 
 from streams.errors import QueryRefusedError, SinkError
+from streams.runfiles import live_run_file
 from streams.sink.backend import ClickHouseBackend, QueryResult
 
 log = logging.getLogger(__name__)
@@ -97,15 +98,7 @@ class QueryServer:
 
 def running_endpoint(data_dir: Path) -> dict[str, Any] | None:
     """The live sink's endpoint, or None when no sink process holds the data directory."""
-    file = data_dir / ENDPOINT_FILE
-    if not file.exists():
-        return None
-    info: dict[str, Any] = json.loads(file.read_text())
-    try:
-        os.kill(int(info["pid"]), 0)
-    except (ProcessLookupError, PermissionError):
-        return None
-    return info
+    return live_run_file(data_dir / ENDPOINT_FILE)
 
 
 def remote_query(endpoint: dict[str, Any], sql: str, parameters: dict[str, Any] | None, allow_writes: bool = False) -> QueryResult:
