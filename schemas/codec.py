@@ -62,6 +62,14 @@ def schema_text(file_name: str) -> str:
     return resources.files("schemas").joinpath(file_name).read_text(encoding="utf-8")
 
 
+def schema_history(file_name: str) -> list[str]:
+    """Earlier versions of a schema (``history/<name>.v<N>.avsc``): records written with them stay readable."""
+    stem = file_name.removesuffix(".avsc")
+    folder = resources.files("schemas").joinpath("history")
+    names = sorted(e.name for e in folder.iterdir() if e.name.startswith(f"{stem}.v") and e.name.endswith(".avsc"))
+    return [folder.joinpath(name).read_text(encoding="utf-8") for name in names]
+
+
 def validation_summary(error: ValidationError) -> str:
     """Which fields failed and why, without the values (they may be PHI)."""
     parts = []
@@ -128,10 +136,10 @@ _CODECS: dict[type[AvroModel], AvroCodec[Any]] = {}
 
 
 def codec_for(model: type[M]) -> AvroCodec[M]:
-    """The one codec per model type, built on first use."""
+    """The one codec per model type, built on first use; it also reads the schema's earlier versions."""
     codec = _CODECS.get(model)
     if codec is None:
-        codec = _CODECS[model] = AvroCodec(model)
+        codec = _CODECS[model] = AvroCodec(model, writer_schemas=schema_history(model.avro_schema))
     return codec
 
 

@@ -17,6 +17,8 @@ class ErrorKind(StrEnum):
     empty_text = "empty_text"
     oversized = "oversized"
     processing_error = "processing_error"
+    #: a review decision whose base revision of the note is not in ClickHouse
+    unknown_note = "unknown_note"
 
 
 class DeadLetter(AvroModel):

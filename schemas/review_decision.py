@@ -5,9 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas._base import AvroModel, TimestampMillis
+from schemas.extraction import TaskResult
 
 
 class ChangeAction(StrEnum):
@@ -39,3 +40,5 @@ class ReviewDecision(AvroModel):
     decided_at: TimestampMillis
     changes: list[Change]
     comment: str | None = None
+    #: the reviewed result of every task: the note's new revision (``base_revision + 1``, status ``reviewed``)
+    results: list[TaskResult] = Field(default_factory=list)

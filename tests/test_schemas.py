@@ -209,3 +209,35 @@ def test_dead_letter_keeps_raw_bytes_exactly() -> None:
         failed_at=datetime.now(UTC),
     )
     assert codec_for(DeadLetter).decode(codec_for(DeadLetter).encode(letter)).raw == raw
+
+
+def test_review_decisions_written_before_results_existed_still_decode() -> None:
+    """history/review_decision.v1.avsc (no ``results``) is a registered writer schema of the current codec."""
+    import fastavro.schema
+
+    from schemas.codec import schema_history
+    from schemas.review_decision import Change, ChangeAction, ReviewDecision
+
+    (v1,) = schema_history("review_decision.avsc")
+    parsed = AvroCodec._parse(v1)
+    old = ReviewDecision(
+        decision_id="d1",
+        note_id="n1",
+        base_revision=0,
+        reviewer_id="alice",
+        decided_at="2026-11-01T08:00:00Z",
+        changes=[Change(task="disease", action=ChangeAction.accept, before="{}", after="{}")],
+    )
+    written = io.BytesIO()
+    written.write(MARKER + rabin_fingerprint(fastavro.schema.to_parsing_canonical_form(parsed)))
+    fastavro.schemaless_writer(written, parsed, old.model_dump(exclude={"results"}))
+    decoded = codec_for(ReviewDecision).decode(written.getvalue())
+    assert decoded == old and decoded.results == []
+
+
+def test_review_decision_results_are_the_extraction_task_result_record() -> None:
+    def task_result(file_name: str) -> object:
+        fields = json.loads(schema_text(file_name))["fields"]
+        return next(f for f in fields if f["name"] == "results")["type"]["items"]
+
+    assert task_result("review_decision.avsc") == task_result("extraction.avsc")

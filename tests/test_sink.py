@@ -49,10 +49,11 @@ def extraction(
 
 
 def test_migrations_are_idempotent(database: ChdbBackend) -> None:
-    assert migrate(database) == ["001_tables.sql"]
+    assert migrate(database) == ["001_tables.sql", "002_review.sql"]
     assert migrate(database) == []
     tables = {r[0] for r in database.query("SELECT name FROM system.tables WHERE database = {db:String}", {"db": database.database}).rows}
-    assert {"extractions", "review_tasks", "dead_letters", "extractions_final", "schema_migrations"} <= tables
+    assert {"extractions", "review_tasks", "dead_letters", "extractions_final", "schema_migrations", "review_decisions"} <= tables
+    assert {"review_queue", "review_backlog", "review_throughput", "review_agreement"} <= tables
 
 
 def test_replays_are_collapsed_and_revisions_are_kept(database: ChdbBackend) -> None:
@@ -167,3 +168,82 @@ def test_dead_letter_rows_keep_raw_bytes(database: ChdbBackend) -> None:
     database.insert_json("dead_letters", TABLE_COLUMNS["dead_letters"], json_each_row([dead_letter_row(letter)]))
     stored = database.query(f"SELECT raw_base64 FROM {database.database}.dead_letters").scalar()
     assert base64.b64decode(stored) == b"\xff\x00raw"
+
+
+def test_review_decisions_become_reviewed_revisions_with_an_audit_row(
+    broker: TansuBroker, tiny_settings: Settings, database: ChdbBackend
+) -> None:
+    from schemas.review_decision import Change, ChangeAction, ReviewDecision
+    from schemas.review_task import ReasonKind, ReviewReason, ReviewTask
+
+    settings = tiny_settings
+    ensure_topics(settings, broker.bootstrap)
+    migrate(database)
+    db = database.database
+    base = extraction("n1", status=ExtractionStatus.pending_review, text="Has asthma and gout.")
+    database.insert_json("extractions", TABLE_COLUMNS["extractions"], json_each_row([extraction_row(base, 0, 0)]))
+    from streams.sink.rows import review_task_row
+
+    task = ReviewTask(
+        note_id="n1",
+        revision=0,
+        note_type="progress_note",
+        created_at=datetime(2026, 11, 1, tzinfo=UTC),
+        reasons=[ReviewReason(task="disease", kind=ReasonKind.entity, label="Disease", start=4, end=10, confidence=0.4, threshold=0.5)],
+    )
+    database.insert_json("review_tasks", TABLE_COLUMNS["review_tasks"], json_each_row([review_task_row(task)]))
+    assert database.query(f"SELECT note_id FROM {db}.review_queue").rows == [["n1"]]
+    assert database.query(f"SELECT task, pending FROM {db}.review_backlog").rows == [["disease", 1]]
+
+    reviewed = [
+        TaskResult(
+            task="disease",
+            kind=TaskKind.ner,
+            model_name="m",
+            model_version="v1",
+            entities=[Entity(label="Disease", start=15, end=19, text="gout", confidence=1.0)],
+        )
+    ]
+    decision = ReviewDecision(
+        decision_id="d1",
+        note_id="n1",
+        base_revision=0,
+        reviewer_id="alice",
+        decided_at=datetime(2026, 11, 2, 9, 30, tzinfo=UTC),
+        changes=[
+            Change(task="disease", action=ChangeAction.reject_span, before='{"label": "Disease", "start": 4, "end": 10}'),
+            Change(task="disease", action=ChangeAction.add_span, after='{"label": "Disease", "start": 15, "end": 19}'),
+        ],
+        results=reviewed,
+    )
+    orphan = decision.model_copy(update={"decision_id": "d2", "note_id": "no-such-note"})
+    p = producer(broker.bootstrap)
+    codec = codec_for(ReviewDecision)
+    for d in (decision, decision, orphan):  # the first one twice: a replay
+        p.send(settings.topics.review_decisions, key=d.note_id.encode(), value=codec.encode(d))
+    p.flush()
+    sink = SinkThread(settings, broker.bootstrap, backend=database)
+    sink.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done = database.query(f"SELECT count() FROM {db}.review_decisions FINAL").scalar()
+            dead = database.query(f"SELECT count() FROM {db}.dead_letters").scalar()
+            if done == 1 and dead == 1:
+                break
+            time.sleep(0.5)
+        assert (done, dead) == (1, 1)
+    finally:
+        sink.stop()
+    final = database.query(f"SELECT revision, status, entities, processed_at FROM {db}.extractions_final WHERE note_id = 'n1'").rows
+    entity = {"task": "disease", "label": "Disease", "start": 15, "end": 19, "text": "gout", "confidence": 1}
+    assert final == [[1, "reviewed", [entity], "2026-11-02 09:30:00.000"]]
+    assert database.query(f"SELECT count() FROM {db}.extractions FINAL WHERE note_id = 'n1'").scalar() == 2  # revision 0 kept
+    assert database.query(f"SELECT count() FROM {db}.review_queue").scalar() == 0
+    row = database.query(f"SELECT reviewer_id, base_revision, changes.action, changes.label FROM {db}.review_decisions FINAL").rows
+    assert row == [["alice", 0, ["reject_span", "add_span"], ["Disease", "Disease"]]]
+    agreement = database.query(f"SELECT task, label, items, accepted, corrected, added, agreement FROM {db}.review_agreement").rows
+    assert agreement == [["disease", "Disease", 2, 0, 1, 1, 0]]
+    assert database.query(f"SELECT reviewer_id, decisions, with_corrections FROM {db}.review_throughput").rows == [["alice", 1, 1]]
+    letter = database.query(f"SELECT error_kind, source_topic FROM {db}.dead_letters").rows
+    assert letter == [[ErrorKind.unknown_note.value, settings.topics.review_decisions]]

@@ -54,6 +54,25 @@ def _error_code(exc: BaseException) -> int | None:
     return None
 
 
+def _literal(value: Any) -> str:
+    """A value inside a composite parameter, in ClickHouse's text format (strings quoted and escaped)."""
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_literal(v) for v in value) + "]"
+    if value is None:
+        return "NULL"
+    return str(value)
+
+
+def chdb_parameters(parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+    """chdb passes parameter values as text; arrays need ClickHouse's literal text. The server still parses
+    each value as its declared ``{name:Type}``, so this is binding, not SQL formatting."""
+    if not parameters:
+        return None
+    return {k: _literal(v) if isinstance(v, list | tuple) else v for k, v in parameters.items()}
+
+
 class ChdbBackend:
     """Embedded ClickHouse. Thread-safe: calls are serialised on one session."""
 
@@ -93,7 +112,7 @@ class ChdbBackend:
     def _run(self, sql: str, parameters: dict[str, Any] | None, fmt: str) -> str:
         with self._lock:
             try:
-                res = self._session.query(sql, fmt, params=parameters or None)  # type: ignore[no-untyped-call]
+                res = self._session.query(sql, fmt, params=chdb_parameters(parameters))  # type: ignore[no-untyped-call]
             except Exception as exc:
                 raise SinkError("query", str(exc).splitlines()[0][:500], _error_code(exc)) from exc
         return res.bytes().decode("utf-8") if hasattr(res, "bytes") else str(res)

@@ -22,13 +22,15 @@ from schemas.codec import codec_for
 from schemas.dead_letter import DeadLetter
 from schemas.errors import RecordError
 from schemas.extraction import Extraction
+from schemas.review_decision import ReviewDecision
 from schemas.review_task import ReviewTask
 from streams.errors import SinkBackpressureError, SinkError
 from streams.kafka_io import consumer as make_consumer
 from streams.kafka_io import producer as make_producer
 from streams.settings import Settings
 from streams.sink.backend import ClickHouseBackend
-from streams.sink.rows import TABLE_COLUMNS, dead_letter_row, extraction_row, json_each_row, review_task_row
+from streams.sink.reviews import PendingDecision, base_rows, reviewed_revision
+from streams.sink.rows import TABLE_COLUMNS, dead_letter_row, extraction_row, json_each_row, review_decision_row, review_task_row
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,14 @@ class SinkStats:
 class _Batch:
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     dead: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    #: decisions whose reviewed revision is built at write time (it needs the base row from ClickHouse)
+    decisions: list[PendingDecision] = field(default_factory=list)
     count: int = 0
 
     def clear(self) -> None:
         self.rows.clear()
         self.dead.clear()
+        self.decisions.clear()
         self.count = 0
 
 
@@ -62,6 +67,7 @@ class ClickHouseSink:
         self.topics = settings.topics
         self._extractions = codec_for(Extraction)
         self._reviews = codec_for(ReviewTask)
+        self._decisions = codec_for(ReviewDecision)
         self._dead = codec_for(DeadLetter)
         self._batch = _Batch()
 
@@ -70,13 +76,20 @@ class ClickHouseSink:
             self.bootstrap,
             self.topics.extractions,
             self.topics.review,
+            self.topics.review_decisions,
             self.topics.deadletter,
             group_id=self.settings.sink_group,
             session_timeout_s=self.settings.session_timeout_s,
             max_poll_records=self.settings.sink_batch_rows,
         )
         producer = make_producer(self.bootstrap)
-        log.info("sink consuming %s, %s, %s", self.topics.extractions, self.topics.review, self.topics.deadletter)
+        log.info(
+            "sink consuming %s, %s, %s, %s",
+            self.topics.extractions,
+            self.topics.review,
+            self.topics.review_decisions,
+            self.topics.deadletter,
+        )
         try:
             while not stop.is_set():
                 deadline = time.monotonic() + self.settings.sink_flush_seconds
@@ -105,26 +118,40 @@ class ClickHouseSink:
                 batch.rows["extractions"].append(extraction_row(self._extractions.decode(value), message.partition, message.offset))
             elif message.topic == self.topics.review:
                 batch.rows["review_tasks"].append(review_task_row(self._reviews.decode(value)))
+            elif message.topic == self.topics.review_decisions:
+                decision = self._decisions.decode(value)
+                batch.decisions.append(PendingDecision(decision, message.partition, message.offset, value, message.key))
             else:
                 batch.rows["dead_letters"].append(dead_letter_row(self._dead.decode(value)))
         except RecordError as exc:
-            log.warning("sink dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc.kind.value)
-            letter = DeadLetter.of_record(
-                value,
-                message.key,
-                message.topic,
-                message.partition,
-                message.offset,
-                exc.kind,
-                exc.message,
-                "sink",
-                self.settings.max_record_bytes // 2,
-            )
-            if message.topic == self.topics.deadletter:
-                # a dead letter that is itself unreadable is stored as such, not sent round again
-                batch.rows["dead_letters"].append(dead_letter_row(letter))
-            else:
-                batch.dead.append((message.key, self._dead.encode(letter)))
+            self._dead_letter(value, message.key, message.topic, message.partition, message.offset, exc)
+
+    def _dead_letter(self, value: bytes, key: bytes | None, topic: str, partition: int, offset: int, exc: RecordError) -> None:
+        log.warning("sink dead-lettered %s[%d]@%d: %s", topic, partition, offset, exc.kind.value)
+        letter = DeadLetter.of_record(
+            value, key, topic, partition, offset, exc.kind, exc.message, "sink", self.settings.max_record_bytes // 2
+        )
+        if topic == self.topics.deadletter:
+            # a dead letter that is itself unreadable is stored as such, not sent round again
+            self._batch.rows["dead_letters"].append(dead_letter_row(letter))
+        else:
+            self._batch.dead.append((key, self._dead.encode(letter)))
+
+    def _apply_decisions(self) -> None:
+        """Turn the batch's decisions into reviewed revisions (or dead letters). Raises SinkError to retry."""
+        pending = self._batch.decisions
+        if not pending:
+            return
+        bases = base_rows(self.backend, [p.decision.note_id for p in pending])
+        for p in pending:
+            try:
+                revision = reviewed_revision(bases.get((p.decision.note_id, p.decision.base_revision)), p.decision)
+            except RecordError as exc:
+                self._dead_letter(p.raw, p.key, self.topics.review_decisions, p.partition, p.offset, exc)
+                continue
+            self._batch.rows["extractions"].append(extraction_row(revision, p.partition, p.offset))
+            self._batch.rows["review_decisions"].append(review_decision_row(p.decision, p.partition, p.offset))
+        pending.clear()
 
     def _flush(self, consumer: KafkaConsumer, producer: KafkaProducer, stop: threading.Event) -> bool:
         """Write the batch, retrying with backoff while ClickHouse refuses. Returns False if stopped first."""
@@ -160,6 +187,7 @@ class ClickHouseSink:
             self._batch.clear()
 
     def _write(self, producer: KafkaProducer) -> None:
+        self._apply_decisions()
         for table, rows in self._batch.rows.items():
             if rows:
                 self.backend.insert_json(table, TABLE_COLUMNS[table], json_each_row(rows))

@@ -10,6 +10,7 @@ from typing import Any
 
 from schemas.dead_letter import DeadLetter
 from schemas.extraction import Extraction
+from schemas.review_decision import Change, ReviewDecision
 from schemas.review_task import ReviewTask
 
 TABLE_COLUMNS: dict[str, list[str]] = {
@@ -31,6 +32,17 @@ TABLE_COLUMNS: dict[str, list[str]] = {
         "kafka_offset",
     ],
     "review_tasks": ["note_id", "revision", "note_type", "created_at", "reasons"],
+    "review_decisions": [
+        "decision_id",
+        "note_id",
+        "base_revision",
+        "reviewer_id",
+        "decided_at",
+        "changes",
+        "comment",
+        "kafka_partition",
+        "kafka_offset",
+    ],
     "dead_letters": [
         "source_topic",
         "source_partition",
@@ -91,6 +103,35 @@ def review_task_row(t: ReviewTask) -> dict[str, Any]:
             }
             for r in t.reasons
         ],
+    }
+
+
+def _change_label(change: Change) -> str:
+    """The label a change is about: the model's (before) or, for an added span, the reviewer's (after)."""
+    for side in (change.before, change.after):
+        if side:
+            try:
+                label = json.loads(side).get("label")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(label, str):
+                return label
+    return ""
+
+
+def review_decision_row(d: ReviewDecision, partition: int, offset: int) -> dict[str, Any]:
+    return {
+        "decision_id": d.decision_id,
+        "note_id": d.note_id,
+        "base_revision": d.base_revision,
+        "reviewer_id": d.reviewer_id,
+        "decided_at": _ts(d.decided_at),
+        "changes": [
+            {"task": c.task, "action": c.action.value, "label": _change_label(c), "before": c.before, "after": c.after} for c in d.changes
+        ],
+        "comment": d.comment,
+        "kafka_partition": partition,
+        "kafka_offset": offset,
     }
 
 
