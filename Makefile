@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 DATASETS ?= ../shared/datasets
 NOTES  ?= 300
 
-.PHONY: venv demo test lint typecheck unit models evaluate bench clean
+.PHONY: venv browser demo test lint typecheck unit models evaluate bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)
 
+# The review app's end-to-end test drives a real headless Chromium (Debian's chromium + chromium-driver).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+		$$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+		|| { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	fi
+	@chromium --version 2>/dev/null | head -1
+
 demo: venv
 	$(BIN)/ehrstream demo --notes $(NOTES) --datasets $(DATASETS)
 
@@ -29,7 +38,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-unit: venv
+unit: venv browser
 	$(BIN)/pytest
 
 test: lint typecheck unit

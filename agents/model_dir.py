@@ -172,3 +172,22 @@ def load_model(path: Path | str, kind: TaskKind, max_length: int | None = None, 
 
 def write_manifest(path: Path, manifest: ModelManifest) -> None:
     (path / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+
+
+def output_labels(path: Path, kind: TaskKind) -> list[str]:
+    """What a reviewer may choose, read from the directory without loading weights: the document labels of a
+    classifier, the entity types of a token classifier (``B-Disease``/``I-Disease`` -> ``Disease``)."""
+    manifest = read_manifest(path)
+    if manifest is not None:
+        labels = list(manifest.labels)
+    else:
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelLoadError(path, f"no label list ({type(exc).__name__})") from None
+    if kind is TaskKind.classification:
+        return labels
+    from agents.runners.spans import TagScheme  # agents.runners imports this module
+
+    return TagScheme(labels).types

@@ -256,6 +256,102 @@ def up(obj: _Context) -> None:
     run_stack(obj.settings(), obj.config, echo=click.echo)
 
 
+@main.command("review-ui")
+@_option("--host", envvar="EHRSTREAM_REVIEW__HOST", default=None, help="Address to listen on [default: review.host, 127.0.0.1].")
+@_option("--port", envvar="EHRSTREAM_REVIEW__PORT", type=int, default=None, help="Port [default: review.port, 8470].")
+@click.pass_obj
+def review_ui(obj: _Context, host: str | None, port: int | None) -> None:
+    """Serve the review web app and its JSON API (reviewer accounts come from the `review.reviewers` setting)."""
+    import signal
+    import threading
+
+    from streams.querying import open_reader
+    from streams.review.server import start_review_server
+
+    settings = obj.settings()
+    if not settings.review.reviewers:
+        raise click.UsageError("no reviewer accounts: add [[review.reviewers]] entries (`ehrstream reviewer hash` makes the hash)")
+    server = start_review_server(settings, open_reader(settings), obj.bootstrap(), host, port)
+    click.echo(f"review app on {server.url} ({len(settings.review.reviewers)} reviewer accounts); Ctrl-C stops")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@main.group()
+def reviewer() -> None:
+    """Reviewer accounts for the review app."""
+
+
+@reviewer.command("hash")
+@click.argument("reviewer_id")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin instead of prompting.")
+def reviewer_hash(reviewer_id: str, password_stdin: bool) -> None:
+    """Print the config entry (scrypt hash, never the password) for REVIEWER_ID."""
+    from pydantic import SecretStr
+
+    from streams.review.accounts import hash_password
+    from streams.settings import ReviewerAccount
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 12:
+        raise click.UsageError("use a password of at least 12 characters")
+    account = ReviewerAccount(id=reviewer_id, password_hash=SecretStr(hash_password(password)))
+    click.echo(f'[[review.reviewers]]\nid = "{account.id}"\npassword_hash = "{account.password_hash.get_secret_value()}"')
+
+
+@main.command("review-health")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.pass_obj
+def review_health(obj: _Context, as_json: bool) -> None:
+    """Queue health for the review lead: backlog per task, agreement per label, decisions per reviewer per day."""
+    from streams.querying import open_reader
+    from streams.review.store import ReviewStore
+
+    settings = obj.settings()
+    health = ReviewStore(open_reader(settings, direct_ok=True), {t.name: t.kind for t in settings.tasks}).health()
+    if as_json:
+        click.echo(json.dumps(health, default=str))
+        return
+    from streams.querying import format_table
+    from streams.sink.backend import QueryResult
+
+    for name, rows in health.items():
+        click.echo(f"\n{name}")
+        columns = list(rows[0]) if rows else ["(none yet)"]
+        click.echo(format_table(QueryResult(columns, [list(r.values()) for r in rows])))
+
+
+@main.command()
+@_option("--task", envvar="EHRSTREAM_EXPORT_TASK", required=True, help="Task name, as configured.")
+@_option(
+    "--format",
+    "fmt",
+    envvar="EHRSTREAM_EXPORT_FORMAT",
+    type=click.Choice(["jsonl", "prodigy", "labelstudio"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: what `ehrstream train --data` reads; prodigy: Prodigy task JSONL; labelstudio: a Label Studio JSON import.",
+)
+@_option("--out", envvar="EHRSTREAM_EXPORT_OUT", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.pass_obj
+def export(obj: _Context, task: str, fmt: str, out: Path) -> None:
+    """Export the task's reviewed notes from ClickHouse as training data."""
+    from agents.model_dir import output_labels
+    from streams.querying import open_reader
+    from streams.review.export import export_reviewed
+
+    task_settings = _task(obj, task)
+    labels = output_labels(task_settings.model_dir, task_settings.kind)
+    count = export_reviewed(open_reader(obj.settings(), direct_ok=True), task, task_settings.kind, fmt, out, labels)  # type: ignore[arg-type]
+    click.echo(f"exported {count} reviewed notes to {out} ({fmt})")
+
+
 @main.command()
 @_option("--task", envvar="EHRSTREAM_TRAIN_TASK", required=True, help="Task name (its kind and default output come from the settings).")
 @_option(

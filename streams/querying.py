@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from streams.errors import SinkError
 from streams.settings import Settings
-from streams.sink.backend import QueryResult, open_backend
+from streams.sink.backend import ClickHouseBackend, QueryResult, open_backend
 from streams.sink.query_server import check_read_only, remote_query, running_endpoint
+
+
+class Reader(Protocol):
+    """What reads ClickHouse: a backend, or the embedded sink's query endpoint."""
+
+    database: str
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult: ...
+
+
+class EndpointReader:
+    """Reads through the running embedded sink's query endpoint (it owns chdb); read-only."""
+
+    def __init__(self, endpoint: dict[str, Any], database: str) -> None:
+        self.endpoint = endpoint
+        self.database = database
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult:
+        return remote_query(self.endpoint, sql, parameters)
+
+
+def open_reader(settings: Settings, direct_ok: bool = False) -> Reader | ClickHouseBackend:
+    """Server mode: a clickhouse-connect backend. Embedded: the running sink's endpoint (``ehrstream up``); with
+    ``direct_ok`` and no stack running, the chdb data directory itself (one-shot commands only: it locks it)."""
+    if settings.embedded_clickhouse:
+        endpoint = running_endpoint(settings.data_dir)
+        if endpoint is not None:
+            return EndpointReader(endpoint, settings.clickhouse_database)
+        if not direct_ok:
+            raise SinkError("connect", f"no embedded stack is running on {settings.data_dir} (start it with `ehrstream up`)")
+        if not (settings.data_dir / "chdb").exists():
+            raise SinkError("query", f"no embedded database under {settings.data_dir} (run `ehrstream demo` or `ehrstream up` first)")
+    return open_backend(settings)
 
 
 def run_query(settings: Settings, sql: str, parameters: dict[str, Any] | None, allow_writes: bool = False) -> QueryResult:

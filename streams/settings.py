@@ -66,6 +66,41 @@ class TopicSettings(BaseModel):
         return [self.notes, self.extractions, self.review, self.review_decisions, self.deadletter]
 
 
+class ReviewerAccount(BaseModel):
+    """A reviewer who may sign in to the review app. ``password_hash`` comes from ``ehrstream reviewer hash``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+    password_hash: SecretStr
+
+
+class ReviewSettings(BaseModel):
+    """The review app (``ehrstream review-ui``, also started by ``ehrstream up``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8470, ge=0, le=65535)
+    reviewers: list[ReviewerAccount] = Field(default_factory=list)
+    #: a claimed task returns to the queue when its lease is not renewed within this time
+    lease_seconds: float = Field(default=600.0, gt=0)
+    session_hours: float = Field(default=12.0, gt=0)
+    #: set when the app is served over HTTPS (directly or behind a proxy): cookies get the Secure flag
+    cookie_secure: bool = False
+    #: failed sign-ins per reviewer id within ``lockout_seconds`` before further tries are refused
+    max_failed_logins: int = Field(default=5, ge=1)
+    lockout_seconds: float = Field(default=300.0, gt=0)
+
+    @field_validator("reviewers")
+    @classmethod
+    def _unique_reviewers(cls, reviewers: list[ReviewerAccount]) -> list[ReviewerAccount]:
+        ids = [r.id for r in reviewers]
+        if len(set(ids)) != len(ids):
+            raise ValueError("reviewer ids must be unique")
+        return reviewers
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EHRSTREAM_",
@@ -110,6 +145,8 @@ class Settings(BaseSettings):
     sink_flush_seconds: float = Field(default=1.0, gt=0)
     #: how long the sink retries one batch before it stops consuming and reports back-pressure
     sink_retry_max_seconds: float = Field(default=300.0, gt=0)
+
+    review: ReviewSettings = ReviewSettings()
 
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
 

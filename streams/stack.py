@@ -8,18 +8,40 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
 
 from streams.embedded import EMBEDDED_TIMEOUTS, SinkThread, TansuBroker, WorkerProcess
 from streams.kafka_io import ensure_topics
 from streams.runfiles import live_run_file
-from streams.settings import Settings
+from streams.settings import ReviewerAccount, Settings
+
+if TYPE_CHECKING:
+    from streams.review.server import ReviewServer
 
 STACK_FILE = "stack.json"
+LOGIN_FILE = "review-login.txt"
+LOCAL_REVIEWER = "local"
+
+
+def with_local_reviewer(settings: Settings) -> Settings:
+    """Development only, when no reviewer is configured: a ``local`` account with a random password, written to
+    ``<data_dir>/review-login.txt`` (mode 0600), never printed or logged."""
+    from streams.review.accounts import hash_password
+
+    password = secrets.token_urlsafe(12)
+    login_file = settings.data_dir / LOGIN_FILE
+    fd = os.open(login_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"reviewer: {LOCAL_REVIEWER}\npassword: {password}\n")
+    account = ReviewerAccount(id=LOCAL_REVIEWER, password_hash=SecretStr(hash_password(password)))
+    return settings.model_copy(update={"review": settings.review.model_copy(update={"reviewers": [account]})})
 
 
 def running_stack(data_dir: Path) -> dict[str, Any] | None:
@@ -39,6 +61,7 @@ def run_stack(settings: Settings, config: Path | None, echo: Callable[[str], Non
         worker = WorkerProcess(settings, broker.bootstrap, config, settings.data_dir / "worker.log")
         sink.start()
         worker.start()
+        review = _start_review(settings, sink, broker.bootstrap, echo)
         stack_file = settings.data_dir / STACK_FILE
         stack_file.write_text(json.dumps({"bootstrap": broker.bootstrap, "pid": os.getpid()}))
         echo(f"embedded stack up: Kafka {broker.bootstrap}, ClickHouse (chdb) {settings.data_dir / 'chdb'}")
@@ -53,5 +76,22 @@ def run_stack(settings: Settings, config: Path | None, echo: Callable[[str], Non
                     break
         finally:
             stack_file.unlink(missing_ok=True)
+            if review is not None:
+                review.stop()
             worker.stop()
             sink.stop()
+
+
+def _start_review(settings: Settings, sink: SinkThread, bootstrap: str, echo: Callable[[str], None]) -> ReviewServer | None:
+    """The review app beside the sink, reading the chdb the sink owns."""
+    from streams.review.server import start_review_server
+
+    if not settings.review.reviewers:
+        if settings.environment == "production":
+            echo("review app off: no reviewer accounts configured ([[review.reviewers]])")
+            return None
+        settings = with_local_reviewer(settings)
+        echo(f"review app: sign in as '{LOCAL_REVIEWER}' with the password in {settings.data_dir / LOGIN_FILE}")
+    server = start_review_server(settings, sink.backend, bootstrap)
+    echo(f"review app on {server.url}")
+    return server

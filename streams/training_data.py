@@ -17,6 +17,7 @@ from agents.errors import TrainingDataError
 from schemas.extraction import TaskKind
 from streams.querying import run_query
 from streams.settings import Settings
+from streams.sink.backend import tuple_field
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,15 @@ def examples_from_clickhouse(settings: Settings, task: str, kind: TaskKind, floo
             if not is_reviewed and _probability(top) < floor:
                 dropped += 1
                 continue
-            examples.append(ClassificationExample(text, _field(top, "label", 1)))
+            examples.append(ClassificationExample(text, tuple_field(top, "label", 1)))
         else:
             parsed = [
-                (int(_field(s, "start", 2)), int(_field(s, "end", 3)), str(_field(s, "label", 1)), float(_field(s, "confidence", 5)))
+                (
+                    int(tuple_field(s, "start", 2)),
+                    int(tuple_field(s, "end", 3)),
+                    str(tuple_field(s, "label", 1)),
+                    float(tuple_field(s, "confidence", 5)),
+                )
                 for s in spans
             ]
             if not is_reviewed and any(conf < floor for *_, conf in parsed):
@@ -64,10 +70,5 @@ def examples_from_clickhouse(settings: Settings, task: str, kind: TaskKind, floo
     return ClickHouseExamples(examples, reviewed, machine, dropped)
 
 
-def _field(value: Any, name: str, index: int) -> Any:
-    """A named tuple element: a dict (server JSON) or a list (compact JSON)."""
-    return value[name] if isinstance(value, dict) else value[index]
-
-
 def _probability(value: Any) -> float:
-    return float(_field(value, "probability", 2))
+    return float(tuple_field(value, "probability", 2))

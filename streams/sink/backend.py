@@ -30,6 +30,11 @@ class QueryResult:
         return self.rows[0][0] if self.rows else None
 
 
+def tuple_field(value: Any, name: str, index: int) -> Any:
+    """An element of a named Tuple as a row returns it: a dict (chdb's JSON) or a tuple (clickhouse-connect)."""
+    return value[name] if isinstance(value, dict) else value[index]
+
+
 class ClickHouseBackend(Protocol):
     database: str
 

@@ -1,0 +1,492 @@
+"use strict";
+// The review page: talks to the JSON API only. Note text is always inserted as text, never as HTML.
+
+const state = {
+  csrf: null,
+  reviewer: null,
+  leaseSeconds: 600,
+  note: null,        // GET /api/notes/{id}
+  lease: null,       // {lease_id, expires_at}
+  work: {},          // task -> {kind, label, entities: [{label,start,end,text,confidence,origin,accepted}]}
+  nerTask: null,     // the NER task whose spans are shown and edited
+  docTask: null,     // the classification task Shift+digit sets
+  focus: -1,         // index into work[nerTask].entities
+  active: false,     // user activity since the last lease renewal
+  busy: false,
+};
+
+const $ = (id) => document.getElementById(id);
+
+function setStatus(text, isError) {
+  const el = $("status");
+  el.textContent = text;
+  el.className = "status" + (isError ? " error" : "");
+}
+
+async function api(method, path, body) {
+  const headers = { "Accept": "application/json" };
+  if (method !== "GET") headers["X-CSRF-Token"] = state.csrf;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const res = await fetch(path, { method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body) });
+  if (res.status === 401) { location.href = "/login"; throw new Error("signed out"); }
+  let data = {};
+  try { data = await res.json(); } catch (e) { data = {}; }
+  if (!res.ok) {
+    const err = new Error(data.error || ("HTTP " + res.status));
+    err.status = res.status;
+    err.problems = data.problems || [];
+    throw err;
+  }
+  return data;
+}
+
+function filters() {
+  return { task: $("f-task").value, label: $("f-label").value, note_type: $("f-type").value };
+}
+
+function fillSelect(select, values) {
+  const keep = select.value;
+  const options = [["", "all"], ...values.map((v) => [v, v])];
+  select.replaceChildren(...options.map(([value, text]) => { const o = document.createElement("option"); o.value = value; o.textContent = text; return o; }));
+  if (values.includes(keep)) select.value = keep;
+}
+
+async function refreshQueue() {
+  try {
+    const q = new URLSearchParams(filters());
+    const data = await api("GET", "/api/tasks?" + q.toString());
+    fillSelect($("f-task"), data.facets.tasks);
+    fillSelect($("f-label"), data.facets.labels);
+    fillSelect($("f-type"), data.facets.note_types);
+    $("queue-count").textContent = data.total + " waiting";
+    const list = $("queue-list");
+    list.replaceChildren();
+    for (const t of data.tasks) {
+      const li = document.createElement("li");
+      li.dataset.noteId = t.note_id;
+      if (state.note && state.note.note_id === t.note_id) li.className = "current";
+      const title = document.createElement("div");
+      title.textContent = t.note_type + " · " + new Date(t.queued_at).toLocaleString();
+      const why = document.createElement("div");
+      why.className = "muted";
+      const kinds = {};
+      for (const r of t.reasons) kinds[r.task + ": " + r.label] = (kinds[r.task + ": " + r.label] || 0) + 1;
+      why.textContent = Object.entries(kinds).map(([k, n]) => k + (n > 1 ? " ×" + n : "")).join(", ");
+      li.append(title, why);
+      if (t.lease && t.lease.reviewer_id !== state.reviewer) {
+        const badge = document.createElement("span");
+        badge.className = "badge";
+        badge.textContent = "with " + t.lease.reviewer_id;
+        li.appendChild(badge);
+      }
+      li.addEventListener("click", () => openTask(t.note_id));
+      list.appendChild(li);
+    }
+  } catch (e) {
+    if (e.message !== "signed out") $("queue-count").textContent = "queue unavailable: " + e.message;
+  }
+}
+
+async function releaseCurrent() {
+  if (!state.note) return;
+  const id = state.note.note_id;
+  state.note = null;
+  state.lease = null;
+  try {
+    await fetch("/api/tasks/" + encodeURIComponent(id) + "/claim", { method: "DELETE", headers: { "X-CSRF-Token": state.csrf }, credentials: "same-origin", keepalive: true });
+  } catch (e) { /* the lease expires anyway */ }
+}
+
+async function nextTask() {
+  if (state.busy) return;
+  state.busy = true;
+  try {
+    await releaseCurrent();
+    const claimed = await api("POST", "/api/tasks/next", filters());
+    await show(claimed.note_id, claimed.lease);
+  } catch (e) {
+    if (e.status === 404) { showEmpty("The queue is empty" + (filters().task || filters().label || filters().note_type ? " for these filters." : ".")); }
+    else setStatus(e.message, true);
+  } finally {
+    state.busy = false;
+    refreshQueue();
+  }
+}
+
+async function openTask(noteId) {
+  if (state.busy) return;
+  state.busy = true;
+  try {
+    if (state.note && state.note.note_id !== noteId) await releaseCurrent();
+    const claimed = await api("POST", "/api/tasks/" + encodeURIComponent(noteId) + "/claim");
+    await show(noteId, claimed.lease);
+  } catch (e) {
+    setStatus(e.message, true);
+  } finally {
+    state.busy = false;
+    refreshQueue();
+  }
+}
+
+function showEmpty(text) {
+  state.note = null;
+  $("task").hidden = true;
+  $("empty").hidden = false;
+  $("empty").querySelector("p").textContent = text;
+}
+
+async function show(noteId, lease) {
+  const note = await api("GET", "/api/notes/" + encodeURIComponent(noteId));
+  state.note = note;
+  state.lease = lease;
+  state.work = {};
+  state.nerTask = null;
+  state.docTask = null;
+  for (const r of note.results) {
+    if (r.kind === "ner") {
+      state.work[r.task] = { kind: "ner", entities: r.entities.map((e) => ({ ...e, origin: "model", accepted: false, before: e.label })) };
+      state.nerTask = state.nerTask || r.task;
+    } else {
+      const top = r.labels.length ? r.labels.reduce((a, b) => (b.probability > a.probability ? b : a)) : null;
+      state.work[r.task] = { kind: "classification", label: top ? top.label : null, model: top ? top.label : null };
+      state.docTask = state.docTask || r.task;
+    }
+  }
+  state.focus = -1;
+  $("empty").hidden = true;
+  $("task").hidden = false;
+  $("note-id").textContent = note.note_id;
+  $("note-type").textContent = note.note_type;
+  $("note-created").textContent = new Date(note.created_at).toLocaleString();
+  $("note-revision").textContent = note.revision;
+  $("comment").value = "";
+  const reasons = $("reasons");
+  reasons.replaceChildren();
+  for (const r of note.reasons) {
+    const li = document.createElement("li");
+    const where = r.start === null ? "" : " at " + r.start + "–" + r.end;
+    const what = { document_label: "document label", entity: "span", possible_entity: "possible missed span" }[r.kind] || r.kind;
+    li.textContent = r.task + ": " + what + " " + r.label + where + " (" + Number(r.confidence).toFixed(2) + " < " + Number(r.threshold).toFixed(2) + ")";
+    reasons.appendChild(li);
+  }
+  setStatus("");
+  render();
+  $("note-text").focus();
+}
+
+function labelsOf(task) {
+  const fromModel = (state.note && state.note.labels[task]) || [];
+  if (fromModel.length) return fromModel;
+  const seen = new Set((state.work[task].entities || []).map((e) => e.label));
+  return [...seen].sort();
+}
+
+function render() {
+  if (!state.note) return;
+  renderDocLabels();
+  renderLegend();
+  renderText();
+  renderSpans();
+}
+
+function renderDocLabels() {
+  const box = $("doc-labels");
+  box.replaceChildren();
+  for (const r of state.note.results) {
+    if (r.kind !== "classification") continue;
+    const work = state.work[r.task];
+    const group = document.createElement("div");
+    group.className = "doc-task" + (r.task === state.docTask ? " active" : "");
+    const h = document.createElement("h3");
+    h.textContent = r.task + (r.task === state.docTask ? " (Shift+digit)" : "");
+    group.appendChild(h);
+    const probs = Object.fromEntries(r.labels.map((l) => [l.label, l.probability]));
+    labelsOf(r.task).forEach((label, i) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "doc-label" + (work.label === label ? " chosen" : "") + (work.model === label ? " model" : "");
+      b.dataset.label = label;
+      b.dataset.task = r.task;
+      const p = probs[label] === undefined ? "" : " " + Number(probs[label]).toFixed(2);
+      b.textContent = (i < 9 ? (i + 1) + " " : "") + label + p;
+      b.addEventListener("click", () => { work.label = label; state.active = true; render(); });
+      group.appendChild(b);
+    });
+    box.appendChild(group);
+  }
+}
+
+function renderLegend() {
+  const legend = $("legend");
+  legend.replaceChildren();
+  if (!state.nerTask) return;
+  const title = document.createElement("span");
+  title.textContent = state.nerTask + ":";
+  legend.appendChild(title);
+  labelsOf(state.nerTask).forEach((label, i) => {
+    const s = document.createElement("span");
+    s.className = "chip c" + (i % 6);
+    s.textContent = (i + 1) + " " + label;
+    legend.appendChild(s);
+  });
+}
+
+function colorOf(label) {
+  const i = labelsOf(state.nerTask).indexOf(label);
+  return "c" + ((i < 0 ? 0 : i) % 6);
+}
+
+function renderText() {
+  const box = $("note-text");
+  box.replaceChildren();
+  const text = state.note.text;
+  const entities = state.nerTask ? state.work[state.nerTask].entities : [];
+  const hints = state.note.reasons.filter((r) => r.task === state.nerTask && r.kind === "possible_entity" && r.start !== null)
+    .filter((h) => !entities.some((e) => e.start < h.end && h.start < e.end));
+  const items = [
+    ...entities.map((e, i) => ({ start: e.start, end: e.end, entity: e, index: i })),
+    ...hints.map((h) => ({ start: h.start, end: h.end, hint: h })),
+  ].sort((a, b) => a.start - b.start);
+  let pos = 0;
+  const plain = (from, to) => {
+    if (to <= from) return;
+    const seg = document.createElement("span");
+    seg.dataset.start = String(from);
+    seg.textContent = text.slice(from, to);
+    box.appendChild(seg);
+  };
+  for (const item of items) {
+    if (item.start < pos) continue;
+    plain(pos, item.start);
+    const el = document.createElement(item.entity ? "mark" : "span");
+    el.dataset.start = String(item.start);
+    el.textContent = text.slice(item.start, item.end);
+    if (item.entity) {
+      const e = item.entity;
+      el.className = "ent " + colorOf(e.label) + (item.index === state.focus ? " focused" : "") + (e.accepted ? " accepted" : "")
+        + (e.origin === "model" && isLow(e) ? " low" : "");
+      el.dataset.index = String(item.index);
+      el.title = e.label + (e.origin === "model" ? " · model " + Number(e.confidence).toFixed(2) : " · added");
+      el.addEventListener("click", (ev) => { if (window.getSelection().isCollapsed) { state.focus = item.index; render(); ev.stopPropagation(); } });
+    } else {
+      el.className = "hint";
+      el.title = "possible missed " + item.hint.label + " (p(no entity) " + Number(item.hint.confidence).toFixed(2) + ")";
+    }
+    box.appendChild(el);
+    pos = item.end;
+  }
+  plain(pos, text.length);
+}
+
+function isLow(e) {
+  return state.note.reasons.some((r) => r.task === state.nerTask && r.kind === "entity" && r.start === e.start && r.end === e.end);
+}
+
+function renderSpans() {
+  const body = $("span-rows");
+  body.replaceChildren();
+  if (!state.nerTask) return;
+  state.work[state.nerTask].entities.forEach((e, i) => {
+    const tr = body.insertRow();
+    tr.className = i === state.focus ? "focused" : "";
+    tr.dataset.index = String(i);
+    const cells = [
+      String(i + 1),
+      e.label,
+      e.text,
+      e.start + "–" + e.end,
+      e.origin === "model" ? Number(e.confidence).toFixed(2) : "",
+      e.origin === "added" ? "added" : (e.label !== e.before ? "relabelled from " + e.before : (e.accepted ? "accepted" : "model")),
+    ];
+    for (const c of cells) tr.insertCell().textContent = c;
+    const del = document.createElement("button");
+    del.type = "button";
+    del.textContent = "delete";
+    del.addEventListener("click", () => { state.focus = i; deleteFocused(); });
+    tr.insertCell().appendChild(del);
+    tr.addEventListener("click", () => { state.focus = i; render(); });
+  });
+}
+
+function selectionOffsets() {
+  const sel = window.getSelection();
+  if (!sel || sel.isCollapsed || sel.rangeCount === 0) return null;
+  const box = $("note-text");
+  const offsetOf = (node, offset) => {
+    const el = node.nodeType === Node.TEXT_NODE ? node.parentElement : node;
+    if (!box.contains(el)) return null;
+    const seg = el.closest("[data-start]");
+    if (!seg || !box.contains(seg)) return null;
+    return Number(seg.dataset.start) + (node.nodeType === Node.TEXT_NODE ? offset : 0);
+  };
+  const a = offsetOf(sel.anchorNode, sel.anchorOffset);
+  const b = offsetOf(sel.focusNode, sel.focusOffset);
+  if (a === null || b === null) return null;
+  let start = Math.min(a, b);
+  let end = Math.max(a, b);
+  const text = state.note.text;
+  while (start < end && /\s/.test(text[start])) start++;
+  while (end > start && /\s/.test(text[end - 1])) end--;
+  return end > start ? { start, end } : null;
+}
+
+function addSelection(label) {
+  const range = selectionOffsets();
+  if (!range || !state.nerTask) return false;
+  const entities = state.work[state.nerTask].entities;
+  const clash = entities.find((e) => e.start < range.end && range.start < e.end);
+  if (clash) { setStatus("The selection overlaps the span “" + clash.text + "”; delete that span first.", true); return true; }
+  entities.push({ label, start: range.start, end: range.end, text: state.note.text.slice(range.start, range.end), confidence: 1, origin: "added", accepted: true, before: label });
+  entities.sort((x, y) => x.start - y.start);
+  state.focus = entities.findIndex((e) => e.start === range.start);
+  window.getSelection().removeAllRanges();
+  setStatus("Added " + label + " span at " + range.start + "–" + range.end + ".");
+  render();
+  return true;
+}
+
+function deleteFocused() {
+  if (!state.nerTask || state.focus < 0) return;
+  const entities = state.work[state.nerTask].entities;
+  const [gone] = entities.splice(state.focus, 1);
+  state.focus = Math.min(state.focus, entities.length - 1);
+  setStatus("Deleted " + gone.label + " span at " + gone.start + "–" + gone.end + ".");
+  render();
+}
+
+function moveFocus(step) {
+  if (!state.nerTask) return;
+  const n = state.work[state.nerTask].entities.length;
+  if (!n) return;
+  state.focus = state.focus < 0 ? (step > 0 ? 0 : n - 1) : (state.focus + step + n) % n;
+  render();
+  const el = document.querySelector("#note-text mark.focused");
+  if (el) el.scrollIntoView({ block: "nearest" });
+}
+
+function cycle(kind) {
+  const tasks = state.note.results.filter((r) => r.kind === kind).map((r) => r.task);
+  if (tasks.length < 2) return;
+  const key = kind === "ner" ? "nerTask" : "docTask";
+  state[key] = tasks[(tasks.indexOf(state[key]) + 1) % tasks.length];
+  state.focus = -1;
+  render();
+}
+
+async function submit() {
+  if (!state.note || state.busy) return;
+  const results = state.note.results.map((r) => {
+    const w = state.work[r.task];
+    return w.kind === "ner"
+      ? { task: r.task, entities: w.entities.map((e) => ({ label: e.label, start: e.start, end: e.end })) }
+      : { task: r.task, label: w.label };
+  });
+  const body = { lease_id: state.lease.lease_id, base_revision: state.note.revision, results, comment: $("comment").value.trim() || null };
+  state.busy = true;
+  try {
+    const done = await api("POST", "/api/notes/" + encodeURIComponent(state.note.note_id) + "/decisions", body);
+    const corrected = done.changes.filter((c) => c.action !== "accept").length;
+    state.note = null;
+    state.lease = null;
+    setStatus("Saved: revision " + done.revision + ", " + corrected + " correction" + (corrected === 1 ? "" : "s") + " (decision " + done.decision_id.slice(0, 8) + ").");
+  } catch (e) {
+    setStatus("Not saved: " + e.message + (e.problems.length ? " — " + e.problems.join("; ") : ""), true);
+    state.busy = false;
+    return;
+  }
+  state.busy = false;
+  const saved = $("status").textContent;
+  await nextTask();
+  if (!$("status").classList.contains("error")) setStatus(saved);
+}
+
+function onKey(ev) {
+  const target = ev.target;
+  const typing = target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT" || target.tagName === "SELECT");
+  if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); submit(); return; }
+  if (typing || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+  state.active = true;
+  if (ev.key === "?") { $("help").hidden = !$("help").hidden; return; }
+  if (ev.key === "n") { ev.preventDefault(); nextTask(); return; }
+  if (!state.note) return;
+  const digit = /^Digit([1-9])$/.exec(ev.code);
+  if (digit && ev.shiftKey) {
+    ev.preventDefault();
+    if (!state.docTask) return;
+    const label = labelsOf(state.docTask)[Number(digit[1]) - 1];
+    if (label) { state.work[state.docTask].label = label; setStatus(state.docTask + ": " + label); render(); }
+    return;
+  }
+  if (digit) {
+    ev.preventDefault();
+    if (!state.nerTask) return;
+    const label = labelsOf(state.nerTask)[Number(digit[1]) - 1];
+    if (!label) return;
+    if (addSelection(label)) return;
+    if (state.focus >= 0) {
+      const e = state.work[state.nerTask].entities[state.focus];
+      e.label = label;
+      e.accepted = true;
+      setStatus("Relabelled span " + e.start + "–" + e.end + " as " + label + ".");
+      render();
+    }
+    return;
+  }
+  switch (ev.key) {
+    case "j": ev.preventDefault(); moveFocus(1); break;
+    case "k": ev.preventDefault(); moveFocus(-1); break;
+    case "a":
+      if (state.focus >= 0) { state.work[state.nerTask].entities[state.focus].accepted = true; moveFocus(1); }
+      break;
+    case "x": case "Delete": case "Backspace": ev.preventDefault(); deleteFocused(); break;
+    case "t": cycle("ner"); break;
+    case "c": cycle("classification"); break;
+    case "Escape": state.focus = -1; window.getSelection().removeAllRanges(); $("help").hidden = true; render(); break;
+    default: break;
+  }
+}
+
+function tickLease() {
+  const el = $("lease");
+  if (!state.lease) { el.textContent = ""; return; }
+  const left = Math.max(0, Math.round(state.lease.expires_at - Date.now() / 1000));
+  el.textContent = "lease " + Math.floor(left / 60) + ":" + String(left % 60).padStart(2, "0");
+  el.className = "lease" + (left < 60 ? " expiring" : "");
+}
+
+async function renewLease() {
+  if (!state.note || !state.lease || !state.active || state.busy) return;
+  state.active = false;
+  try {
+    const claimed = await api("POST", "/api/tasks/" + encodeURIComponent(state.note.note_id) + "/claim");
+    state.lease = claimed.lease;
+  } catch (e) {
+    setStatus("Lost the lease on this task: " + e.message, true);
+  }
+}
+
+async function start() {
+  const session = await api("GET", "/api/session");
+  state.csrf = session.csrf_token;
+  state.reviewer = session.reviewer_id;
+  state.leaseSeconds = session.lease_seconds;
+  $("who").textContent = session.reviewer_id;
+  document.addEventListener("keydown", onKey);
+  document.addEventListener("mousedown", () => { state.active = true; });
+  for (const id of ["f-task", "f-label", "f-type"]) $(id).addEventListener("change", refreshQueue);
+  $("submit").addEventListener("click", submit);
+  $("skip").addEventListener("click", nextTask);
+  $("help-button").addEventListener("click", () => { $("help").hidden = !$("help").hidden; });
+  $("logout").addEventListener("click", async () => {
+    await releaseCurrent();
+    await fetch("/logout", { method: "POST", headers: { "X-CSRF-Token": state.csrf, "Content-Type": "application/json" }, credentials: "same-origin" });
+    location.href = "/login";
+  });
+  window.addEventListener("pagehide", () => { releaseCurrent(); });
+  await refreshQueue();
+  setInterval(refreshQueue, 5000);
+  setInterval(tickLease, 1000);
+  setInterval(renewLease, Math.max(5, state.leaseSeconds / 3) * 1000);
+}
+
+start().catch((e) => setStatus(e.message, true));

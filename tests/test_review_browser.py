@@ -1,0 +1,186 @@
+"""The review loop as a reviewer lives it: a real headless Chromium against the app on the embedded stack.
+
+Tansu, a Faust worker subprocess with real (tiny) models, the sink on chdb, the review app:
+a low-confidence note reaches the queue, the reviewer signs in, fixes the spans and the
+document label from the keyboard, submits; the reviewed revision and the decision row are
+read back from ClickHouse, and the training reader picks the reviewed note up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.wait import WebDriverWait
+
+from schemas.clinical_note import ClinicalNote
+from schemas.codec import codec_for
+from schemas.extraction import TaskKind
+from streams.embedded import SinkThread, TansuBroker, WorkerProcess
+from streams.kafka_io import ensure_topics, producer
+from streams.review.server import start_review_server
+from streams.settings import Settings
+from streams.sink.backend import ChdbBackend
+from streams.sink.query_server import QueryServer
+from streams.training_data import examples_from_clickhouse
+from tests.conftest import write_config
+from tests.review_helpers import NOTE_TEXT, PASSWORDS, review_settings
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+GOUT = (NOTE_TEXT.index("gout"), NOTE_TEXT.index("gout") + 4)
+
+
+def _chromium() -> tuple[str, str]:
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if browser is None or driver is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromedriver are missing: `make browser` installs them")
+        pytest.skip("chromium/chromedriver not installed (`make browser`)")
+    return browser, driver
+
+
+@pytest.fixture
+def chrome(tmp_path: Path) -> Iterator[WebDriver]:
+    browser, driver_path = _chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chrome-profile'}")
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+def _double_click_text(driver: WebDriver, start: int, end: int) -> None:
+    """A real mouse double-click on the note text at [start, end) (the browser then selects that word)."""
+    box = driver.find_element(By.ID, "note-text")
+    offset = driver.execute_script(
+        """
+        const [box, start, end] = arguments;
+        for (const seg of box.querySelectorAll('[data-start]')) {
+          const s = Number(seg.dataset.start), node = seg.firstChild;
+          if (node && s <= start && end <= s + node.length) {
+            const r = document.createRange();
+            r.setStart(node, start - s); r.setEnd(node, end - s);
+            const a = r.getBoundingClientRect(), b = box.getBoundingClientRect();
+            return [a.left + a.width / 2 - (b.left + b.width / 2), a.top + a.height / 2 - (b.top + b.height / 2)];
+          }
+        }
+        return null;
+        """,
+        box,
+        start,
+        end,
+    )
+    assert offset is not None, "word not found in a plain text segment"
+    ActionChains(driver).move_to_element_with_offset(box, int(offset[0]), int(offset[1])).double_click().perform()
+
+
+def test_reviewer_fixes_a_note_in_the_browser_and_the_loop_closes(
+    broker: TansuBroker, tiny_settings: Settings, database: ChdbBackend, chrome: WebDriver, tmp_path: Path
+) -> None:
+    tasks = [t.model_copy(update={"threshold": 0.99}) for t in tiny_settings.tasks]  # random tiny models: always review
+    settings = review_settings(tiny_settings.model_copy(update={"tasks": tasks}))
+    ensure_topics(settings, broker.bootstrap)
+    sink = SinkThread(settings, broker.bootstrap, backend=database)
+    worker = WorkerProcess(settings, broker.bootstrap, write_config(tmp_path / "ehrstream.toml", settings), tmp_path / "worker.log")
+    sink.start()
+    worker.start()
+    review = start_review_server(settings, database, broker.bootstrap, "127.0.0.1", 0)
+    db = database.database
+    try:
+        note = ClinicalNote(
+            note_id="ui-1",
+            patient_id="MRN-424242",
+            note_type="discharge_summary",
+            created_at="2026-11-01T08:00:00Z",
+            text=NOTE_TEXT,
+            source="browser-test",
+        )
+        p = producer(broker.bootstrap)
+        p.send(settings.topics.notes, key=b"ui-1", value=codec_for(ClinicalNote).encode(note))
+        p.flush()
+        p.close()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not database.query(f"SELECT count() FROM {db}.review_queue").scalar():
+            assert worker.alive(), (tmp_path / "worker.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert database.query(f"SELECT note_id FROM {db}.review_queue").rows == [["ui-1"]]
+        model_spans = database.query(f"SELECT length(entities) FROM {db}.extractions_final WHERE note_id = 'ui-1'").scalar()
+
+        wait = WebDriverWait(chrome, 20)
+        chrome.get(review.url + "/")
+        wait.until(ec.presence_of_element_located((By.ID, "sign-in")))  # redirected to the sign-in page
+        chrome.find_element(By.ID, "reviewer").send_keys("alice")
+        chrome.find_element(By.ID, "password").send_keys(PASSWORDS["alice"], Keys.ENTER)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "who"), "alice"))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#queue-list li[data-note-id='ui-1']")))
+
+        body = chrome.find_element(By.TAG_NAME, "body")
+        body.send_keys("n")  # take the oldest task
+        wait.until(ec.text_to_be_present_in_element((By.ID, "note-text"), "gout"))
+        assert chrome.find_element(By.ID, "note-text").text == NOTE_TEXT
+        assert "MRN-424242" not in chrome.page_source  # the page never shows the patient id
+
+        actions = ActionChains(chrome)
+        for _ in range(model_spans):  # reject every model span: j focuses the next one, x deletes it
+            actions.send_keys("j").send_keys("x").perform()
+        assert chrome.find_elements(By.CSS_SELECTOR, "#note-text mark.ent") == []
+        _double_click_text(chrome, *GOUT)
+        assert chrome.execute_script("return window.getSelection().toString().trim()") == "gout"
+        ActionChains(chrome).send_keys("1").perform()  # add the selection with label 1 (Disease)
+        marks = chrome.find_elements(By.CSS_SELECTOR, "#note-text mark.ent")
+        assert [m.text for m in marks] == ["gout"]
+        ActionChains(chrome).key_down(Keys.SHIFT).send_keys("2").key_up(Keys.SHIFT).perform()  # document label 2: neuro
+        chosen = chrome.find_element(By.CSS_SELECTOR, "button.doc-label.chosen").get_attribute("data-label")
+        assert chosen == "neuro"
+        ActionChains(chrome).key_down(Keys.CONTROL).send_keys(Keys.ENTER).key_up(Keys.CONTROL).perform()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Saved: revision 1"))
+        (tmp_path / "review.png").write_bytes(chrome.get_screenshot_as_png())
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not database.query(f"SELECT count() FROM {db}.review_decisions").scalar():
+            time.sleep(0.3)
+        row = database.query(
+            f"SELECT revision, status, arrayMap(e -> (e.label, e.start, e.end, e.text), entities), arrayMap(d -> d.label, doc_labels) "
+            f"FROM {db}.extractions_final WHERE note_id = 'ui-1'"
+        ).rows
+        assert row == [[1, "reviewed", [["Disease", *GOUT, "gout"]], ["neuro"]]]
+        decision = database.query(
+            f"SELECT reviewer_id, base_revision, changes.action FROM {db}.review_decisions FINAL WHERE note_id = 'ui-1'"
+        ).rows
+        reviewer, base, changes = decision[0]
+        assert (reviewer, base) == ("alice", 0)
+        assert changes.count("reject_span") == model_spans and changes.count("add_span") == 1
+        assert ("set_document_label" in changes) or ("accept" in changes)
+        assert database.query(f"SELECT count() FROM {db}.review_queue").scalar() == 0
+    finally:
+        review.stop()
+        worker.stop()
+        sink.stop()
+
+    # ... and `ehrstream train --data clickhouse` reads it as a reviewed example (through the sink's endpoint)
+    endpoint = QueryServer(database, settings.data_dir)
+    endpoint.start()
+    try:
+        found = examples_from_clickhouse(settings, "disease", TaskKind.ner, floor=0.99)
+    finally:
+        endpoint.stop()
+    assert found.reviewed == 1
+    assert [(e.text, e.spans) for e in found.examples] == [(NOTE_TEXT, [(*GOUT, "Disease")])]
+    log_text = (tmp_path / "worker.log").read_text()
+    assert "MRN-424242" not in log_text and "gout" not in log_text
