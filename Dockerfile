@@ -2,7 +2,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
-COPY pyproject.toml requirements.lock README.md ./
+COPY pyproject.toml requirements.lock README.md ehrstream.toml ./
 COPY schemas ./schemas
 COPY streams ./streams
 COPY agents ./agents

@@ -14,9 +14,17 @@ class _ShutdownNoise(logging.Filter):
         return "Cancelled" not in record.getMessage()
 
 
+#: client libraries capped at WARNING whatever the level: their INFO is noise, and their DEBUG prints record
+#: payloads (kafka-python and aiokafka log "Sending (key=... value=...)"), which would put note text in the log
+CLIENT_LOGGERS = ("kafka", "aiokafka", "httpx", "urllib3", "faust", "mode")
+
+
+def cap_client_loggers(level: str) -> None:
+    for name in CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format=FORMAT, force=True)
-    # third-party chatter at INFO is noise for operators
-    for noisy in ("kafka", "aiokafka", "httpx", "urllib3", "faust", "mode"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    cap_client_loggers(level)
     logging.getLogger("kafka.cluster").addFilter(_ShutdownNoise())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,11 +17,12 @@ from schemas.extraction import TaskKind
 from schemas.review_decision import ChangeAction, ReviewDecision
 from streams.embedded import SinkThread, TansuBroker
 from streams.kafka_io import ensure_topics
+from streams.logs import CLIENT_LOGGERS, cap_client_loggers
 from streams.review.accounts import hash_password, verify_password
 from streams.review.server import DecisionPublisher, ReviewApp, ReviewServer
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
-from tests.review_helpers import NOTE_TEXT, Client, pending_note, review_settings, store_pending
+from tests.review_helpers import NOTE_TEXT, PASSWORDS, Client, pending_note, review_settings, store_pending
 
 
 @dataclass
@@ -191,7 +193,11 @@ def test_decisions_that_do_not_fit_the_note_are_rejected_with_every_problem(revi
     assert _decisions_on_topic(broker, review_app.settings.topics.review_decisions) == []
 
 
-def test_a_decision_closes_the_loop_into_clickhouse(review_app: Running, broker: TansuBroker, database: ChdbBackend) -> None:
+def test_a_decision_closes_the_loop_into_clickhouse(
+    review_app: Running, broker: TansuBroker, database: ChdbBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    cap_client_loggers("DEBUG")  # as configure_logging does in every ehrstream process
     alice = Client(review_app.url)
     alice.login("alice")
     lease = alice.call("POST", "/api/tasks/next").body["lease"]["lease_id"]
@@ -229,6 +235,13 @@ def test_a_decision_closes_the_loop_into_clickhouse(review_app: Running, broker:
     assert health["backlog"] == [{"task": "condition", "pending": 1, **_ignore(health["backlog"][0])}, *health["backlog"][1:]]
     agreement = {(a["task"], a["label"]): a["agreement"] for a in health["agreement"]}
     assert agreement == {("condition", "neuro"): 0, ("disease", "Disease"): 0.5}
+    # logged at DEBUG: route patterns and reviewer ids, never note text, patient ids or secrets
+    logged = caplog.text
+    assert "POST /api/notes/{note_id}/decisions 201" in logged and "/api/notes/n1" not in logged
+    assert "asthma" not in logged and "gout" not in logged and "MRN-1" not in logged
+    assert PASSWORDS["alice"] not in logged and str(alice.token) not in logged
+    for name in CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def _ignore(row: dict[str, object]) -> dict[str, object]:

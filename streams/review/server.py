@@ -404,7 +404,9 @@ class ReviewApp:
         except Exception as exc:  # the broker did not acknowledge: nothing was written, the reviewer can retry
             log.error("could not publish a decision: %s", type(exc).__name__)
             return _error(503, "the decision could not be published (broker unavailable); nothing was saved, try again")
-        self._submitted[note_id] = time.time()
+        now = time.time()
+        self._submitted = {k: at for k, at in self._submitted.items() if now - at <= SUBMITTED_TTL_S}
+        self._submitted[note_id] = now
         self.leases.release(note_id, session.reviewer_id)
         log.info("decision %s by %s: %d changes", decision.decision_id, session.reviewer_id, len(decision.changes))
         return web.json_response(
