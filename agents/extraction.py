@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ import faust
 from faust.streams import Stream
 
 from agents.pipeline import ExtractionPipeline, InRecord
+from streams.metrics import record_batch
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,10 @@ def register_extraction_agent(app: faust.App, settings: Settings, pipeline: Extr
             ]
             try:
                 result = await loop.run_in_executor(executor, pipeline.process, records)
+                started = time.perf_counter()
                 pending = [await outputs[r.topic].send(key=r.key, value=r.value) for r in result.records]
                 await asyncio.gather(*pending)
+                produce_seconds = time.perf_counter() - started
             except Exception:
                 first = records[0]
                 log.critical(
@@ -59,6 +63,7 @@ def register_extraction_agent(app: faust.App, settings: Settings, pipeline: Extr
                 )
                 logging.shutdown()
                 os._exit(EXIT_UNDELIVERED)
+            record_batch(result, len(records), produce_seconds)
             log.info(
                 "batch of %d: %d extracted (%d auto-accepted, %d to review), %d dead-lettered",
                 len(records),

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from agents.runners import ModelRunner, TaskOutput
@@ -52,8 +53,23 @@ class BatchResult:
     auto_accepted: int = 0
     routed_to_review: int = 0
     dead_lettered: int = 0
-    #: seconds per stage, for metrics and the benchmark
+    #: wall seconds per stage (decode, tokenise, infer, postprocess, encode), for metrics and the benchmark
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    #: CPU seconds of the thread that ran each stage
+    stage_cpu_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    #: review reasons by (task, kind, label)
+    review_reasons: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    #: dead letters by kind
+    dead_kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] += time.perf_counter() - wall
+            self.stage_cpu_seconds[stage] += time.thread_time() - cpu
 
 
 class ExtractionPipeline:
@@ -76,14 +92,13 @@ class ExtractionPipeline:
 
     def process(self, records: Sequence[InRecord]) -> BatchResult:
         result = BatchResult()
-        started = time.perf_counter()
         notes: list[tuple[InRecord, ClinicalNote]] = []
-        for record in records:
-            try:
-                notes.append((record, decode_note(record.value, self.max_note_bytes)))
-            except RecordError as exc:
-                self._dead(result, record, exc.kind, exc.message)
-        result.stage_seconds["decode"] += time.perf_counter() - started
+        with result.timed("decode"):
+            for record in records:
+                try:
+                    notes.append((record, decode_note(record.value, self.max_note_bytes)))
+                except RecordError as exc:
+                    self._dead(result, record, exc.kind, exc.message)
         if notes:
             outputs = self._infer(result, notes)
             self._emit(result, notes, outputs)
@@ -92,24 +107,33 @@ class ExtractionPipeline:
     def _infer(self, result: BatchResult, notes: list[tuple[InRecord, ClinicalNote]]) -> list[list[TaskOutput] | None]:
         """Every task over the batch; a failing batch is retried note by note so one bad note cannot sink the rest."""
         texts = [note.text for _, note in notes]
-        started = time.perf_counter()
         try:
-            per_task = [runner(texts) for runner in self.runners]
+            per_task = []
+            for runner in self.runners:
+                with result.timed("tokenise"):
+                    windows = runner.preprocess(texts)
+                with result.timed("infer"):
+                    probs = runner.window_probabilities(windows)
+                with result.timed("postprocess"):
+                    per_task.append(runner.postprocess(texts, windows, probs))
             outputs: list[list[TaskOutput] | None] = [list(row) for row in zip(*per_task, strict=True)] if per_task else [[] for _ in notes]
         except Exception:
             log.exception("inference failed for a batch of %d notes; retrying one by one", len(notes))
             outputs = []
-            for record, note in notes:
-                try:
-                    outputs.append([runner([note.text])[0] for runner in self.runners])
-                except Exception as exc:
-                    log.error("inference failed for %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
-                    outputs.append(None)
-        result.stage_seconds["infer"] += time.perf_counter() - started
+            with result.timed("infer"):
+                for record, note in notes:
+                    try:
+                        outputs.append([runner([note.text])[0] for runner in self.runners])
+                    except Exception as exc:
+                        log.error("inference failed for %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
+                        outputs.append(None)
         return outputs
 
     def _emit(self, result: BatchResult, notes: list[tuple[InRecord, ClinicalNote]], outputs: list[list[TaskOutput] | None]) -> None:
-        started = time.perf_counter()
+        with result.timed("encode"):
+            self._encode(result, notes, outputs)
+
+    def _encode(self, result: BatchResult, notes: list[tuple[InRecord, ClinicalNote]], outputs: list[list[TaskOutput] | None]) -> None:
         now = utc_now()
         for (record, note), task_outputs in zip(notes, outputs, strict=True):
             if task_outputs is None:
@@ -133,9 +157,10 @@ class ExtractionPipeline:
                 task = ReviewTask(note_id=note.note_id, revision=0, note_type=note.note_type, created_at=now, reasons=reasons)
                 result.records.append(OutRecord(self.topics.review, key, self._review_codec.encode(task)))
                 result.routed_to_review += 1
+                for reason in reasons:
+                    result.review_reasons[(reason.task, reason.kind.value, reason.label)] += 1
             else:
                 result.auto_accepted += 1
-        result.stage_seconds["encode"] += time.perf_counter() - started
 
     def _dead(self, result: BatchResult, record: InRecord, kind: ErrorKind, message: str) -> None:
         log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, kind.value)
@@ -144,3 +169,4 @@ class ExtractionPipeline:
         )
         result.records.append(OutRecord(self.topics.deadletter, record.key, self._dead_codec.encode(letter)))
         result.dead_lettered += 1
+        result.dead_kinds[kind.value] += 1

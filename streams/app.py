@@ -22,9 +22,13 @@ log = logging.getLogger(__name__)
 
 
 def build_runners(settings: Settings) -> list[ModelRunner]:
+    import torch
+
     from agents.model_dir import load_model
     from agents.runners import build_runner
 
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     runners = []
     for task in settings.tasks:
         loaded = load_model(task.model_dir, task.kind)

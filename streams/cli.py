@@ -120,8 +120,10 @@ def worker(obj: _Context) -> None:
     from faust.worker import Worker
 
     from streams.app import create_app
+    from streams.metrics import serve
 
     settings = obj.settings()
+    serve(settings.metrics_port)
     app = create_app(settings, obj.bootstrap())
     Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False).execute_from_commandline()
 
@@ -134,8 +136,10 @@ def sink(obj: _Context) -> None:
     import threading
 
     from streams.embedded import SinkThread
+    from streams.metrics import serve
 
     settings = obj.settings()
+    serve(settings.metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     runner = SinkThread(settings, obj.bootstrap())
@@ -256,6 +260,70 @@ def up(obj: _Context) -> None:
     run_stack(obj.settings(), obj.config, echo=click.echo)
 
 
+@main.command()
+@_option("--notes", envvar="EHRSTREAM_BENCH_NOTES", type=int, default=200, show_default=True, help="Notes in the peak phase.")
+@_option("--device", envvar="EHRSTREAM_DEVICE", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@_option(
+    "--models",
+    envvar="EHRSTREAM_BENCH_MODELS",
+    type=click.Choice(["default", "bert-base"]),
+    default="default",
+    show_default=True,
+    help="default: the configured tasks' models; bert-base: random-weight BERT-base NER + classifier (speed only).",
+)
+@_option(
+    "--workers",
+    envvar="EHRSTREAM_BENCH_WORKERS",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Worker processes; 0 = the embedded stack's plan (one per core on CPU, 1 on CUDA).",
+)
+@_option(
+    "--partitions", envvar="EHRSTREAM_BENCH_PARTITIONS", type=int, default=None, help="Notes-topic partitions [default: max(4, workers)]."
+)
+@_option("--latency-seconds", envvar="EHRSTREAM_BENCH_LATENCY_SECONDS", type=float, default=30.0, show_default=True)
+@_option(
+    "--datasets",
+    envvar="EHRSTREAM_DATASETS",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("../shared/datasets"),
+    show_default=True,
+    help="Where medical_abstracts/train.csv supplies the notes (else the samples).",
+)
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the results.")
+@click.pass_obj
+def bench(
+    obj: _Context,
+    notes: int,
+    device: str,
+    models: str,
+    workers: int,
+    partitions: int | None,
+    latency_seconds: float,
+    datasets: Path,
+    as_json: bool,
+) -> None:
+    """Raw model throughput vs end to end (notes topic -> ClickHouse), p50/p99 latency at half peak, CPU per stage."""
+    from streams.bench import as_json as result_json
+    from streams.bench import format_result, run_bench
+
+    settings = obj.settings(device=device)
+    result = run_bench(
+        settings,
+        notes=notes,
+        datasets=datasets,
+        workers=workers,
+        partitions=partitions,
+        models=models,
+        latency_seconds=latency_seconds,
+        echo=lambda line: click.echo(line, err=as_json),
+    )
+    click.echo(format_result(result), err=as_json)
+    if as_json:
+        click.echo(result_json(result))
+
+
 @main.command("review-ui")
 @_option("--host", envvar="EHRSTREAM_REVIEW__HOST", default=None, help="Address to listen on [default: review.host, 127.0.0.1].")
 @_option("--port", envvar="EHRSTREAM_REVIEW__PORT", type=int, default=None, help="Port [default: review.port, 8470].")
@@ -265,10 +333,12 @@ def review_ui(obj: _Context, host: str | None, port: int | None) -> None:
     import signal
     import threading
 
+    from streams.metrics import serve
     from streams.querying import open_reader
     from streams.review.server import start_review_server
 
     settings = obj.settings()
+    serve(settings.metrics_port)
     if not settings.review.reviewers:
         raise click.UsageError("no reviewer accounts: add [[review.reviewers]] entries (`ehrstream reviewer hash` makes the hash)")
     server = start_review_server(settings, open_reader(settings), obj.bootstrap(), host, port)

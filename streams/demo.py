@@ -26,7 +26,7 @@ from schemas.clinical_note import ClinicalNote
 from schemas.codec import MARKER, codec_for
 from schemas.dead_letter import DeadLetter
 from schemas.extraction import Extraction, ExtractionStatus
-from streams.embedded import SinkThread, TansuBroker, WorkerProcess
+from streams.embedded import SinkThread, TansuBroker, WorkerPool
 from streams.kafka_io import ensure_topics
 from streams.kafka_io import producer as make_producer
 from streams.settings import REPO_ROOT, Settings
@@ -163,10 +163,11 @@ def run_demo(settings: Settings, n: int, config: Path | None, datasets: Path, ec
         echo(f"embedded Kafka (tansu) on {broker.bootstrap}")
         ensure_topics(settings, broker.bootstrap)
         sink = SinkThread(settings, broker.bootstrap)
-        worker = WorkerProcess(settings, broker.bootstrap, config, settings.data_dir / "worker.log")
+        workers = WorkerPool(settings, broker.bootstrap, config, settings.data_dir)
         sink.start()
-        worker.start()
-        echo(f"worker started (log: {settings.data_dir / 'worker.log'}); publishing {n} records")
+        workers.start()
+        echo(f"{len(workers)} worker(s) started, {workers.threads} torch thread(s) each (logs: {settings.data_dir}/worker*.log)")
+        echo(f"publishing {n} records")
         try:
             producer = make_producer(broker.bootstrap)
             for key, value in records:
@@ -177,8 +178,8 @@ def run_demo(settings: Settings, n: int, config: Path | None, datasets: Path, ec
 
             def all_accounted() -> bool:
                 nonlocal counts
-                if not worker.alive():
-                    raise RuntimeError(f"the worker exited; see {settings.data_dir / 'worker.log'}")
+                if not workers.all_alive():
+                    raise RuntimeError(f"a worker exited; see {settings.data_dir}/worker*.log")
                 counts = count_topics(settings, broker.bootstrap)
                 return counts.extracted + counts.dead_lettered >= n
 
@@ -190,7 +191,7 @@ def run_demo(settings: Settings, n: int, config: Path | None, datasets: Path, ec
             wait_for(in_clickhouse, 60, "the sink to write every extraction")
             stored = clickhouse_notes(sink)
         finally:
-            worker.stop()
+            workers.stop()
             sink.stop()
     summary = {
         "published": n,

@@ -29,7 +29,7 @@ def faust_broker_settings(settings: Settings, bootstrap: str) -> dict[str, Any]:
 
 
 def producer(bootstrap: str, **extra: Any) -> KafkaProducer:
-    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **extra)
+    return KafkaProducer(**{"bootstrap_servers": bootstrap, "acks": "all", "linger_ms": 5, **extra})
 
 
 def consumer(bootstrap: str, *topics: str, group_id: str | None, session_timeout_s: float = 45.0, **extra: Any) -> KafkaConsumer:

@@ -129,7 +129,7 @@ class Settings(BaseSettings):
 
     #: micro-batch bounds of the extraction agent
     batch_max_notes: int = Field(default=64, ge=1)
-    batch_max_seconds: float = Field(default=0.5, gt=0)
+    batch_max_seconds: float = Field(default=0.2, gt=0)
     inference_batch_size: int = Field(default=32, ge=1)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     #: records larger than this go to the dead-letter topic as ``oversized``
@@ -142,11 +142,21 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(default=60.0, gt=0)
 
     sink_batch_rows: int = Field(default=5000, ge=1)
+    #: the longest a row waits in the sink before its batch is written
     sink_flush_seconds: float = Field(default=1.0, gt=0)
+    #: write as soon as no new record arrived for this long (low load: low latency; high load: full batches)
+    sink_linger_seconds: float = Field(default=0.05, ge=0)
     #: how long the sink retries one batch before it stops consuming and reports back-pressure
     sink_retry_max_seconds: float = Field(default=300.0, gt=0)
 
     review: ReviewSettings = ReviewSettings()
+
+    #: Prometheus ``/metrics`` port of this process (worker, sink, review app); 0 = off
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    #: torch intra-op threads per worker process; 0 = torch's default (all cores), or cores / workers in the embedded stack
+    torch_threads: int = Field(default=0, ge=0)
+    #: worker processes of the embedded stack (demo, up, bench); 0 = one per CPU core (at most 4) on CPU, 1 on CUDA
+    embedded_workers: int = Field(default=0, ge=0)
 
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
 

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from streams.embedded import EMBEDDED_TIMEOUTS, SinkThread, TansuBroker, WorkerProcess
+from streams.embedded import EMBEDDED_TIMEOUTS, SinkThread, TansuBroker, WorkerPool, worker_plan
 from streams.kafka_io import ensure_topics
+from streams.metrics import serve
 from streams.runfiles import live_run_file
 from streams.settings import ReviewerAccount, Settings
 
@@ -57,10 +58,13 @@ def run_stack(settings: Settings, config: Path | None, echo: Callable[[str], Non
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with TansuBroker(log_file=settings.data_dir / "tansu.log") as broker:
         ensure_topics(settings, broker.bootstrap)
+        serve(settings.metrics_port)  # this process: the sink and the review app; workers serve the next ports
         sink = SinkThread(settings, broker.bootstrap)
-        worker = WorkerProcess(settings, broker.bootstrap, config, settings.data_dir / "worker.log")
+        count, _ = worker_plan(settings)
+        ports = [settings.metrics_port + 1 + i for i in range(count)] if settings.metrics_port else None
+        workers = WorkerPool(settings, broker.bootstrap, config, settings.data_dir, metrics_ports=ports)
         sink.start()
-        worker.start()
+        workers.start()
         review = _start_review(settings, sink, broker.bootstrap, echo)
         stack_file = settings.data_dir / STACK_FILE
         stack_file.write_text(json.dumps({"bootstrap": broker.bootstrap, "pid": os.getpid()}))
@@ -68,9 +72,9 @@ def run_stack(settings: Settings, config: Path | None, echo: Callable[[str], Non
         echo(f"publish with: ehrstream --data-dir {settings.data_dir} publish FILE   (Ctrl-C stops)")
         try:
             while not stop.wait(1.0):
-                if not worker.alive():
-                    echo("worker exited; restarting it")
-                    worker.start()
+                restarted = workers.restart_dead()
+                if restarted:
+                    echo(f"{restarted} worker(s) exited; restarted")
                 if sink.error is not None:
                     echo(f"sink stopped: {sink.error}")
                     break
@@ -78,7 +82,7 @@ def run_stack(settings: Settings, config: Path | None, echo: Callable[[str], Non
             stack_file.unlink(missing_ok=True)
             if review is not None:
                 review.stop()
-            worker.stop()
+            workers.stop()
             sink.stop()
 
 

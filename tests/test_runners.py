@@ -97,3 +97,38 @@ def test_lora_training_writes_a_loadable_versioned_model_dir(kind: TaskKind, tin
     # same data and settings: same version (deterministic)
     again = train(config, data, data[:2], tmp_path / "again")
     assert again.manifest.version == result.manifest.version
+
+
+def _reference_word_probabilities(windows, probs, n_texts):  # type: ignore[no-untyped-def]
+    """The plain-loop definition the vectorised version must equal: first sub-token, averaged over windows."""
+    sums: list[dict[int, dict[int, list]]] = [{} for _ in range(n_texts)]  # type: ignore[type-arg]
+    spans: list[dict[int, list[int]]] = [{} for _ in range(n_texts)]
+    for w, text_idx in enumerate(windows.sample):
+        for t, word in enumerate(windows.word_ids[w]):
+            if word is None:
+                continue
+            start, end = windows.offsets[w][t]
+            entry = sums[text_idx].setdefault(word, {}).setdefault(start, [np.zeros_like(probs[w][t], dtype=np.float64), 0])
+            entry[0] += probs[w][t]
+            entry[1] += 1
+            bounds = spans[text_idx].setdefault(word, [start, end])
+            bounds[0], bounds[1] = min(bounds[0], start), max(bounds[1], end)
+    out = []
+    for text_idx in range(n_texts):
+        words = sorted(sums[text_idx])
+        rows = [sums[text_idx][w][min(sums[text_idx][w])][0] / sums[text_idx][w][min(sums[text_idx][w])][1] for w in words]
+        out.append(([spans[text_idx][w][0] for w in words], [spans[text_idx][w][1] for w in words], np.asarray(rows)))
+    return out
+
+
+def test_vectorised_word_probabilities_equal_the_plain_definition(tiny_ner_dir: Path) -> None:
+    loaded = load_model(tiny_ner_dir, TaskKind.ner, max_length=32, stride=8)
+    runner = build_runner("disease", loaded, device="cpu")
+    texts = ["Short note.", LONG_NOTE[:3000], "Ünïcode  spacing\tand\nnewlines: Crohn's disease.", "a", "Hyper-IgE syndrome (HIES)."]
+    windows = runner.preprocess(texts)
+    probs = runner.window_probabilities(windows)
+    got = word_probabilities(windows, probs, len(texts))
+    want = _reference_word_probabilities(windows, probs, len(texts))
+    for (s1, e1, p1), (s2, e2, p2) in zip(got, want, strict=True):
+        assert (s1, e1) == (s2, e2)
+        np.testing.assert_allclose(p1, p2.reshape(p1.shape), rtol=1e-6, atol=1e-7)

@@ -15,34 +15,33 @@ def word_probabilities(windows: Windows, probs: list[np.ndarray], n_texts: int) 
     """Per text: word start offsets, word end offsets, and ``[words, labels]`` probabilities.
 
     A word's probabilities are read at its first sub-token. Where windows overlap, the
-    same sub-token is seen more than once and its probabilities are averaged.
+    same sub-token is seen more than once and its probabilities are averaged. Vectorised
+    per text (one pass of numpy over all its windows' tokens).
     """
-    # text -> word -> token start -> [probability sum, count]; word -> (start, end)
-    sums: list[dict[int, dict[int, list]]] = [{} for _ in range(n_texts)]  # type: ignore[type-arg]
-    spans: list[dict[int, list[int]]] = [{} for _ in range(n_texts)]
+    n_labels = probs[0].shape[-1] if probs else 0
+    by_text: list[list[int]] = [[] for _ in range(n_texts)]
     for w, text_idx in enumerate(windows.sample):
-        for t, word in enumerate(windows.word_ids[w]):
-            if word is None:
-                continue
-            start, end = windows.offsets[w][t]
-            tokens = sums[text_idx].setdefault(word, {})
-            entry = tokens.setdefault(start, [np.zeros_like(probs[w][t], dtype=np.float64), 0])
-            entry[0] += probs[w][t]
-            entry[1] += 1
-            bounds = spans[text_idx].setdefault(word, [start, end])
-            bounds[0] = min(bounds[0], start)
-            bounds[1] = max(bounds[1], end)
-    out = []
-    for text_idx in range(n_texts):
-        words = sorted(sums[text_idx])
-        starts = [spans[text_idx][w][0] for w in words]
-        ends = [spans[text_idx][w][1] for w in words]
-        rows = []
-        for w in words:
-            total, count = sums[text_idx][w][min(sums[text_idx][w])]
-            rows.append(total / count)
-        n_labels = probs[0].shape[-1] if probs else 0
-        out.append((starts, ends, np.asarray(rows, dtype=np.float32).reshape(len(words), n_labels)))
+        by_text[text_idx].append(w)
+    out: list[tuple[list[int], list[int], np.ndarray]] = []
+    for members in by_text:
+        if not members:
+            out.append(([], [], np.zeros((0, n_labels), dtype=np.float32)))
+            continue
+        word = np.concatenate([np.array([-1 if x is None else x for x in windows.word_ids[w]], dtype=np.int64) for w in members])
+        offsets = np.concatenate([np.asarray(windows.offsets[w], dtype=np.int64).reshape(-1, 2) for w in members])
+        rows = np.concatenate([probs[w] for w in members]).astype(np.float64)
+        valid = word >= 0
+        word, offsets, rows = word[valid], offsets[valid], rows[valid]
+        words, inverse = np.unique(word, return_inverse=True)
+        first = np.full(len(words), np.iinfo(np.int64).max)
+        np.minimum.at(first, inverse, offsets[:, 0])
+        last = np.zeros(len(words), dtype=np.int64)
+        np.maximum.at(last, inverse, offsets[:, 1])
+        at_first = offsets[:, 0] == first[inverse]  # the first sub-token, in every window that saw it
+        sums = np.zeros((len(words), n_labels))
+        np.add.at(sums, inverse[at_first], rows[at_first])
+        counts = np.bincount(inverse[at_first], minlength=len(words))
+        out.append((first.tolist(), last.tolist(), (sums / counts[:, None]).astype(np.float32)))
     return out
 
 

@@ -27,6 +27,7 @@ from schemas.review_task import ReviewTask
 from streams.errors import SinkBackpressureError, SinkError
 from streams.kafka_io import consumer as make_consumer
 from streams.kafka_io import producer as make_producer
+from streams.metrics import DEAD_LETTERS, SINK_RETRIES, SINK_ROWS, STAGE_SECONDS
 from streams.settings import Settings
 from streams.sink.backend import ClickHouseBackend
 from streams.sink.reviews import PendingDecision, base_rows, reviewed_revision
@@ -93,11 +94,16 @@ class ClickHouseSink:
         try:
             while not stop.is_set():
                 deadline = time.monotonic() + self.settings.sink_flush_seconds
+                linger_ms = int(self.settings.sink_linger_seconds * 1000)
                 while self._batch.count < self.settings.sink_batch_rows and not stop.is_set():
                     left_ms = int((deadline - time.monotonic()) * 1000)
                     if left_ms <= 0:
                         break
-                    polled = consumer.poll(timeout_ms=left_ms, max_records=self.settings.sink_batch_rows - self._batch.count)
+                    # with rows in hand, wait only the linger for more: a quiet topic is flushed at once
+                    wait_ms = min(left_ms, linger_ms) if self._batch.count else left_ms
+                    polled = consumer.poll(timeout_ms=wait_ms, max_records=self.settings.sink_batch_rows - self._batch.count)
+                    if not polled and self._batch.count:
+                        break
                     for messages in polled.values():
                         for message in messages:
                             self._add(message)
@@ -128,6 +134,7 @@ class ClickHouseSink:
 
     def _dead_letter(self, value: bytes, key: bytes | None, topic: str, partition: int, offset: int, exc: RecordError) -> None:
         log.warning("sink dead-lettered %s[%d]@%d: %s", topic, partition, offset, exc.kind.value)
+        DEAD_LETTERS.labels("sink", exc.kind.value).inc()
         letter = DeadLetter.of_record(
             value, key, topic, partition, offset, exc.kind, exc.message, "sink", self.settings.max_record_bytes // 2
         )
@@ -166,6 +173,7 @@ class ClickHouseSink:
                     return True
                 except SinkError as exc:
                     self.stats.retries += 1
+                    SINK_RETRIES.inc()
                     waited = time.monotonic() - started
                     log.error("ClickHouse write failed (code %s, %.0f s so far), retrying: %s", exc.code, waited, exc.reason)
                     if waited > self.settings.sink_retry_max_seconds:
@@ -190,8 +198,10 @@ class ClickHouseSink:
         self._apply_decisions()
         for table, rows in self._batch.rows.items():
             if rows:
-                self.backend.insert_json(table, TABLE_COLUMNS[table], json_each_row(rows))
+                with STAGE_SECONDS.labels("insert").time():
+                    self.backend.insert_json(table, TABLE_COLUMNS[table], json_each_row(rows))
                 self.stats.rows[table] += len(rows)
+                SINK_ROWS.labels(table).inc(len(rows))
                 rows.clear()  # a retry after a partial write re-sends only the tables not yet written
         for key, value in self._batch.dead:
             producer.send(self.topics.deadletter, key=key, value=value)

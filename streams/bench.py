@@ -1,0 +1,396 @@
+"""``ehrstream bench``: the models alone against the whole stream, in one run, on one device.
+
+1. **raw**: every task's model over pre-tokenised windows of the bench notes, batched and
+   length-sorted exactly as the worker does, nothing else (notes/s over all tasks).
+2. **e2e**: the embedded stack (Tansu, ``workers`` worker subprocesses, the sink on chdb):
+   after a warm-up, ``notes`` notes are published as fast as possible and the clock stops
+   when the last one's extraction row is in ClickHouse (notes/s).
+3. **latency**: notes published at half the measured e2e rate; each note's latency is its
+   ClickHouse ``inserted_at`` minus the moment it was sent (p50/p99).
+4. **stages**: CPU seconds per note of each stage, from the workers' and the sink's
+   Prometheus counters over the e2e phase (produce and insert are wall time: their work
+   happens in client and ClickHouse threads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import tomli_w
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from schemas.clinical_note import ClinicalNote
+from schemas.codec import codec_for
+from schemas.extraction import TaskKind
+from streams.embedded import EMBEDDED_TIMEOUTS, SinkThread, TansuBroker, WorkerPool, free_port, worker_plan
+from streams.kafka_io import ensure_topics, producer
+from streams.settings import Settings, TaskSettings
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "tokenise", "infer", "postprocess", "encode", "produce", "insert")
+
+
+@dataclass
+class BenchResult:
+    device: str
+    models: str
+    notes: int
+    workers: int
+    torch_threads_per_worker: int
+    partitions: int
+    median_note_chars: int
+    #: the mean of the raw rate measured before and after the end-to-end phases (``raw_before_after``)
+    raw_notes_per_s: float
+    raw_before_after: tuple[float, float]
+    e2e_notes_per_s: float
+    ratio: float
+    offered_notes_per_s: float
+    latency_notes: int
+    p50_ms: float
+    p99_ms: float
+    #: where the median latency goes: publish -> the worker built the extraction -> ClickHouse stored it
+    latency_split_p50_ms: dict[str, float] = field(default_factory=dict)
+    #: per stage: CPU ms per note of the thread that ran it (torch's own intra-op threads not included) and wall ms
+    #: per note; produce and insert are wall only (their work is in client and ClickHouse threads)
+    stage_ms_per_note: dict[str, dict[str, float]] = field(default_factory=dict)
+    raw_by_task: dict[str, float] = field(default_factory=dict)
+    date: str = ""
+
+
+def bench_texts(n: int, datasets: Path) -> list[str]:
+    """Realistic notes: medical abstracts (the train split; no scores are computed), repeated to ``n``."""
+    from agents.datasets import read_medical_abstracts
+
+    source = datasets / "medical_abstracts" / "train.csv"
+    if source.exists():
+        texts = [e.text for e in read_medical_abstracts(source)]
+    else:
+        samples = Path(__file__).resolve().parents[1] / "samples" / "clinical_notes.jsonl"
+        texts = [json.loads(line)["text"] for line in samples.read_text().splitlines() if line.strip()]
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def bert_base_tasks(folder: Path) -> list[TaskSettings]:
+    """Random-weight BERT-base token and document classifiers (speed only), with the backbone's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification
+
+    from agents.model_dir import DEFAULT_BACKBONE, resolve_base
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base(DEFAULT_BACKBONE))
+    tasks = []
+    for name, kind, labels, cls in (
+        ("condition", TaskKind.classification, ["a", "b", "c", "d", "e"], BertForSequenceClassification),
+        ("disease", TaskKind.ner, ["O", "B-Disease", "I-Disease"], BertForTokenClassification),
+    ):
+        torch.manual_seed(0)
+        config = BertConfig(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)})  # type: ignore[call-arg]
+        path = folder / f"bert-base-{name}"
+        cls(config).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        tasks.append(TaskSettings(name=name, kind=kind, model_dir=path, threshold=0.9))
+    return tasks
+
+
+def raw_throughput(settings: Settings, texts: list[str]) -> tuple[float, dict[str, float]]:
+    """Notes/s of the models alone over pre-tokenised windows (all tasks), and per task."""
+    import gc
+
+    import torch
+
+    from streams.app import build_runners
+
+    # the device at its best: torch's default threads, whatever the workers are limited to
+    runners = build_runners(settings.model_copy(update={"torch_threads": 0}))
+    total = 0.0
+    by_task: dict[str, float] = {}
+    for runner in runners:
+        windows = runner.preprocess(texts)
+        warm = runner.preprocess(texts[: settings.inference_batch_size])
+        runner.window_logits(warm)  # first-call costs (allocations, kernels) outside the clock
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        runner.window_logits(windows)
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        by_task[runner.task] = round(len(texts) / seconds, 2)
+        total += seconds
+    del runners
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return len(texts) / total, by_task
+
+
+def _scrape(ports: Iterable[int]) -> dict[str, float]:
+    """The workers' stage totals (``cpu:STAGE``, ``wall:STAGE`` seconds) and records, summed over their /metrics."""
+    out: dict[str, float] = defaultdict(float)
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "ehrstream_stage_cpu_seconds_total":
+                    out["cpu:" + sample.labels["stage"]] += sample.value
+                elif sample.name == "ehrstream_stage_seconds_sum":
+                    out["wall:" + sample.labels["stage"]] += sample.value
+                elif sample.name == "ehrstream_worker_records_in_total":
+                    out["records"] += sample.value
+    return out
+
+
+def _insert_seconds() -> float:
+    value = REGISTRY.get_sample_value("ehrstream_stage_seconds_sum", {"stage": "insert"})
+    return float(value or 0.0)
+
+
+class _Stack:
+    """The embedded stack for the bench: broker, sink (this process) and worker subprocesses."""
+
+    def __init__(self, settings: Settings, workers: int, data_dir: Path) -> None:
+        self.settings = settings
+        self.data_dir = data_dir
+        self.broker = TansuBroker(log_file=data_dir / "tansu.log").start()
+        ensure_topics(settings, self.broker.bootstrap)
+        self.sink = SinkThread(settings, self.broker.bootstrap)
+        self.sink.start()
+        config = data_dir / "bench.toml"
+        # everything the workers need to agree with this process (topics, groups, tasks); no secrets, no addresses
+        shared = settings.model_dump(mode="json", exclude={"clickhouse_url", "kafka_bootstrap_servers", "review", "data_dir"})
+        config.write_text(tomli_w.dumps(shared))
+        self.metrics_ports = [free_port() for _ in range(workers)]
+        self.pool = WorkerPool(settings, self.broker.bootstrap, config, data_dir, metrics_ports=self.metrics_ports)
+        self.pool.start()
+        self._written = 0
+        self.producer = producer(self.broker.bootstrap, linger_ms=20, batch_size=1 << 20, max_request_size=4 << 20)
+        self.codec = codec_for(ClinicalNote)
+
+    def publish(self, phase: str, texts: list[str], pace: Callable[[int], None] | None = None) -> dict[str, float]:
+        sent: dict[str, float] = {}
+        now = datetime.now(UTC)
+        for i, text in enumerate(texts):
+            if pace is not None:
+                pace(i)
+            note_id = f"{phase}-{i:07d}"
+            note = ClinicalNote(note_id=note_id, patient_id="bench", note_type="abstract", created_at=now, text=text, source="bench")
+            sent[note_id] = time.time()
+            self.producer.send(self.settings.topics.notes, key=note_id.encode(), value=self.codec.encode(note))
+            if pace is not None:
+                self.producer.flush()
+        self.producer.flush()
+        return sent
+
+    def stored(self, phase: str) -> int:
+        db = self.settings.clickhouse_database
+        result = self.sink.backend.query(
+            f"SELECT uniqExact(note_id) FROM {db}.extractions WHERE startsWith(note_id, {{p:String}})",  # noqa: S608
+            {"p": phase + "-"},
+        )
+        return int(result.scalar() or 0)
+
+    def wait_for(self, phase: str, n: int, timeout_s: float) -> float:
+        """Wall time at which ``n`` more extraction rows were written (the sink's own counter, read every 20 ms, so
+        the bench does not load ClickHouse while measuring), then checked once against ClickHouse itself."""
+        target = self._written + n
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.pool.all_alive():
+                raise RuntimeError(f"a worker exited; see {self.data_dir}/worker*.log")
+            if self.sink.error is not None:
+                raise RuntimeError(f"the sink stopped: {self.sink.error}")
+            if self.sink.sink.stats.rows["extractions"] >= target:
+                done = time.time()
+                self._written = target
+                stored = self.stored(phase)
+                if stored != n:
+                    raise RuntimeError(f"{phase}: {stored} distinct notes in ClickHouse, expected {n}")
+                return done
+            time.sleep(0.02)
+        raise TimeoutError(f"{phase}: only {self.stored(phase)} of {n} notes reached ClickHouse in {timeout_s:.0f} s")
+
+    def arrival_times(self, phase: str) -> dict[str, tuple[float, float]]:
+        """Per note: when the worker built its extraction (``processed_at``) and when ClickHouse stored it."""
+        db = self.settings.clickhouse_database
+        rows = self.sink.backend.query(
+            f"SELECT note_id, toUnixTimestamp64Milli(min(processed_at)), toUnixTimestamp64Milli(min(inserted_at)) "  # noqa: S608
+            f"FROM {db}.extractions WHERE startsWith(note_id, {{p:String}}) GROUP BY note_id",
+            {"p": phase + "-"},
+        ).rows
+        return {str(r[0]): (int(r[1]) / 1000, int(r[2]) / 1000) for r in rows}
+
+    def close(self) -> None:
+        self.producer.close(timeout=5)
+        self.pool.stop()
+        self.sink.stop()
+        self.broker.stop()
+
+
+def run_bench(
+    settings: Settings,
+    *,
+    notes: int,
+    datasets: Path,
+    workers: int = 0,
+    partitions: int | None = None,
+    models: str = "default",
+    latency_seconds: float = 30.0,
+    echo: Callable[[str], None] = lambda _: None,
+) -> BenchResult:
+    work = Path(tempfile.mkdtemp(prefix="ehrstream-bench-"))
+    if models == "bert-base":
+        settings = settings.model_copy(update={"tasks": bert_base_tasks(work)})
+    if workers:
+        settings = settings.model_copy(update={"embedded_workers": workers})
+    workers, threads = worker_plan(settings)
+    partitions = partitions or max(4, workers)
+    settings = settings.model_copy(
+        update={
+            **EMBEDDED_TIMEOUTS,
+            "data_dir": work,
+            "topic_partitions": partitions,
+            "clickhouse_url": SecretStr(""),
+            "kafka_bootstrap_servers": "",
+        }
+    )
+    texts = bench_texts(notes, datasets)
+    device = _device_name(settings.device)
+    echo(f"bench: {notes} notes (median {int(statistics.median(len(t) for t in texts))} chars), models {models}, device {device}")
+    echo(f"{workers} worker process(es), {threads} torch thread(s) each, {partitions} partitions")
+
+    raw_before, raw_by_task = raw_throughput(settings, texts)
+    echo(f"raw model throughput: {raw_before:.1f} notes/s {raw_by_task}")
+
+    stack = _Stack(settings, workers, work)
+    try:
+        warm = texts[: max(2 * settings.batch_max_notes * workers, 16)]
+        stack.publish("warmup", warm)
+        stack.wait_for("warmup", len(warm), timeout_s=600 + 20 * len(warm) / max(raw_before, 0.1))
+        before, insert_before = _scrape(stack.metrics_ports), _insert_seconds()
+        echo("warm-up done; measuring peak")
+
+        sent = stack.publish("peak", texts)
+        started = min(sent.values())
+        finished = stack.wait_for("peak", len(texts), timeout_s=600 + 20 * len(texts) / max(raw_before, 0.1))
+        e2e = len(texts) / (finished - started)
+        after, insert_after = _scrape(stack.metrics_ports), _insert_seconds()
+        echo(f"end to end: {e2e:.1f} notes/s ({e2e / raw_before:.2f} x raw before)")
+
+        records = max(1.0, after["records"] - before["records"])
+
+        def per_note(key: str) -> float:
+            return round(1000 * (after[key] - before[key]) / records, 3)
+
+        stage_ms = {stage: {"cpu": per_note("cpu:" + stage), "wall": per_note("wall:" + stage)} for stage in STAGES[:5]}
+        stage_ms["produce"] = {"wall": per_note("wall:produce")}
+        stage_ms["insert"] = {"wall": round(1000 * (insert_after - insert_before) / records, 3)}
+
+        rate = e2e / 2
+        count = max(20, int(rate * latency_seconds))
+        lat_texts = texts[:count] if count <= len(texts) else (texts * (count // len(texts) + 1))[:count]
+        echo(f"latency: {count} notes at {rate:.1f} notes/s")
+        t0 = time.monotonic()
+
+        def pace(i: int) -> None:
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+        sent_at = stack.publish("latency", lat_texts, pace)
+        stack.wait_for("latency", count, timeout_s=120 + 4 * count / rate)
+        arrivals = stack.arrival_times("latency")
+        latencies = sorted(1000 * (arrivals[k][1] - sent_at[k]) for k in sent_at)
+        to_worker = sorted(1000 * (arrivals[k][0] - sent_at[k]) for k in sent_at)
+        to_sink = sorted(1000 * (arrivals[k][1] - arrivals[k][0]) for k in sent_at)
+    finally:
+        stack.close()
+    # the raw rate again, after the stack is gone: on a shared machine the mean of before and after is the fairer baseline
+    raw_after, _ = raw_throughput(settings, texts)
+    raw = (raw_before + raw_after) / 2
+    echo(f"raw model throughput again: {raw_after:.1f} notes/s; baseline {raw:.1f}")
+    return BenchResult(
+        device=device,
+        models=models,
+        notes=notes,
+        workers=workers,
+        torch_threads_per_worker=threads,
+        partitions=partitions,
+        median_note_chars=int(statistics.median(len(t) for t in texts)),
+        raw_notes_per_s=round(raw, 2),
+        raw_before_after=(round(raw_before, 2), round(raw_after, 2)),
+        e2e_notes_per_s=round(e2e, 2),
+        ratio=round(e2e / raw, 3),
+        offered_notes_per_s=round(rate, 2),
+        latency_notes=len(latencies),
+        p50_ms=round(_percentile(latencies, 50), 1),
+        p99_ms=round(_percentile(latencies, 99), 1),
+        latency_split_p50_ms={
+            "sent_to_extracted": round(_percentile(to_worker, 50), 1),
+            "extracted_to_stored": round(_percentile(to_sink, 50), 1),
+        },
+        stage_ms_per_note=stage_ms,
+        raw_by_task=raw_by_task,
+        date=datetime.now(UTC).strftime("%Y-%m-%d"),
+    )
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    from agents.runners.base import pick_device
+
+    picked = pick_device(device)
+    if picked.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(picked)})"
+    return f"cpu ({os.cpu_count()} cores, torch {torch.get_num_threads()} threads)"
+
+
+def format_result(result: BenchResult) -> str:
+    rows = [
+        ("device", result.device),
+        ("models", result.models),
+        ("workers x torch threads", f"{result.workers} x {result.torch_threads_per_worker}"),
+        ("partitions", str(result.partitions)),
+        ("notes (median chars)", f"{result.notes} ({result.median_note_chars})"),
+        ("raw model, notes/s", f"{result.raw_notes_per_s:.1f} (before {result.raw_before_after[0]}, after {result.raw_before_after[1]})"),
+        ("  per task alone", str(result.raw_by_task)),
+        ("end to end, notes/s", f"{result.e2e_notes_per_s:.1f}"),
+        ("ratio e2e / raw", f"{result.ratio:.3f}"),
+        ("latency at notes/s", f"{result.offered_notes_per_s:.1f} ({result.latency_notes} notes)"),
+        ("p50 / p99 ms", f"{result.p50_ms:.0f} / {result.p99_ms:.0f}"),
+        ("  p50 split ms", str(result.latency_split_p50_ms)),
+    ]
+    rows.append(("stage, ms per note", "cpu (calling thread) / wall"))
+    rows += [
+        (f"  {stage}", f"{ms['cpu']:.3f} / {ms['wall']:.3f}" if "cpu" in ms else f"     - / {ms['wall']:.3f}")
+        for stage, ms in result.stage_ms_per_note.items()
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def as_json(result: BenchResult) -> str:
+    return json.dumps(asdict(result))

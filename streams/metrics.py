@@ -1,0 +1,52 @@
+"""Prometheus metrics, one registry per process, served on ``metrics_port`` (0 = off).
+
+Labels are bounded (stages, tables, task/kind/label from the configured models, dead-letter
+kinds); no note id or text is ever a label value.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from agents.pipeline import BatchResult
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+RECORDS_IN = Counter("ehrstream_worker_records_in", "Records taken from the notes topic")
+NOTES_OUT = Counter("ehrstream_worker_notes_out", "Extractions produced, by routing status", ["status"])
+DEAD_LETTERS = Counter("ehrstream_dead_letters", "Records dead-lettered, by stage and kind", ["stage", "kind"])
+REVIEW_REASONS = Counter("ehrstream_review_reasons", "Decisions below threshold, by task, kind and label", ["task", "kind", "label"])
+BATCH_NOTES = Histogram("ehrstream_worker_batch_notes", "Records per micro-batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+STAGE_SECONDS = Histogram("ehrstream_stage_seconds", "Wall seconds per batch and stage", ["stage"], buckets=_LATENCY_BUCKETS)
+STAGE_CPU_SECONDS = Counter("ehrstream_stage_cpu_seconds", "CPU seconds of the thread running each stage", ["stage"])
+SINK_ROWS = Counter("ehrstream_sink_rows", "Rows written to ClickHouse, by table", ["table"])
+SINK_RETRIES = Counter("ehrstream_sink_retries", "ClickHouse writes retried")
+
+
+def serve(port: int) -> None:
+    """Serve ``/metrics`` on all interfaces (containers are scraped from outside) when ``port`` > 0."""
+    if port > 0:
+        start_http_server(port)
+        log.info("metrics on :%d/metrics", port)
+
+
+def record_batch(result: BatchResult, records: int, produce_seconds: float) -> None:
+    RECORDS_IN.inc(records)
+    BATCH_NOTES.observe(records)
+    NOTES_OUT.labels("auto_accepted").inc(result.auto_accepted)
+    NOTES_OUT.labels("pending_review").inc(result.routed_to_review)
+    for kind, count in result.dead_kinds.items():
+        DEAD_LETTERS.labels("worker", kind).inc(count)
+    for (task, kind, label), count in result.review_reasons.items():
+        REVIEW_REASONS.labels(task, kind, label).inc(count)
+    for stage, seconds in result.stage_seconds.items():
+        STAGE_SECONDS.labels(stage).observe(seconds)
+    for stage, seconds in result.stage_cpu_seconds.items():
+        STAGE_CPU_SECONDS.labels(stage).inc(seconds)
+    STAGE_SECONDS.labels("produce").observe(produce_seconds)

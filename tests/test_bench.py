@@ -1,0 +1,38 @@
+"""`ehrstream bench` runs end to end (tiny models, few notes) and reports every number it promises.
+
+Speed targets are not asserted here (benchmarks print numbers; timed tests flake): this only
+keeps the benchmark working, including the workers' Prometheus endpoints it scrapes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streams.settings import Settings
+from tests.conftest import DATASETS, REPO, write_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_bench_reports_raw_e2e_ratio_latency_and_stages(tiny_settings: Settings, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "ehrstream.toml", tiny_settings)
+    cmd = [sys.executable, "-m", "streams.cli", "--config", str(config), "--log-level", "WARNING", "bench"]
+    cmd += ["--notes", "12", "--latency-seconds", "2", "--device", "cpu", "--datasets", str(DATASETS), "--json"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("raw_notes_per_s", "e2e_notes_per_s", "ratio", "p50_ms", "p99_ms", "device"):
+        assert key in result, key
+    assert result["raw_notes_per_s"] > 0 and result["e2e_notes_per_s"] > 0
+    assert result["ratio"] == pytest.approx(result["e2e_notes_per_s"] / result["raw_notes_per_s"], rel=0.01)
+    assert result["latency_notes"] >= 20 and 0 < result["p50_ms"] <= result["p99_ms"]
+    assert result["device"].startswith("cpu")
+    stages = result["stage_ms_per_note"]
+    assert set(stages) == {"decode", "tokenise", "infer", "postprocess", "encode", "produce", "insert"}
+    assert stages["infer"]["wall"] > 0 and stages["insert"]["wall"] > 0  # scraped from the worker and the sink
+    assert "ratio e2e / raw" in proc.stderr  # the table goes to stderr with --json
