@@ -100,6 +100,9 @@ def test_unauthenticated_and_cross_site_requests_are_refused(review_app: Running
     assert browser.call("POST", "/api/tasks/n1/claim", headers={"X-CSRF-Token": csrf}).status == 200
     headers = browser.call("GET", "/api/tasks").headers
     assert headers["Cache-Control"] == "no-store" and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert "Queue health" in token.call("GET", "/queue-health").body
+    assert token.call("POST", "/logout").status == 200
+    assert token.call("GET", "/api/tasks").status == 401  # the session is gone
 
 
 def test_repeated_failed_sign_ins_lock_the_reviewer_id_out(review_app: Running) -> None:

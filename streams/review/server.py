@@ -260,10 +260,8 @@ class ReviewApp:
     async def logout(self, request: web.Request) -> web.StreamResponse:
         session = request[SESSION]
         self.accounts.sign_out(session.token)
-        response = web.HTTPFound("/login") if request.content_type != "application/json" else web.json_response({"signed_out": True})
+        response = web.json_response({"signed_out": True})  # the page then goes to /login itself
         response.del_cookie(SESSION_COOKIE)
-        if isinstance(response, web.HTTPFound):
-            raise response
         return response
 
     # --- pages ------------------------------------------------------------------------------
