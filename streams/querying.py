@@ -17,6 +17,8 @@ class Reader(Protocol):
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult: ...
 
+    def close(self) -> None: ...
+
 
 class EndpointReader:
     """Reads through the running embedded sink's query endpoint (it owns chdb); read-only."""
@@ -27,6 +29,9 @@ class EndpointReader:
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult:
         return remote_query(self.endpoint, sql, parameters)
+
+    def close(self) -> None:
+        """Nothing to release: each query is one HTTP request."""
 
 
 def open_reader(settings: Settings, direct_ok: bool = False) -> Reader | ClickHouseBackend:
@@ -47,17 +52,13 @@ def run_query(settings: Settings, sql: str, parameters: dict[str, Any] | None, a
     """Server mode: clickhouse-connect. Embedded: the running sink's endpoint, else chdb opened here."""
     if not allow_writes:
         check_read_only(sql)
-    if settings.embedded_clickhouse:
-        endpoint = running_endpoint(settings.data_dir)
-        if endpoint is not None:
-            return remote_query(endpoint, sql, parameters, allow_writes)
-        if not (settings.data_dir / "chdb").exists():
-            raise SinkError("query", f"no embedded database under {settings.data_dir} (run `ehrstream demo` or `ehrstream up` first)")
-    backend = open_backend(settings)
+    reader = open_reader(settings, direct_ok=True)
+    if isinstance(reader, EndpointReader):
+        return remote_query(reader.endpoint, sql, parameters, allow_writes)
     try:
-        return backend.query(sql, parameters)
+        return reader.query(sql, parameters)
     finally:
-        backend.close()
+        reader.close()
 
 
 def format_table(result: QueryResult, max_width: int = 60) -> str:
