@@ -128,6 +128,11 @@ def test_a_claimed_task_cannot_be_claimed_by_another_reviewer(review_app: Runnin
     assert listed["n1"]["reviewer_id"] == "alice" and listed["n2"]["reviewer_id"] == "bob"
     assert alice.call("DELETE", "/api/tasks/n1/claim").body == {"released": True}
     assert bob.call("POST", "/api/tasks/n1/claim").status == 200
+    assert bob.call("DELETE", "/api/tasks/n2/claim").body == {"released": True}
+    # skipping (n with a task open): the page sends what it skipped, so the same note is not handed straight back
+    assert bob.call("POST", "/api/tasks/next", {"skip": ["n1"]}).body["note_id"] == "n2"
+    assert alice.call("POST", "/api/tasks/next", {"skip": ["n2"]}).status == 404  # n1 is bob's, n2 skipped
+    assert alice.call("POST", "/api/tasks/next", {"skip": "n2"}).status == 422
 
 
 def test_an_expired_claim_returns_to_the_queue(broker: TansuBroker, tiny_settings: Settings, database: ChdbBackend) -> None:

@@ -315,10 +315,13 @@ class ReviewApp:
         if isinstance(body, web.Response):
             return body
         filters = self._filters(body)
+        skipped = body.get("skip") or []
+        if not isinstance(skipped, list) or len(skipped) > 1000 or not all(isinstance(x, str) for x in skipped):
+            return _error(422, "skip must be a list of at most 1000 note ids")
         leases = self.leases.live()
-        candidates = await self._io(self.store.queue, filters, 50 + len(leases) + len(self._submitted))
+        candidates = await self._io(self.store.queue, filters, 50 + len(leases) + len(self._submitted) + len(skipped))
         for task in candidates:
-            if self._recently_submitted(task.note_id):
+            if self._recently_submitted(task.note_id) or task.note_id in skipped:
                 continue
             try:
                 lease = self.leases.claim(task.note_id, session.reviewer_id)

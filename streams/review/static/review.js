@@ -12,6 +12,7 @@ const state = {
   docTask: null,     // the classification task Shift+digit sets
   focus: -1,         // index into work[nerTask].entities
   active: false,     // user activity since the last lease renewal
+  skipped: new Set(), // notes this reviewer skipped in this page (n with a task open)
   busy: false,
 };
 
@@ -101,11 +102,14 @@ async function nextTask() {
   if (state.busy) return;
   state.busy = true;
   try {
+    if (state.note) state.skipped.add(state.note.note_id);  // skipping: do not hand the same note straight back
     await releaseCurrent();
-    const claimed = await api("POST", "/api/tasks/next", filters());
+    const claimed = await api("POST", "/api/tasks/next", { ...filters(), skip: [...state.skipped].slice(-1000) });
     await show(claimed.note_id, claimed.lease);
   } catch (e) {
-    if (e.status === 404) { showEmpty("The queue is empty" + (filters().task || filters().label || filters().note_type ? " for these filters." : ".")); }
+    if (e.status === 404) {
+      const skippedSome = state.skipped.size ? " (" + state.skipped.size + " skipped in this page; reload to see them again)" : "";
+      showEmpty("The queue is empty" + (filters().task || filters().label || filters().note_type ? " for these filters" : "") + skippedSome + "."); }
     else setStatus(e.message, true);
   } finally {
     state.busy = false;
