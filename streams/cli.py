@@ -26,6 +26,18 @@ def _option(*names: str, envvar: str, **kwargs: Any) -> Callable[[F], F]:
     return click.option(*names, envvar=envvar, show_envvar=True, **kwargs)
 
 
+def _datasets_option(help_text: str) -> Callable[[F], F]:
+    """--datasets (EHRSTREAM_DATASETS), the shared corpora beside the checkout, as `demo` and `bench` take it."""
+    return _option(
+        "--datasets",
+        envvar="EHRSTREAM_DATASETS",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=Path("../shared/datasets"),
+        show_default=True,
+        help=help_text,
+    )
+
+
 def _task_model_data(prefix: str, data_help: str) -> Callable[[F], F]:
     """--task, --model and --data, as `evaluate` and `calibrate` share them (env vars EHRSTREAM_<prefix>_...)."""
     options = [
@@ -224,14 +236,7 @@ def topics(obj: _Context, create: bool) -> None:
 
 @main.command()
 @_option("--notes", envvar="EHRSTREAM_DEMO_NOTES", type=int, default=300, show_default=True, help="How many records to publish.")
-@_option(
-    "--datasets",
-    envvar="EHRSTREAM_DATASETS",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("../shared/datasets"),
-    show_default=True,
-    help="Corpora the sample notes come from.",
-)
+@_datasets_option("Corpora the sample notes come from.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the summary.")
 @click.pass_obj
 def demo(obj: _Context, notes: int, datasets: Path, as_json: bool) -> None:
@@ -283,14 +288,7 @@ def up(obj: _Context) -> None:
     "--partitions", envvar="EHRSTREAM_BENCH_PARTITIONS", type=int, default=None, help="Notes-topic partitions [default: max(4, workers)]."
 )
 @_option("--latency-seconds", envvar="EHRSTREAM_BENCH_LATENCY_SECONDS", type=float, default=30.0, show_default=True)
-@_option(
-    "--datasets",
-    envvar="EHRSTREAM_DATASETS",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("../shared/datasets"),
-    show_default=True,
-    help="Where medical_abstracts/train.csv supplies the notes (else the samples).",
-)
+@_datasets_option("Where medical_abstracts/train.csv supplies the notes (else the samples).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the results.")
 @click.pass_obj
 def bench(
