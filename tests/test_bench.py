@@ -29,7 +29,8 @@ def test_bench_reports_raw_e2e_ratio_latency_and_stages(tiny_settings: Settings,
     for key in ("raw_notes_per_s", "e2e_notes_per_s", "ratio", "p50_ms", "p99_ms", "device"):
         assert key in result, key
     assert result["raw_notes_per_s"] > 0 and result["e2e_notes_per_s"] > 0
-    assert result["ratio"] == pytest.approx(result["e2e_notes_per_s"] / result["raw_notes_per_s"], rel=0.01)
+    # ratio is rounded to 3 decimals, the rates to 2: compare within that rounding
+    assert result["ratio"] == pytest.approx(result["e2e_notes_per_s"] / result["raw_notes_per_s"], rel=0.01, abs=0.002)
     assert result["latency_notes"] >= 20 and 0 < result["p50_ms"] <= result["p99_ms"]
     assert result["device"].startswith("cpu")
     stages = result["stage_ms_per_note"]
