@@ -178,7 +178,7 @@ class _Stack:
         self.pool = WorkerPool(settings, self.broker.bootstrap, config, data_dir, metrics_ports=self.metrics_ports)
         self.pool.start()
         self._written = 0
-        self.producer = producer(self.broker.bootstrap, linger_ms=20, batch_size=1 << 20, max_request_size=4 << 20)
+        self.producer = producer(settings, self.broker.bootstrap, linger_ms=20, batch_size=1 << 20, max_request_size=4 << 20)
         self.codec = codec_for(ClinicalNote)
 
     def publish(self, phase: str, texts: list[str], pace: Callable[[int], None] | None = None) -> dict[str, float]:

@@ -183,7 +183,7 @@ def publish(obj: _Context, file: Path, wire: str, as_json: bool) -> None:
     from streams.publish import publish_file
 
     settings = obj.settings()
-    summary = publish_file(file, obj.bootstrap(), settings.topics.notes, wire=wire, progress=not as_json)  # type: ignore[arg-type]
+    summary = publish_file(file, settings, obj.bootstrap(), settings.topics.notes, wire=wire, progress=not as_json)  # type: ignore[arg-type]
     if as_json:
         click.echo(json.dumps(summary.as_dict()))
         return
@@ -217,18 +217,16 @@ def query(obj: _Context, sql: str, params: tuple[str, ...], allow_writes: bool, 
 @click.pass_obj
 def topics(obj: _Context, create: bool) -> None:
     """Create (if missing) and list the project's topics."""
-    from kafka import KafkaAdminClient
-
-    from streams.kafka_io import ensure_topics
+    from streams.kafka_io import admin, ensure_topics
 
     settings = obj.settings()
     bootstrap = obj.bootstrap()
     if create:
         names = ensure_topics(settings, bootstrap)
     else:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        names = sorted(admin.list_topics())
-        admin.close()
+        client = admin(settings, bootstrap)
+        names = sorted(client.list_topics())
+        client.close()
     ours = set(settings.topics.all())
     for name in names:
         click.echo(f"{name}{'  (ehrstream)' if name in ours else ''}")
@@ -747,7 +745,7 @@ def label(
     if task_settings.kind is TaskKind.ner:
         labels = TagScheme(labels).types
     labeller = LlmLabeller(llm, task, task_settings.kind, labels, device=device, max_new_tokens=max_new_tokens)
-    target = (obj.bootstrap(), obj.settings().topics) if publish else None
+    target = (obj.settings(), obj.bootstrap()) if publish else None
     summary = label_file(labeller, input_file, out, min_confidence, batch_size, target)
     result = {"task": task, "llm": labeller.name, "out": str(out), **dataclasses.asdict(summary)}
     click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>14}: {v}" for k, v in result.items()))

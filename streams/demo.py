@@ -20,13 +20,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import MARKER, codec_for
 from schemas.dead_letter import DeadLetter
 from schemas.extraction import Extraction, ExtractionStatus
 from streams.embedded import SinkThread, TansuBroker, WorkerPool
+from streams.kafka_io import consumer as make_consumer
 from streams.kafka_io import ensure_topics
 from streams.kafka_io import producer as make_producer
 from streams.settings import REPO_ROOT, Settings
@@ -114,7 +115,7 @@ class TopicCounts:
 
 def count_topics(settings: Settings, bootstrap: str) -> TopicCounts:
     """Distinct notes per status on the extractions topic, and dead letters, read from the start."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000)
+    consumer = make_consumer(settings, bootstrap, group_id=None, consumer_timeout_ms=1000)
     try:
         parts = [
             TopicPartition(t, p)
@@ -169,7 +170,7 @@ def run_demo(settings: Settings, n: int, config: Path | None, datasets: Path, ec
         echo(f"{len(workers)} worker(s) started, {workers.threads} torch thread(s) each (logs: {settings.data_dir}/worker*.log)")
         echo(f"publishing {n} records")
         try:
-            producer = make_producer(broker.bootstrap)
+            producer = make_producer(settings, broker.bootstrap)
             for key, value in records:
                 producer.send(settings.topics.notes, key=key, value=value)
             producer.flush()

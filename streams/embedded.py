@@ -136,6 +136,8 @@ class WorkerProcess:
                 "EHRSTREAM_DEVICE": self.settings.device,
             }
         )
+        if self.settings.embedded_kafka:
+            env["EHRSTREAM_KAFKA__SECURITY_PROTOCOL"] = "PLAINTEXT"  # the embedded broker is plain loopback
         cmd = [sys.executable, "-m", "streams.cli"]
         if self.config is not None:
             cmd += ["--config", str(self.config)]
@@ -232,16 +234,39 @@ class SinkThread:
 
         self._owns_backend = backend is None
         self.backend = backend if backend is not None else open_backend(settings)
-        migrate(self.backend)
+        self.settings = settings
+        self.migrated = False
+        if settings.embedded_clickhouse:
+            migrate(self.backend)  # chdb is in this process: a failure here is a real error, not an outage
+            self.migrated = True
         self.sink = ClickHouseSink(settings, bootstrap, self.backend)
         self.query_server = QueryServer(self.backend, settings.data_dir) if settings.embedded_clickhouse else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sink", daemon=True)
         self.error: BaseException | None = None
 
+    def _migrate_with_retry(self) -> bool:
+        """A ClickHouse server that is down at start is waited for (with backoff), like one that goes down later:
+        nothing is consumed, so nothing is committed, until the tables exist."""
+        from streams.errors import SinkError
+        from streams.sink.migrations import migrate
+
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                migrate(self.backend)
+                self.migrated = True
+                return True
+            except SinkError as exc:
+                log.error("ClickHouse not ready (%s: %s); retrying in %.1f s", exc.operation, exc.reason, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+        return False
+
     def _run(self) -> None:
         try:
-            self.sink.run(self._stop)
+            if self.migrated or self._migrate_with_retry():
+                self.sink.run(self._stop)
         except BaseException as exc:  # reported by the owner
             self.error = exc
             log.exception("sink stopped with an error")

@@ -1,12 +1,15 @@
 """Kafka clients in one place: kafka-python producers/consumers/admin and Faust's broker settings.
 
-All client configuration (bootstrap servers, timeouts, and later TLS/SASL) is derived
-here from the settings, so every process talks to the broker the same way.
+All client configuration (bootstrap servers, timeouts, TLS and SASL) is derived here from
+the settings, so every process talks to the broker the same way. The embedded Tansu
+broker listens on loopback without TLS or SASL, so security settings apply only to a
+broker named by ``KAFKA_BOOTSTRAP_SERVERS``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ssl
 import time
 from typing import Any
 
@@ -15,36 +18,92 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.errors import BrokerError
-from streams.settings import Settings
+from streams.settings import KafkaSecurity, Settings
+
+
+def security(settings: Settings) -> KafkaSecurity:
+    """The security settings that apply: the configured ones, or plain loopback for the embedded broker."""
+    return KafkaSecurity() if settings.embedded_kafka else settings.kafka
+
+
+def ssl_context(sec: KafkaSecurity) -> ssl.SSLContext | None:
+    """One TLS context for both client libraries: the CA bundle (or system trust), an optional client certificate."""
+    if not sec.uses_tls:
+        return None
+    context = ssl.create_default_context(cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None)
+    context.check_hostname = sec.ssl_check_hostname
+    if sec.ssl_certfile is not None and sec.ssl_keyfile is not None:
+        context.load_cert_chain(str(sec.ssl_certfile), str(sec.ssl_keyfile), sec.ssl_key_password.get_secret_value() or None)
+    return context
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """kafka-python's security options for these settings (empty for plain connections)."""
+    sec = security(settings)
+    config: dict[str, Any] = {}
+    if sec.security_protocol != "PLAINTEXT":
+        config["security_protocol"] = sec.security_protocol
+    context = ssl_context(sec)
+    if context is not None:
+        config["ssl_context"] = context
+    if sec.uses_sasl:
+        config["sasl_mechanism"] = sec.sasl_mechanism
+        config["sasl_plain_username"] = sec.sasl_username
+        config["sasl_plain_password"] = sec.sasl_password.get_secret_value()
+    return config
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """Faust's ``broker_credentials`` for these settings (None for plain connections)."""
+    import faust
+
+    sec = security(settings)
+    context = ssl_context(sec)
+    if sec.uses_sasl:
+        return faust.SASLCredentials(
+            username=sec.sasl_username,
+            password=sec.sasl_password.get_secret_value(),
+            mechanism=sec.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 def faust_broker_settings(settings: Settings, bootstrap: str) -> dict[str, Any]:
     servers = [f"kafka://{s.strip()}" for s in bootstrap.split(",") if s.strip()]
     return {
         "broker": servers,
+        "broker_credentials": faust_credentials(settings),
         "broker_rebalance_timeout": settings.rebalance_timeout_s,
         "broker_session_timeout": settings.session_timeout_s,
         "broker_heartbeat_interval": max(0.5, min(3.0, settings.session_timeout_s / 4)),
     }
 
 
-def producer(bootstrap: str, **extra: Any) -> KafkaProducer:
-    return KafkaProducer(**{"bootstrap_servers": bootstrap, "acks": "all", "linger_ms": 5, **extra})
+def producer(settings: Settings, bootstrap: str, **extra: Any) -> KafkaProducer:
+    return KafkaProducer(**{"bootstrap_servers": bootstrap, "acks": "all", "linger_ms": 5, **client_config(settings), **extra})
 
 
-def consumer(bootstrap: str, *topics: str, group_id: str | None, session_timeout_s: float = 45.0, **extra: Any) -> KafkaConsumer:
+def consumer(settings: Settings, bootstrap: str, *topics: str, group_id: str | None, **extra: Any) -> KafkaConsumer:
     """A manually committing consumer. Tansu holds a group's first join for about half the session timeout."""
-    session_ms = int(session_timeout_s * 1000)
-    return KafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=session_ms,
-        heartbeat_interval_ms=max(500, session_ms // 4),
+    session_ms = int(settings.session_timeout_s * 1000)
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": session_ms,
+        "heartbeat_interval_ms": max(500, session_ms // 4),
+        **client_config(settings),
         **extra,
-    )
+    }
+    return KafkaConsumer(*topics, **options)
+
+
+def admin(settings: Settings, bootstrap: str) -> KafkaAdminClient:
+    return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **client_config(settings))
 
 
 def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 30.0) -> list[str]:
@@ -52,18 +111,18 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 30.0) -
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+            client = admin(settings, bootstrap)
             break
         except KafkaError as exc:
             if time.monotonic() > deadline:
                 raise BrokerError(bootstrap, f"unreachable: {type(exc).__name__}") from exc
             time.sleep(0.5)
     try:
-        existing = set(admin.list_topics())
+        existing = set(client.list_topics())
         missing = [name for name in settings.topics.all() if name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process created them first
-                admin.create_topics([NewTopic(name, settings.topic_partitions, 1) for name in missing])
-        return sorted(admin.list_topics())
+                client.create_topics([NewTopic(name, settings.topic_partitions, 1) for name in missing])
+        return sorted(client.list_topics())
     finally:
-        admin.close()
+        client.close()

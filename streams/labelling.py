@@ -23,7 +23,7 @@ from schemas.extraction import DocumentLabel, Entity, Extraction, ExtractionStat
 from schemas.review_task import ReasonKind, ReviewReason, ReviewTask
 from streams.kafka_io import producer as make_producer
 from streams.publish import read_records, validate
-from streams.settings import TopicSettings
+from streams.settings import Settings
 
 
 @dataclass
@@ -88,7 +88,7 @@ def label_file(
     out_dir: Path,
     min_confidence: float,
     batch_size: int,
-    publish_to: tuple[str, TopicSettings] | None = None,
+    publish_to: tuple[Settings, str] | None = None,
 ) -> LabelSummary:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = LabelSummary()
@@ -99,7 +99,7 @@ def label_file(
             summary.invalid_input += 1
         else:
             notes.append(note)
-    producer = make_producer(publish_to[0]) if publish_to else None
+    producer = make_producer(*publish_to) if publish_to else None
     with (
         (out_dir / "train.jsonl").open("w", encoding="utf-8") as train,
         (out_dir / "review.jsonl").open("w", encoding="utf-8") as review,
@@ -121,8 +121,8 @@ def label_file(
                     if producer is not None and publish_to is not None:
                         extraction, task = review_records(note, labelled, labeller, min_confidence)
                         key = note.note_id.encode()
-                        producer.send(publish_to[1].extractions, key=key, value=codec_for(Extraction).encode(extraction))
-                        producer.send(publish_to[1].review, key=key, value=codec_for(ReviewTask).encode(task))
+                        producer.send(publish_to[0].topics.extractions, key=key, value=codec_for(Extraction).encode(extraction))
+                        producer.send(publish_to[0].topics.review, key=key, value=codec_for(ReviewTask).encode(task))
     if producer is not None:
         producer.flush()
         producer.close()

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import codec_for, validation_summary
 from streams.kafka_io import producer as make_producer
+from streams.settings import Settings
 
 Wire = Literal["avro", "json"]
 
@@ -94,10 +95,10 @@ def encode(note: ClinicalNote, wire: Wire) -> bytes:
     return codec_for(ClinicalNote).encode(note)
 
 
-def publish_file(path: Path, bootstrap: str, topic: str, wire: Wire = "avro", progress: bool = True) -> PublishSummary:
+def publish_file(path: Path, settings: Settings, bootstrap: str, topic: str, wire: Wire = "avro", progress: bool = True) -> PublishSummary:
     summary = PublishSummary()
     total = sum(1 for _ in path.open(encoding="utf-8", errors="replace")) if progress else None
-    producer = make_producer(bootstrap)
+    producer = make_producer(settings, bootstrap)
     try:
         for number, record in tqdm(read_records(path), total=total, desc=f"publishing {path.name}", unit="note", disable=not progress):
             note = validate(record)

@@ -101,10 +101,54 @@ class ReviewSettings(BaseModel):
         return reviewers
 
 
+class KafkaSecurity(BaseModel):
+    """How clients authenticate to a Kafka cluster: TLS and SASL (PLAIN, SCRAM). Applies to every client ehrstream
+    opens (Faust/aiokafka in the worker, kafka-python everywhere else); the embedded Tansu broker is plain loopback.
+
+    Environment: ``EHRSTREAM_KAFKA__SECURITY_PROTOCOL=SASL_SSL``, ``EHRSTREAM_KAFKA__SASL_USERNAME=...``,
+    ``EHRSTREAM_KAFKA_SASL_PASSWORD_FILE=/run/secrets/kafka_password`` and so on.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    #: CA bundle that signed the brokers' certificates; empty = the system's trust store
+    ssl_cafile: Path | None = None
+    #: client certificate and key, for brokers that require mutual TLS
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr = SecretStr("")
+    ssl_check_hostname: bool = True
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @model_validator(mode="after")
+    def _complete(self) -> KafkaSecurity:
+        if self.uses_sasl and not (self.sasl_username and self.sasl_password.get_secret_value()):
+            raise ValueError(f"kafka.security_protocol {self.security_protocol} needs kafka.sasl_username and kafka.sasl_password")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("kafka.ssl_certfile and kafka.ssl_keyfile go together")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"kafka.{name}: no such file: {path}")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EHRSTREAM_",
         env_nested_delimiter="__",
+        populate_by_name=True,
         frozen=True,
         extra="forbid",
     )
@@ -116,7 +160,14 @@ class Settings(BaseSettings):
     )
     #: clickhouse-connect URL (http[s]://user:password@host:port); empty = embedded chdb
     clickhouse_url: SecretStr = Field(default=SecretStr(""), validation_alias=AliasChoices("CLICKHOUSE_URL", "EHRSTREAM_CLICKHOUSE_URL"))
+    #: credentials for the ClickHouse server; they win over any in CLICKHOUSE_URL. Each secret may also come from a
+    #: file named by ``<VARIABLE>_FILE`` (``CLICKHOUSE_PASSWORD_FILE=/run/secrets/clickhouse_password``)
+    clickhouse_user: str = Field(default="", validation_alias=AliasChoices("CLICKHOUSE_USER", "EHRSTREAM_CLICKHOUSE_USER"))
+    clickhouse_password: SecretStr = Field(
+        default=SecretStr(""), validation_alias=AliasChoices("CLICKHOUSE_PASSWORD", "EHRSTREAM_CLICKHOUSE_PASSWORD")
+    )
     clickhouse_database: str = Field(default="ehrstream", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    kafka: KafkaSecurity = KafkaSecurity()
     #: embedded state: chdb's data directory and the running stack's endpoint file
     data_dir: Path = Path(".ehrstream")
 
@@ -182,6 +233,8 @@ class Settings(BaseSettings):
             match = re.match(r"^[a-z]+://[^:/@]*:([^@]*)@", self.clickhouse_url.get_secret_value())
             if match is not None and match.group(1).lower() in PLACEHOLDER_SECRETS:
                 raise ValueError("CLICKHOUSE_URL carries a placeholder password; set a real one in production")
+            if self.clickhouse_user and self.clickhouse_password.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError("CLICKHOUSE_PASSWORD is empty or a placeholder; set a real one in production")
         return self
 
     @classmethod
@@ -193,11 +246,45 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, SecretFileSource(settings_cls)]
         config_file = _CONFIG_FILE.get("path")
         if config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+
+#: the secrets a ``<VARIABLE>_FILE`` environment variable may name a file for: (settings key path, variables)
+SECRET_FILE_VARIABLES: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
+    (("CLICKHOUSE_URL",), ("CLICKHOUSE_URL_FILE", "EHRSTREAM_CLICKHOUSE_URL_FILE")),
+    (("CLICKHOUSE_PASSWORD",), ("CLICKHOUSE_PASSWORD_FILE", "EHRSTREAM_CLICKHOUSE_PASSWORD_FILE")),
+    (("kafka", "sasl_password"), ("EHRSTREAM_KAFKA_SASL_PASSWORD_FILE",)),
+    (("kafka", "ssl_key_password"), ("EHRSTREAM_KAFKA_SSL_KEY_PASSWORD_FILE",)),
+]
+
+
+class SecretFileSource(PydanticBaseSettingsSource):
+    """Secrets from files (Docker/Kubernetes secrets): ``CLICKHOUSE_PASSWORD_FILE=/run/secrets/clickhouse_password``.
+    Ranks below the variable itself; the file's content, trailing newline stripped, is the value."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover (unused)
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        import os
+
+        values: dict[str, Any] = {}
+        for path, variables in SECRET_FILE_VARIABLES:
+            name = next((v for v in variables if os.environ.get(v)), None)
+            if name is None:
+                continue
+            file = Path(os.environ[name])
+            if not file.is_file():
+                raise ConfigError("settings", f"{name}: no such file: {file}")
+            target = values
+            for key in path[:-1]:
+                target = target.setdefault(key, {})
+            target[path[-1]] = file.read_text().rstrip("\r\n")
+        return values
 
 
 _CONFIG_FILE: dict[str, Path | None] = {}

@@ -113,7 +113,7 @@ def test_label_file_splits_training_review_and_publishes_review_tasks(
 ) -> None:
     ensure_topics(Settings(topics=topics, topic_partitions=1), broker.bootstrap)
     cls = LlmLabeller(tiny_gemma, "condition", TaskKind.classification, ["cardio", "neuro"], device="cpu")
-    summary = label_file(cls, _notes(tmp_path / "notes.jsonl", 5), tmp_path / "out", 1.01, 2, (broker.bootstrap, topics))
+    summary = label_file(cls, _notes(tmp_path / "notes.jsonl", 5), tmp_path / "out", 1.01, 2, (Settings(topics=topics), broker.bootstrap))
     assert (summary.notes, summary.training, summary.review, summary.rejected, summary.invalid_input) == (5, 0, 5, 0, 1)
     records = [json.loads(line) for line in (tmp_path / "out" / "review.jsonl").read_text().splitlines()]
     assert [r["note_id"] for r in records] == [f"n{i}" for i in range(5)] and all(r["label"] in {"cardio", "neuro"} for r in records)

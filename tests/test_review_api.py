@@ -34,7 +34,7 @@ class Running:
 
 def _start(settings: Settings, database: ChdbBackend, broker: TansuBroker) -> ReviewServer:
     ensure_topics(settings, broker.bootstrap)
-    app = ReviewApp(settings, database, DecisionPublisher(broker.bootstrap, settings.topics.review_decisions))
+    app = ReviewApp(settings, database, DecisionPublisher(settings, broker.bootstrap))
     server = ReviewServer(app, "127.0.0.1", 0)
     server.start()
     return server

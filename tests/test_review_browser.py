@@ -111,7 +111,7 @@ def test_reviewer_fixes_a_note_in_the_browser_and_the_loop_closes(
             text=NOTE_TEXT,
             source="browser-test",
         )
-        p = producer(broker.bootstrap)
+        p = producer(settings, broker.bootstrap)
         p.send(settings.topics.notes, key=b"ui-1", value=codec_for(ClinicalNote).encode(note))
         p.flush()
         p.close()

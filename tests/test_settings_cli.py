@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from streams.cli import main
 from streams.errors import ConfigError
-from streams.settings import load_settings
+from streams.settings import Settings, load_settings
 from tests.conftest import REPO
 
 
@@ -96,6 +96,6 @@ def test_publish_reads_csv_and_reports_rejects_by_line(broker, tmp_path: Path) -
         "c2,p2,progress_note,not-a-date,Text,csv,\n"
         "c3,p3,progress_note,2026-11-01T10:00:00Z,   ,csv,\n"
     )
-    summary = publish_file(csv_file, broker.bootstrap, "csv-notes", progress=False)
+    summary = publish_file(csv_file, Settings(), broker.bootstrap, "csv-notes", progress=False)
     assert (summary.accepted, summary.rejected) == (1, 2)
     assert [(line, reason.split(":")[0]) for line, reason in summary.examples] == [(3, "validation_error"), (4, "empty_text")]

@@ -117,7 +117,7 @@ def test_sink_writes_rows_then_commits_and_dead_letters_what_it_cannot_read(
 ) -> None:
     settings = tiny_settings
     ensure_topics(settings, broker.bootstrap)
-    p = producer(broker.bootstrap)
+    p = producer(settings, broker.bootstrap)
     for i in range(20):
         p.send(settings.topics.extractions, key=f"n{i}".encode(), value=codec_for(Extraction).encode(extraction(f"n{i}")))
     p.send(settings.topics.extractions, key=b"bad", value=b"not avro")
@@ -217,7 +217,7 @@ def test_review_decisions_become_reviewed_revisions_with_an_audit_row(
         results=reviewed,
     )
     orphan = decision.model_copy(update={"decision_id": "d2", "note_id": "no-such-note"})
-    p = producer(broker.bootstrap)
+    p = producer(settings, broker.bootstrap)
     codec = codec_for(ReviewDecision)
     for d in (decision, decision, orphan):  # the first one twice: a replay
         p.send(settings.topics.review_decisions, key=d.note_id.encode(), value=codec.encode(d))

@@ -57,9 +57,9 @@ SESSION = web.RequestKey("session", Session)
 class DecisionPublisher:
     """Produces decisions to the review-decisions topic and waits for the broker's acknowledgement."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.topic = topic
-        self._producer = make_producer(bootstrap)
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.topic = settings.topics.review_decisions
+        self._producer = make_producer(settings, bootstrap)
         self._codec = codec_for(ReviewDecision)
 
     def send(self, decision: ReviewDecision, timeout_s: float = 15.0) -> None:
@@ -495,7 +495,7 @@ def start_review_server(
     settings: Settings, reader: Reader, bootstrap: str, host: str | None = None, port: int | None = None
 ) -> ReviewServer:
     """The review app, started on its own thread; ``host``/``port`` default to the settings."""
-    app = ReviewApp(settings, reader, DecisionPublisher(bootstrap, settings.topics.review_decisions))
+    app = ReviewApp(settings, reader, DecisionPublisher(settings, bootstrap))
     server = ReviewServer(app, host or settings.review.host, settings.review.port if port is None else port)
     server.start()
     return server

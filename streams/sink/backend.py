@@ -12,6 +12,7 @@ formatted into SQL; rows are inserted as JSONEachRow data, never as SQL text.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,15 @@ def _error_code(exc: BaseException) -> int | None:
         digits = text.split(marker, 1)[1].split(".", 1)[0].strip()
         return int(digits) if digits.isdigit() else None
     return None
+
+
+def _reason(exc: BaseException) -> str:
+    """A ClickHouse error as it may be logged: its first line, with quoted values (ClickHouse quotes the data it
+    could not parse) and URL credentials blanked. Identifiers stay (they are in backticks)."""
+    text = str(exc)
+    line = text.splitlines()[0][:500] if text.strip() else type(exc).__name__
+    line = re.sub(r"://[^/@\s]*@", "://***@", line)
+    return re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", "'…'", line)
 
 
 def _literal(value: Any) -> str:
@@ -111,7 +121,7 @@ class ChdbBackend:
                     ins.append(payload)
                     res = ins.finish()
             except Exception as exc:
-                raise SinkError("insert", str(exc).splitlines()[0][:500], _error_code(exc), table) from exc
+                raise SinkError("insert", _reason(exc), _error_code(exc), table) from None
         return int(getattr(res, "rows_written", 0) or 0)
 
     def _run(self, sql: str, parameters: dict[str, Any] | None, fmt: str) -> str:
@@ -119,7 +129,7 @@ class ChdbBackend:
             try:
                 res = self._session.query(sql, fmt, params=chdb_parameters(parameters))  # type: ignore[no-untyped-call]
             except Exception as exc:
-                raise SinkError("query", str(exc).splitlines()[0][:500], _error_code(exc)) from exc
+                raise SinkError("query", _reason(exc), _error_code(exc)) from None
         return res.bytes().decode("utf-8") if hasattr(res, "bytes") else str(res)
 
     def close(self) -> None:
@@ -128,39 +138,63 @@ class ChdbBackend:
 
 
 class ServerBackend:
-    """A ClickHouse server through clickhouse-connect (HTTP)."""
+    """A ClickHouse server through clickhouse-connect (HTTP).
 
-    def __init__(self, url: str, database: str) -> None:
-        import clickhouse_connect
+    Connects on first use and again after a failed connect, so a server that is down when the sink
+    starts is retried like one that goes down later. Credentials given here win over any in the URL;
+    error messages name the failure, never the URL or the credentials.
+    """
 
+    def __init__(self, url: str, database: str, username: str = "", password: str = "", connect_timeout_s: float = 10.0) -> None:
         self.database = database
-        try:
-            self._client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
-        except Exception as exc:
-            raise SinkError("connect", f"ClickHouse server unreachable: {type(exc).__name__}", _error_code(exc)) from exc
+        self._url = url
+        self._username = username
+        self._password = password
+        self._connect_timeout_s = connect_timeout_s
+        self._client: Any = None
+
+    def _connected(self) -> Any:
+        if self._client is None:
+            import clickhouse_connect
+
+            options: dict[str, Any] = {"dsn": self._url, "autogenerate_session_id": False, "connect_timeout": self._connect_timeout_s}
+            if self._username:
+                options["username"] = self._username
+            if self._password:
+                options["password"] = self._password
+            try:
+                self._client = clickhouse_connect.get_client(**options)
+            except Exception as exc:
+                raise SinkError("connect", f"ClickHouse server unreachable: {_reason(exc)}", _error_code(exc)) from None
+        return self._client
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
+        client = self._connected()
         try:
-            self._client.command(sql, parameters=parameters)
+            client.command(sql, parameters=parameters)
         except Exception as exc:
-            raise SinkError("command", str(exc).splitlines()[0][:500], _error_code(exc)) from exc
+            raise SinkError("command", _reason(exc), _error_code(exc)) from None
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult:
+        client = self._connected()
         try:
-            res = self._client.query(sql, parameters=parameters)
+            res = client.query(sql, parameters=parameters)
         except Exception as exc:
-            raise SinkError("query", str(exc).splitlines()[0][:500], _error_code(exc)) from exc
+            raise SinkError("query", _reason(exc), _error_code(exc)) from None
         return QueryResult(list(res.column_names), [list(r) for r in res.result_rows])
 
     def insert_json(self, table: str, columns: list[str], payload: bytes) -> int:
+        client = self._connected()
         try:
-            summary = self._client.raw_insert(f"{self.database}.{table}", columns, insert_block=payload, fmt="JSONEachRow")
+            summary = client.raw_insert(f"{self.database}.{table}", columns, insert_block=payload, fmt="JSONEachRow")
         except Exception as exc:
-            raise SinkError("insert", str(exc).splitlines()[0][:500], _error_code(exc), table) from exc
+            raise SinkError("insert", _reason(exc), _error_code(exc), table) from None
         return int(getattr(summary, "written_rows", 0) or 0)
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 def chdb_path(settings: Settings) -> Path:
@@ -171,4 +205,9 @@ def open_backend(settings: Settings) -> ClickHouseBackend:
     """The backend the settings name: chdb under ``data_dir`` unless ``CLICKHOUSE_URL`` is set."""
     if settings.embedded_clickhouse:
         return ChdbBackend(chdb_path(settings), settings.clickhouse_database)
-    return ServerBackend(settings.clickhouse_url.get_secret_value(), settings.clickhouse_database)
+    return ServerBackend(
+        settings.clickhouse_url.get_secret_value(),
+        settings.clickhouse_database,
+        settings.clickhouse_user,
+        settings.clickhouse_password.get_secret_value(),
+    )

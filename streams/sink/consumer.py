@@ -74,16 +74,16 @@ class ClickHouseSink:
 
     def run(self, stop: threading.Event) -> None:
         consumer = make_consumer(
+            self.settings,
             self.bootstrap,
             self.topics.extractions,
             self.topics.review,
             self.topics.review_decisions,
             self.topics.deadletter,
             group_id=self.settings.sink_group,
-            session_timeout_s=self.settings.session_timeout_s,
             max_poll_records=self.settings.sink_batch_rows,
         )
-        producer = make_producer(self.bootstrap)
+        producer = make_producer(self.settings, self.bootstrap)
         log.info(
             "sink consuming %s, %s, %s, %s",
             self.topics.extractions,
