@@ -155,6 +155,13 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would end it: no shutdown, no offset commit."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
     def stop(self, timeout_s: float = 20.0) -> None:
         if self._proc is None:
             return
