@@ -38,6 +38,7 @@ def build_runners(settings: Settings) -> list[ModelRunner]:
 
 
 def create_app(settings: Settings, bootstrap: str, runners: Sequence[ModelRunner] | None = None) -> faust.App:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates its datadir, but not the parents
     app = faust.App(
         settings.worker_group,
         value_serializer="raw",
