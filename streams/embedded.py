@@ -56,9 +56,11 @@ def tansu_binary() -> str:
 class TansuBroker:
     """A Tansu broker subprocess on loopback; a context manager that always stops it."""
 
-    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, log_file: Path | None = None, advertised: str | None = None) -> None:
         self.port = port or free_port()
         self.log_file = log_file
+        #: host:port clients are told to connect to, when something (a TLS-terminating proxy) sits in front
+        self.advertised = advertised
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,9 +69,10 @@ class TansuBroker:
 
     def start(self, timeout_s: float = 10.0) -> TansuBroker:
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
         out: Any = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 (owned by the process)
         self._proc = subprocess.Popen(  # noqa: S603 (fixed binary, no shell)
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

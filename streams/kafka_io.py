@@ -102,8 +102,9 @@ def consumer(settings: Settings, bootstrap: str, *topics: str, group_id: str | N
     return KafkaConsumer(*topics, **options)
 
 
-def admin(settings: Settings, bootstrap: str) -> KafkaAdminClient:
-    return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **client_config(settings))
+def admin(settings: Settings, bootstrap: str, timeout_s: float = 10.0) -> KafkaAdminClient:
+    ms = int(timeout_s * 1000)
+    return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ms, bootstrap_timeout_ms=ms, **client_config(settings))
 
 
 def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 30.0) -> list[str]:
@@ -111,7 +112,7 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 30.0) -
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            client = admin(settings, bootstrap)
+            client = admin(settings, bootstrap, timeout_s=max(1.0, min(10.0, deadline - time.monotonic())))
             break
         except KafkaError as exc:
             if time.monotonic() > deadline:
