@@ -160,7 +160,7 @@ def _insert_seconds() -> float:
     return float(value or 0.0)
 
 
-class _Stack:
+class BenchStack:
     """The embedded stack for the bench: broker, sink (this process) and worker subprocesses."""
 
     def __init__(self, settings: Settings, workers: int, data_dir: Path) -> None:
@@ -172,7 +172,8 @@ class _Stack:
         self.sink.start()
         config = data_dir / "bench.toml"
         # everything the workers need to agree with this process (topics, groups, tasks); no secrets, no addresses
-        shared = settings.model_dump(mode="json", exclude={"clickhouse_url", "kafka_bootstrap_servers", "review", "data_dir"})
+        private = {"clickhouse_url", "clickhouse_user", "clickhouse_password", "kafka", "kafka_bootstrap_servers", "review", "data_dir"}
+        shared = settings.model_dump(mode="json", exclude=private, exclude_none=True)
         config.write_text(tomli_w.dumps(shared))
         self.metrics_ports = [free_port() for _ in range(workers)]
         self.pool = WorkerPool(settings, self.broker.bootstrap, config, data_dir, metrics_ports=self.metrics_ports)
@@ -181,13 +182,13 @@ class _Stack:
         self.producer = producer(settings, self.broker.bootstrap, linger_ms=20, batch_size=1 << 20, max_request_size=4 << 20)
         self.codec = codec_for(ClinicalNote)
 
-    def publish(self, phase: str, texts: list[str], pace: Callable[[int], None] | None = None) -> dict[str, float]:
+    def publish(self, phase: str, texts: list[str], pace: Callable[[int], None] | None = None, first_index: int = 0) -> dict[str, float]:
         sent: dict[str, float] = {}
         now = datetime.now(UTC)
         for i, text in enumerate(texts):
             if pace is not None:
                 pace(i)
-            note_id = f"{phase}-{i:07d}"
+            note_id = f"{phase}-{first_index + i:07d}"
             note = ClinicalNote(note_id=note_id, patient_id="bench", note_type="abstract", created_at=now, text=text, source="bench")
             sent[note_id] = time.time()
             self.producer.send(self.settings.topics.notes, key=note_id.encode(), value=self.codec.encode(note))
@@ -195,6 +196,10 @@ class _Stack:
                 self.producer.flush()
         self.producer.flush()
         return sent
+
+    def stored_rows(self) -> int:
+        """Extraction rows the sink wrote since the last completed ``wait_for`` (its counter; no query)."""
+        return self.sink.sink.stats.rows["extractions"] - self._written
 
     def stored(self, phase: str) -> int:
         db = self.settings.clickhouse_database
@@ -276,7 +281,7 @@ def run_bench(
     raw_before, raw_by_task = raw_throughput(settings, texts)
     echo(f"raw model throughput: {raw_before:.1f} notes/s {raw_by_task}")
 
-    stack = _Stack(settings, workers, work)
+    stack = BenchStack(settings, workers, work)
     try:
         warm = texts[: max(2 * settings.batch_max_notes * workers, 16)]
         stack.publish("warmup", warm)

@@ -320,6 +320,39 @@ def bench(
         click.echo(result_json(result))
 
 
+@main.command()
+@_option("--minutes", envvar="EHRSTREAM_SOAK_MINUTES", type=float, default=10.0, show_default=True, help="How long the load runs.")
+@_option(
+    "--rate", envvar="EHRSTREAM_SOAK_RATE", type=float, default=2.0, show_default=True, help="Notes per second (keep it below capacity)."
+)
+@_option("--max-notes", envvar="EHRSTREAM_SOAK_MAX_NOTES", type=int, default=100_000, show_default=True, help="Stop after this many notes.")
+@_option("--sample-seconds", envvar="EHRSTREAM_SOAK_SAMPLE_SECONDS", type=float, default=15.0, show_default=True)
+@_option("--workers", envvar="EHRSTREAM_SOAK_WORKERS", type=int, default=0, show_default=True, help="0 = the embedded stack's plan.")
+@_datasets_option("Where medical_abstracts/train.csv supplies the notes (else the samples).")
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the results (every sample included).")
+@click.pass_obj
+def soak(
+    obj: _Context, minutes: float, rate: float, max_notes: int, sample_seconds: float, workers: int, datasets: Path, as_json: bool
+) -> None:
+    """Steady load for a bounded time on the embedded stack; prints each process's memory over time and a verdict."""
+    from streams.soak import as_json as result_json
+    from streams.soak import format_result, run_soak
+
+    result = run_soak(
+        obj.settings(),
+        minutes=minutes,
+        rate=rate,
+        datasets=datasets,
+        max_notes=max_notes,
+        workers=workers,
+        sample_seconds=sample_seconds,
+        echo=lambda line: click.echo(line, err=as_json),
+    )
+    click.echo(format_result(result), err=as_json)
+    if as_json:
+        click.echo(result_json(result))
+
+
 @main.command("review-ui")
 @_option("--host", envvar="EHRSTREAM_REVIEW__HOST", default=None, help="Address to listen on [default: review.host, 127.0.0.1].")
 @_option("--port", envvar="EHRSTREAM_REVIEW__PORT", type=int, default=None, help="Port [default: review.port, 8470].")

@@ -67,6 +67,10 @@ class TansuBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def start(self, timeout_s: float = 10.0) -> TansuBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         advertised = f"tcp://{self.advertised}" if self.advertised else url
@@ -163,6 +167,10 @@ class WorkerProcess:
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
