@@ -261,7 +261,6 @@ class SinkThread:
 
         self._owns_backend = backend is None
         self.backend = backend if backend is not None else open_backend(settings)
-        self.settings = settings
         self.migrated = False
         if settings.embedded_clickhouse:
             migrate(self.backend)  # chdb is in this process: a failure here is a real error, not an outage
