@@ -69,7 +69,7 @@ class Run:
     @classmethod
     def of(cls, runner: ModelRunner, examples: Sequence[Example]) -> Run:
         windows = runner.preprocess([ex.text for ex in examples])
-        return cls(runner, list(examples), windows, runner.window_logits(windows))
+        return cls(runner, list(examples), windows, runner.window_logits(windows, progress=True))
 
     def outputs(self, temperature: float | None = None) -> list[TaskOutput]:
         t = self.runner.loaded.temperature if temperature is None else temperature

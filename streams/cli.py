@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -132,11 +132,16 @@ def worker(obj: _Context) -> None:
     from faust.worker import Worker
 
     from streams.app import create_app
-    from streams.metrics import serve
+    from streams.lag import monitor_lag
+    from streams.metrics import register_gpu_metrics, serve
 
     settings = obj.settings()
+    bootstrap = obj.bootstrap()
     serve(settings.metrics_port)
-    app = create_app(settings, obj.bootstrap())
+    if settings.metrics_port:
+        register_gpu_metrics(settings.device)
+    monitor_lag(settings, bootstrap, settings.worker_group, [settings.topics.notes])
+    app = create_app(settings, bootstrap)
     Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False).execute_from_commandline()
 
 
@@ -148,13 +153,16 @@ def sink(obj: _Context) -> None:
     import threading
 
     from streams.embedded import SinkThread
+    from streams.lag import monitor_lag
     from streams.metrics import serve
 
     settings = obj.settings()
+    bootstrap = obj.bootstrap()
     serve(settings.metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    runner = SinkThread(settings, obj.bootstrap())
+    runner = SinkThread(settings, bootstrap)
+    monitor_lag(settings, bootstrap, settings.sink_group, settings.topics.results())
     runner.start()
     try:
         while not stop.wait(1.0):
@@ -166,8 +174,22 @@ def sink(obj: _Context) -> None:
         runner.stop()
 
 
+def _format_option() -> Callable[[F], F]:
+    """--format: what the input files hold, as `publish` and `demo --input` take it."""
+    return _option(
+        "--format",
+        "fmt",
+        envvar="EHRSTREAM_INPUT_FORMAT",
+        type=click.Choice(["notes", "fhir", "hl7v2"]),
+        default="notes",
+        show_default=True,
+        help="notes: ehrstream JSONL/CSV; fhir: FHIR R4 Bundles/DocumentReferences (JSON, NDJSON); hl7v2: MDM^T02/ORU^R01.",
+    )
+
+
 @main.command()
-@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument("file", type=click.Path(path_type=Path, exists=True))
+@_format_option()
 @_option(
     "--wire",
     envvar="EHRSTREAM_PUBLISH_WIRE",
@@ -178,20 +200,29 @@ def sink(obj: _Context) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the summary.")
 @click.pass_obj
-def publish(obj: _Context, file: Path, wire: str, as_json: bool) -> None:
-    """Validate and publish notes from a JSONL or CSV FILE to the notes topic."""
+def publish(obj: _Context, file: Path, fmt: str, wire: str, as_json: bool) -> None:
+    """Validate and publish notes from FILE (or every file of the format in a directory) to the notes topic."""
     from streams.publish import publish_file
 
     settings = obj.settings()
-    summary = publish_file(file, settings, obj.bootstrap(), settings.topics.notes, wire=wire, progress=not as_json)  # type: ignore[arg-type]
+    summary = publish_file(
+        file,
+        settings,
+        obj.bootstrap(),
+        settings.topics.notes,
+        wire=wire,  # type: ignore[arg-type]
+        progress=not as_json,
+        fmt=fmt,  # type: ignore[arg-type]
+    )
     if as_json:
         click.echo(json.dumps(summary.as_dict()))
         return
     click.echo(f"accepted {summary.accepted}, rejected {summary.rejected}")
     for reason, count in summary.reasons.most_common():
         click.echo(f"  {count:>6}  {reason}")
-    for example in summary.examples:
-        click.echo(f"  line {example[0]}: {example[1]}")
+    unit = {"notes": "line", "fhir": "note", "hl7v2": "message"}[fmt]
+    for position, reason, name in summary.examples:
+        click.echo(f"  {name + ' ' if name else ''}{unit} {position}: {reason}")
 
 
 @main.command()
@@ -235,18 +266,29 @@ def topics(obj: _Context, create: bool) -> None:
 @main.command()
 @_option("--notes", envvar="EHRSTREAM_DEMO_NOTES", type=int, default=300, show_default=True, help="How many records to publish.")
 @_datasets_option("Corpora the sample notes come from.")
+@_option(
+    "--input",
+    "input_path",
+    envvar="EHRSTREAM_DEMO_INPUT",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="Publish the notes of this file or directory (see --format) instead of the sample corpus; --notes is ignored.",
+)
+@_format_option()
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the summary.")
 @click.pass_obj
-def demo(obj: _Context, notes: int, datasets: Path, as_json: bool) -> None:
+def demo(obj: _Context, notes: int, datasets: Path, input_path: Path | None, fmt: str, as_json: bool) -> None:
     """Run the whole path once on the embedded stack and report what happened to every note."""
     from streams.demo import run_demo, summary_table
     from streams.embedded import EMBEDDED_TIMEOUTS
+    from streams.formats import InputFormat
 
     base = obj.settings()
     settings = obj.settings(
         data_dir=(obj.data_dir or base.data_dir) / "demo", topic_partitions=min(base.topic_partitions, 2), **EMBEDDED_TIMEOUTS
     )
-    summary = run_demo(settings, notes, obj.config, datasets, echo=lambda line: click.echo(line, err=as_json))
+    source = (input_path, cast(InputFormat, fmt)) if input_path is not None else None
+    summary = run_demo(settings, notes, obj.config, datasets, echo=lambda line: click.echo(line, err=as_json), source=source)
     click.echo(summary_table(summary), err=as_json)
     example = f"SELECT status, count() FROM {settings.clickhouse_database}.extractions_final GROUP BY status"  # noqa: S608 (printed, not run)
     click.echo(f"explore: ehrstream --data-dir {settings.data_dir} query '{example}'", err=as_json)

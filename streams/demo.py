@@ -21,15 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from kafka import TopicPartition
+from tqdm import tqdm
 
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import MARKER, codec_for
 from schemas.dead_letter import DeadLetter
 from schemas.extraction import Extraction, ExtractionStatus
 from streams.embedded import SinkThread, TansuBroker, WorkerPool
+from streams.formats import InputFormat
 from streams.kafka_io import consumer as make_consumer
 from streams.kafka_io import ensure_topics
 from streams.kafka_io import producer as make_producer
+from streams.publish import PublishSummary, read_notes
 from streams.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -153,13 +156,44 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, poll_s:
         time.sleep(poll_s)
 
 
-def run_demo(settings: Settings, n: int, config: Path | None, datasets: Path, echo: Callable[[str], None]) -> dict[str, Any]:
+def input_records(path: Path, fmt: InputFormat, echo: Callable[[str], None]) -> tuple[list[tuple[bytes, bytes]], PublishSummary]:
+    """The valid notes of a file or directory as (key, Avro) records, and the publish summary of what was rejected."""
+    codec = codec_for(ClinicalNote)
+    summary = PublishSummary()
+    records: list[tuple[bytes, bytes]] = []
+    for file, position, note in read_notes(path, fmt):
+        if isinstance(note, str):
+            summary.reject(position, note, file)
+            echo(f"rejected {file + ' ' if file else ''}#{position}: {note}")
+            continue
+        records.append((note.note_id.encode("utf-8"), codec.encode(note)))
+        summary.accepted += 1
+    return records, summary
+
+
+def run_demo(
+    settings: Settings,
+    n: int,
+    config: Path | None,
+    datasets: Path,
+    echo: Callable[[str], None],
+    source: tuple[Path, InputFormat] | None = None,
+) -> dict[str, Any]:
+    """The whole path once: ``n`` records of the sample corpus (one bad in fifty), or the notes of ``source``."""
     started = time.monotonic()
     if settings.data_dir.exists():
         shutil.rmtree(settings.data_dir)  # the demo's own directory: a fresh database each run
     settings.data_dir.mkdir(parents=True)
-    corpus = DemoCorpus.load(datasets)
-    records = demo_records(corpus, n, run_id="demo")
+    rejected = 0
+    if source is not None:
+        records, read = input_records(*source, echo=echo)
+        rejected = read.rejected
+        echo(f"{source[0]} ({source[1]}): {read.accepted} notes, {read.rejected} rejected before publishing")
+    else:
+        records = demo_records(DemoCorpus.load(datasets), n, run_id="demo")
+    n = len(records)
+    if n == 0:
+        raise ValueError("nothing to publish: every input record was rejected")
     with TansuBroker(log_file=settings.data_dir / "tansu.log") as broker:
         echo(f"embedded Kafka (tansu) on {broker.bootstrap}")
         ensure_topics(settings, broker.bootstrap)
@@ -176,15 +210,20 @@ def run_demo(settings: Settings, n: int, config: Path | None, datasets: Path, ec
             producer.flush()
             producer.close()
             counts = TopicCounts()
+            bar = tqdm(total=n, desc="extracted or dead-lettered", unit="note", disable=None)  # a bar on a terminal only
 
             def all_accounted() -> bool:
                 nonlocal counts
                 if not workers.all_alive():
                     raise RuntimeError(f"a worker exited; see {settings.data_dir}/worker*.log")
                 counts = count_topics(settings, broker.bootstrap)
+                bar.update(counts.extracted + counts.dead_lettered - bar.n)
                 return counts.extracted + counts.dead_lettered >= n
 
-            wait_for(all_accounted, 120 + n * 0.5, "every record to be extracted or dead-lettered", poll_s=2.0)
+            try:
+                wait_for(all_accounted, 120 + n * 0.5, "every record to be extracted or dead-lettered", poll_s=2.0)
+            finally:
+                bar.close()
 
             def in_clickhouse() -> bool:
                 return clickhouse_notes(sink) >= counts.extracted
@@ -196,6 +235,7 @@ def run_demo(settings: Settings, n: int, config: Path | None, datasets: Path, ec
             sink.stop()
     summary = {
         "published": n,
+        "rejected": rejected,
         "extracted": counts.extracted,
         "auto_accepted": counts.auto_accepted,
         "routed_to_review": counts.routed_to_review,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 if TYPE_CHECKING:
     from agents.pipeline import BatchResult
@@ -27,6 +27,11 @@ STAGE_SECONDS = Histogram("ehrstream_stage_seconds", "Wall seconds per batch and
 STAGE_CPU_SECONDS = Counter("ehrstream_stage_cpu_seconds", "CPU seconds of the thread running each stage", ["stage"])
 SINK_ROWS = Counter("ehrstream_sink_rows", "Rows written to ClickHouse, by table", ["table"])
 SINK_RETRIES = Counter("ehrstream_sink_retries", "ClickHouse writes retried")
+CONSUMER_LAG = Gauge(
+    "ehrstream_consumer_lag", "Records on the topic not yet committed by this process's consumer group", ["group", "topic", "partition"]
+)
+GPU_MEMORY = Gauge("ehrstream_gpu_memory_bytes", "GPU memory held by this process's tensors", ["device", "kind"])
+GPU_UTILISATION = Gauge("ehrstream_gpu_utilisation_percent", "GPU utilisation as the driver reports it (needs pynvml)", ["device"])
 
 
 def serve(port: int) -> None:
@@ -50,3 +55,27 @@ def record_batch(result: BatchResult, records: int, produce_seconds: float) -> N
     for stage, seconds in result.stage_cpu_seconds.items():
         STAGE_CPU_SECONDS.labels(stage).inc(seconds)
     STAGE_SECONDS.labels("produce").observe(produce_seconds)
+
+
+def register_gpu_metrics(device: str) -> bool:
+    """GPU memory (allocated, reserved; torch's allocator) and utilisation, read at scrape time. False on CPU."""
+    import torch
+
+    from agents.runners.base import pick_device
+
+    chosen = pick_device(device)
+    if chosen.type != "cuda":
+        return False
+    index = chosen.index if chosen.index is not None else torch.cuda.current_device()
+    name = f"cuda:{index}"
+    GPU_MEMORY.labels(name, "allocated").set_function(lambda: float(torch.cuda.memory_allocated(index)))
+    GPU_MEMORY.labels(name, "reserved").set_function(lambda: float(torch.cuda.memory_reserved(index)))
+
+    def utilisation() -> float:
+        try:
+            return float(torch.cuda.utilization(index))
+        except Exception:  # no pynvml / NVML: report -1 rather than fail the scrape
+            return -1.0
+
+    GPU_UTILISATION.labels(name).set_function(utilisation)
+    return True

@@ -65,6 +65,10 @@ class TopicSettings(BaseModel):
     def all(self) -> list[str]:
         return [self.notes, self.extractions, self.review, self.review_decisions, self.deadletter]
 
+    def results(self) -> list[str]:
+        """The topics the sink consumes."""
+        return [self.extractions, self.review, self.review_decisions, self.deadletter]
+
 
 class ReviewerAccount(BaseModel):
     """A reviewer who may sign in to the review app. ``password_hash`` comes from ``ehrstream reviewer hash``."""
@@ -204,6 +208,8 @@ class Settings(BaseSettings):
 
     #: Prometheus ``/metrics`` port of this process (worker, sink, review app); 0 = off
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    #: how often consumer lag (end offset - committed offset) is refreshed for ``/metrics``
+    metrics_lag_seconds: float = Field(default=10.0, gt=0)
     #: torch intra-op threads per worker process; 0 = torch's default (all cores), or cores / workers in the embedded stack
     torch_threads: int = Field(default=0, ge=0)
     #: worker processes of the embedded stack (demo, up, bench); 0 = one per CPU core (at most 4) on CPU, 1 on CUDA

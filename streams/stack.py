@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from streams.embedded import EMBEDDED_TIMEOUTS, SinkThread, TansuBroker, WorkerPool, worker_plan
 from streams.kafka_io import ensure_topics
+from streams.lag import monitor_lag
 from streams.metrics import serve
 from streams.runfiles import live_run_file
 from streams.settings import ReviewerAccount, Settings
@@ -59,6 +60,7 @@ def run_stack(settings: Settings, config: Path | None, echo: Callable[[str], Non
     with TansuBroker(log_file=settings.data_dir / "tansu.log") as broker:
         ensure_topics(settings, broker.bootstrap)
         serve(settings.metrics_port)  # this process: the sink and the review app; workers serve the next ports
+        monitor_lag(settings, broker.bootstrap, settings.sink_group, settings.topics.results())
         sink = SinkThread(settings, broker.bootstrap)
         count, _ = worker_plan(settings)
         ports = [settings.metrics_port + 1 + i for i in range(count)] if settings.metrics_port else None

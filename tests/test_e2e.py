@@ -68,8 +68,8 @@ def test_notes_flow_to_clickhouse_and_bad_records_to_the_dead_letter_topic(
     try:
         summary = publish_file(_notes_file(tmp_path / "notes.jsonl", 40), settings, broker.bootstrap, settings.topics.notes, progress=False)
         assert (summary.accepted, summary.rejected) == (40, 2)
-        assert [line for line, _ in summary.examples] == [4, 6]
-        assert all(PLANTED_PATIENT not in reason for _, reason in summary.examples)
+        assert [e[0] for e in summary.examples] == [4, 6]
+        assert all(PLANTED_PATIENT not in e[1] for e in summary.examples)
         raw = producer(settings, broker.bootstrap)
         bad = [b"\xff\xfe garbage", b"", b"x" * (settings.max_note_bytes + 1)]
         for value in bad:

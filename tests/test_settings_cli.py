@@ -98,4 +98,4 @@ def test_publish_reads_csv_and_reports_rejects_by_line(broker, tmp_path: Path) -
     )
     summary = publish_file(csv_file, Settings(), broker.bootstrap, "csv-notes", progress=False)
     assert (summary.accepted, summary.rejected) == (1, 2)
-    assert [(line, reason.split(":")[0]) for line, reason in summary.examples] == [(3, "validation_error"), (4, "empty_text")]
+    assert [(line, reason.split(":")[0]) for line, reason, _ in summary.examples] == [(3, "validation_error"), (4, "empty_text")]

@@ -49,11 +49,12 @@ def extraction(
 
 
 def test_migrations_are_idempotent(database: ChdbBackend) -> None:
-    assert migrate(database) == ["001_tables.sql", "002_review.sql"]
+    assert migrate(database) == ["001_tables.sql", "002_review.sql", "003_analytics.sql"]
     assert migrate(database) == []
     tables = {r[0] for r in database.query("SELECT name FROM system.tables WHERE database = {db:String}", {"db": database.database}).rows}
     assert {"extractions", "review_tasks", "dead_letters", "extractions_final", "schema_migrations", "review_decisions"} <= tables
     assert {"review_queue", "review_backlog", "review_throughput", "review_agreement"} <= tables
+    assert {"entity_counts_daily", "document_labels_daily", "model_versions", "model_agreement"} <= tables
 
 
 def test_replays_are_collapsed_and_revisions_are_kept(database: ChdbBackend) -> None:
@@ -247,3 +248,11 @@ def test_review_decisions_become_reviewed_revisions_with_an_audit_row(
     assert database.query(f"SELECT reviewer_id, decisions, with_corrections FROM {db}.review_throughput").rows == [["alice", 1, 1]]
     letter = database.query(f"SELECT error_kind, source_topic FROM {db}.dead_letters").rows
     assert letter == [[ErrorKind.unknown_note.value, settings.topics.review_decisions]]
+    # the analyst layer (migration 003) over the same rows
+    assert database.query(f"SELECT toString(day), task, label, mentions, notes FROM {db}.entity_counts_daily").rows == [
+        ["2026-11-01", "disease", "Disease", 1, 1]  # the reviewed revision's one span, not the model's
+    ]
+    versions = database.query(f"SELECT task, model, notes, auto_accepted, entities_per_note FROM {db}.model_versions").rows
+    assert versions == [["disease", "m@v1", 1, 0, 1]]  # revision 0: what the model itself produced
+    model_agreement = database.query(f"SELECT task, model, items, accepted, corrected, added, agreement FROM {db}.model_agreement").rows
+    assert model_agreement == [["disease", "m@v1", 2, 0, 1, 1, 0]]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from agents.model_dir import LoadedModel
 from agents.runners.windows import Windows, make_windows
@@ -84,12 +85,15 @@ class ModelRunner(ABC):
         t = self.loaded.temperature if temperature is None else temperature
         return [softmax(logits / t) for logits in self.window_logits(windows)]
 
-    def window_logits(self, windows: Windows) -> list[np.ndarray]:
-        """Raw logits per window (per token for NER), float32, in window order."""
+    def window_logits(self, windows: Windows, progress: bool = False) -> list[np.ndarray]:
+        """Raw logits per window (per token for NER), float32, in window order. ``progress``: a bar on a terminal
+        (long offline runs: evaluate, calibrate); the worker never shows one."""
         order = sorted(range(len(windows)), key=lambda i: len(windows.input_ids[i]))
         out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(windows)
+        batches = range(0, len(order), self.batch_size)
+        bar = tqdm(batches, desc=f"{self.task}: inference", unit="batch", disable=None if progress else True, leave=False)
         with torch.inference_mode():
-            for first in range(0, len(order), self.batch_size):
+            for first in bar:
                 idx = order[first : first + self.batch_size]
                 width = max(len(windows.input_ids[i]) for i in idx)
                 ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)

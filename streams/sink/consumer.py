@@ -76,21 +76,12 @@ class ClickHouseSink:
         consumer = make_consumer(
             self.settings,
             self.bootstrap,
-            self.topics.extractions,
-            self.topics.review,
-            self.topics.review_decisions,
-            self.topics.deadletter,
+            *self.topics.results(),
             group_id=self.settings.sink_group,
             max_poll_records=self.settings.sink_batch_rows,
         )
         producer = make_producer(self.settings, self.bootstrap)
-        log.info(
-            "sink consuming %s, %s, %s, %s",
-            self.topics.extractions,
-            self.topics.review,
-            self.topics.review_decisions,
-            self.topics.deadletter,
-        )
+        log.info("sink consuming %s", ", ".join(self.topics.results()))
         try:
             while not stop.is_set():
                 deadline = time.monotonic() + self.settings.sink_flush_seconds

@@ -1,0 +1,170 @@
+"""FHIR R4 and HL7 v2 ingest: the sample messages under tests/data, their mapping, their rejects, and the CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from schemas.clinical_note import ClinicalNote
+from streams.embedded import TansuBroker
+from streams.formats.fhir import read_fhir
+from streams.formats.hl7v2 import parse_timestamp, read_hl7v2
+from streams.publish import read_notes
+from tests.conftest import REPO
+
+FHIR = REPO / "tests" / "data" / "fhir"
+HL7 = REPO / "tests" / "data" / "hl7v2"
+
+
+def _notes(path: Path, fmt: str) -> tuple[dict[str, ClinicalNote], list[tuple[int, str, str | None]]]:
+    good, bad = {}, []
+    for file, position, note in read_notes(path, fmt):  # type: ignore[arg-type]
+        if isinstance(note, str):
+            bad.append((position, note.split(":")[0], file))
+        else:
+            good[note.note_id] = note
+    return good, bad
+
+
+def test_fhir_bundles_and_document_references_become_notes() -> None:
+    notes, rejected = _notes(FHIR, "fhir")
+    assert set(notes) == {
+        "0b4e7f2c-1a2b-4c3d-8e9f-112233445566",
+        "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910",
+        "us-core-discharge-001",
+        "clinic-2031",
+    }
+    hp = notes["0b4e7f2c-1a2b-4c3d-8e9f-112233445566"]
+    # urn:uuid subject resolved inside the Bundle to the Patient's MR identifier; encounter likewise
+    assert (hp.patient_id, hp.encounter_id) == ("MRN-SYN-000417", "a1d3b0c4-6f8e-4b1f-9d2e-0f4a7c6e2b11")
+    assert hp.note_type == "history_and_physical_note" and hp.meta["loinc"] == "34117-2"
+    assert hp.text.startswith("HISTORY AND PHYSICAL\nChief complaint: chest pain") and "type 2 diabetes mellitus" in hp.text
+    assert hp.created_at.isoformat() == "2026-10-30T14:05:00+00:00"  # -04:00 offset normalised to UTC
+    assert hp.author == "Dr. Ada Synthea" and hp.source == "fhir"
+    discharge = notes["us-core-discharge-001"]
+    assert (discharge.patient_id, discharge.encounter_id, discharge.note_type) == (
+        "example-mrn-204881",
+        "example-encounter-31",
+        "discharge_summary",
+    )
+    assert "application/pdf" not in discharge.text and discharge.meta["fhir_doc_status"] == "final"
+    assert "patiënt reports fièvre" in notes["clinic-2031"].text  # charset honoured
+    # the DiagnosticReport and Observation in the Synthea Bundle are skipped, not rejected
+    assert sorted((p, r, f) for p, r, f in rejected) == [
+        (2, "fhir_entered_in_error", "searchset_bundle.json"),
+        (3, "fhir_no_text", "searchset_bundle.json"),
+    ]
+
+
+def test_fhir_rejects_say_why_and_ndjson_is_read(tmp_path: Path) -> None:
+    doc = json.loads((FHIR / "us_core_documentreference.json").read_text())
+    bad_b64 = json.loads(json.dumps(doc))
+    bad_b64["id"] = "bad-b64"
+    bad_b64["content"][0]["attachment"]["data"] = "%%%not base64%%%"
+    latin = json.loads(json.dumps(doc))
+    latin["id"] = "latin-1"
+    latin["content"] = [
+        {"attachment": {"contentType": "text/plain; charset=iso-8859-1", "data": base64.b64encode("Fièvre.".encode("latin-1")).decode()}}
+    ]
+    ndjson = tmp_path / "notes.ndjson"
+    ndjson.write_text(
+        "\n".join([json.dumps(doc), json.dumps(bad_b64), "{broken", json.dumps({"resourceType": "Patient"}), json.dumps(latin)]) + "\n"
+    )
+    results = list(read_fhir(ndjson))
+    assert results[0][0] == 1 and isinstance(results[0][1], dict) and results[0][1]["note_id"] == "us-core-discharge-001"
+    reasons = [r.split(":")[0] for _, r in results if isinstance(r, str)]
+    assert reasons == ["fhir_no_text", "invalid_json", "fhir_unsupported"]
+    assert results[-1][1]["text"] == "Fièvre."  # type: ignore[index]
+
+
+def test_hl7v2_mdm_and_oru_messages_become_notes() -> None:
+    notes, rejected = _notes(HL7, "hl7v2")
+    assert set(notes) == {"DOC-HL7-0001", "DOC-HL7-0002", "ACC-20261107-0451"}
+    discharge = notes["DOC-HL7-0001"]
+    assert (discharge.patient_id, discharge.encounter_id, discharge.note_type) == ("MRN-HL7-58210", "V-20261101-77", "discharge_summary")
+    # OBX repetitions and segments joined in order; \T\ unescaped to the subcomponent separator
+    assert discharge.text.splitlines() == [
+        "Hospital course: admitted with acute decompensated heart failure and hyponatremia.",
+        "Diuresed with IV furosemide; sodium corrected slowly.",
+        "Past history: ischemic cardiomyopathy, type 2 diabetes mellitus, gout.",
+        "Follow-up: cardiology clinic in 2 weeks; daily weights & fluid restriction.",
+    ]
+    assert discharge.author == "WILL WRITER" and discharge.meta["hl7_message_type"] == "MDM^T02"
+    consult = notes["DOC-HL7-0002"]
+    assert consult.text.splitlines()[1] == "Exam: no focal deficit."  # FT \.br\ is a line break
+    assert consult.created_at.isoformat() == "2026-11-06T19:00:00+00:00"  # -0500 honoured
+    xray = notes["ACC-20261107-0451"]  # ORU^R01 in MLLP frames: OBR-3 filler number, OBR-4 text, OBR-7 time
+    assert (xray.note_type, xray.author, xray.encounter_id) == ("xr_chest_2_views", "RAY RAD", "V-20261107-03")
+    assert xray.created_at.isoformat() == "2026-11-07T10:30:00+00:00"
+    assert rejected == [(2, "hl7_no_text", "oru_r01.hl7")]  # a numeric lab result carries no note
+
+
+def test_hl7v2_line_endings_malformed_messages_and_timestamps(tmp_path: Path) -> None:
+    lf = tmp_path / "lf.hl7"
+    lf.write_text((HL7 / "mdm_t02.hl7").read_text().replace("\r", "\n"))  # LF, as files often arrive
+    assert [r["note_id"] for _, r in read_hl7v2(lf) if isinstance(r, dict)] == ["DOC-HL7-0001", "DOC-HL7-0002"]
+    bad = tmp_path / "bad.hl7"
+    bad.write_text(
+        "MSH|^~\\&|X|Y|Z|W|20261101||ADT^A01|1|P|2.5\rPID|1||M1\rMSH|^~\\&|X|Y|Z|W|not-a-time||MDM^T02|2|P|2.5\rPID|1||M2\rTXA|1|CN\rOBX|1|TX|||Text.\r"
+    )
+    assert [r.split(":")[0] for _, r in read_hl7v2(bad)] == ["hl7_unsupported", "hl7_bad_timestamp"]  # type: ignore[union-attr]
+    assert parse_timestamp("20261107") == "2026-11-07T00:00:00+00:00"
+    assert parse_timestamp("202611071030+0130") == "2026-11-07T10:30:00+01:30"
+    assert parse_timestamp("20261107103012.1234") == "2026-11-07T10:30:12+00:00"
+    assert parse_timestamp("20261341") is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fmt", "accepted", "rejected"), [("fhir", 4, 2), ("hl7v2", 3, 1)])
+def test_publish_command_reads_fhir_and_hl7v2(broker: TansuBroker, tmp_path: Path, fmt: str, accepted: int, rejected: int) -> None:
+    data = {"fhir": FHIR, "hl7v2": HL7}[fmt]
+    env = {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "EHRSTREAM_TOPICS__NOTES": f"notes-{fmt}-{tmp_path.name}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "publish", str(data), "--format", fmt, "--json"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (summary["accepted"], summary["rejected"]) == (accepted, rejected)
+    assert all("file" in e and "line" in e for e in summary["examples"])
+    assert "MRN" not in proc.stdout + proc.stderr  # reasons name fields, never values
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_demo_runs_fhir_input_through_the_stack_into_clickhouse(tmp_path: Path) -> None:
+    """The issue's command as a user runs it, with the shipped default models."""
+    cmd = [sys.executable, "-m", "streams.cli", "--data-dir", str(tmp_path), "demo", "--input", str(FHIR), "--format", "fhir", "--json"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (summary["published"], summary["rejected"]) == (4, 2)
+    assert summary["extracted"] == 4 and summary["dead_lettered"] == 0
+    assert summary["clickhouse_notes"] == 4
+    assert summary["auto_accepted"] + summary["routed_to_review"] == 4
+    sql = "SELECT note_id, patient_id, encounter_id, note_type, source FROM ehrstream.extractions_final ORDER BY note_id"
+    query = [sys.executable, "-m", "streams.cli", "--data-dir", str(tmp_path / "demo"), "query", sql, "--json"]
+    rows = json.loads(subprocess.run(query, cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout)["rows"]
+    assert rows[0] == [
+        "0b4e7f2c-1a2b-4c3d-8e9f-112233445566",
+        "MRN-SYN-000417",
+        "a1d3b0c4-6f8e-4b1f-9d2e-0f4a7c6e2b11",
+        "history_and_physical_note",
+        "fhir",
+    ]
+    assert {r[0] for r in rows} == {
+        "0b4e7f2c-1a2b-4c3d-8e9f-112233445566",
+        "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910",
+        "clinic-2031",
+        "us-core-discharge-001",
+    }
