@@ -117,6 +117,13 @@ class AvroCodec(Generic[M]):
         fastavro.schemaless_writer(out, self.schema, obj.model_dump())
         return out.getvalue()
 
+    def set_registry(self, registry: SchemaRegistryClient | None, subject: str | None, produce_confluent: bool) -> None:
+        """Schema ids belong to one registry: changing it forgets the writer schemas fetched so far."""
+        self.registry = registry
+        self.subject = subject if registry is not None else None
+        self.produce_confluent = produce_confluent and registry is not None
+        self._by_id.clear()
+
     def _confluent_header(self) -> bytes:
         if self.registry is None or self.subject is None:
             raise RuntimeError(f"{self.model.__name__}: Confluent framing needs a schema registry (use_registry)")
@@ -215,7 +222,4 @@ def use_registry(registry: SchemaRegistryClient | None, subjects: dict[type[Avro
     """Give each model's codec the registry and its subject (``<topic>-value``); with ``produce_confluent`` the
     codecs write Confluent framing. Once per process, from the settings; ``None`` turns it off again."""
     for model, subject in subjects.items():
-        codec = codec_for(model)
-        codec.registry = registry
-        codec.subject = subject if registry is not None else None
-        codec.produce_confluent = produce_confluent and registry is not None
+        codec_for(model).set_registry(registry, subject, produce_confluent)

@@ -76,7 +76,10 @@ class _Context:
         from streams.settings import load_settings
 
         if self._settings is None or overrides:
+            from streams.schema_registry import configure_codecs
+
             self._settings = load_settings(self.config, **{"log_level": self.log_level, "data_dir": self.data_dir, **overrides})
+            configure_codecs(self._settings)  # the codecs read (and maybe write) Confluent framing when a registry is set
         return self._settings
 
     def bootstrap(self) -> str:
@@ -196,7 +199,7 @@ def _format_option() -> Callable[[F], F]:
     type=click.Choice(["avro", "json"]),
     default="avro",
     show_default=True,
-    help="Encoding on the notes topic.",
+    help="Encoding on the notes topic: Avro (single-object, or Confluent framing with avro_wire = confluent) or JSON.",
 )
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the summary.")
 @click.pass_obj
@@ -393,6 +396,32 @@ def soak(
     click.echo(format_result(result), err=as_json)
     if as_json:
         click.echo(result_json(result))
+
+
+@main.command()
+@click.option("--register", is_flag=True, help="Register the current schemas (after the compatibility check passes).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def schemas(obj: _Context, register: bool, as_json: bool) -> None:
+    """Check the project's Avro schemas: history readable, and (with SCHEMA_REGISTRY_URL) registry compatibility.
+
+    Exits 1 when a schema is incompatible. Subjects are `<topic>-value` (TopicNameStrategy).
+    """
+    import dataclasses
+
+    from streams.schema_registry import check_schemas
+
+    statuses = check_schemas(obj.settings(), register=register)
+    if as_json:
+        click.echo(json.dumps([{**dataclasses.asdict(s), "ok": s.ok} for s in statuses]))
+    else:
+        for s in statuses:
+            registry = "no registry" if s.registry_compatible is None else ("compatible" if s.registry_compatible else "INCOMPATIBLE")
+            registered = f", id {s.registry_id}" if s.registry_id is not None else ""
+            history = "history readable" if s.history_readable else "HISTORY NOT READABLE"
+            click.echo(f"{s.subject:<32} {s.model:<15} {s.fingerprint}  {history}, {registry}{registered}")
+    if not all(s.ok for s in statuses):
+        raise SystemExit(1)
 
 
 @main.command("review-ui")

@@ -172,6 +172,13 @@ class Settings(BaseSettings):
     )
     clickhouse_database: str = Field(default="ehrstream", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     kafka: KafkaSecurity = KafkaSecurity()
+    #: Confluent Schema Registry (``http[s]://host:8081``); empty = none. With one, every codec also reads the
+    #: Confluent wire format and the project's schemas are registered under ``<topic>-value``
+    schema_registry_url: str = Field(default="", validation_alias=AliasChoices("SCHEMA_REGISTRY_URL", "EHRSTREAM_SCHEMA_REGISTRY_URL"))
+    schema_registry_user: str = ""
+    schema_registry_password: SecretStr = SecretStr("")
+    #: what ehrstream writes: Avro single-object encoding (no registry needed) or the Confluent wire format
+    avro_wire: Literal["single-object", "confluent"] = "single-object"
     #: embedded state: chdb's data directory and the running stack's endpoint file
     data_dir: Path = Path(".ehrstream")
 
@@ -225,6 +232,12 @@ class Settings(BaseSettings):
     def embedded_clickhouse(self) -> bool:
         return not self.clickhouse_url.get_secret_value().strip()
 
+    @model_validator(mode="after")
+    def _confluent_needs_a_registry(self) -> Settings:
+        if self.avro_wire == "confluent" and not self.schema_registry_url:
+            raise ValueError("avro_wire = confluent needs SCHEMA_REGISTRY_URL")
+        return self
+
     @field_validator("tasks")
     @classmethod
     def _unique_tasks(cls, tasks: list[TaskSettings]) -> list[TaskSettings]:
@@ -265,6 +278,7 @@ SECRET_FILE_VARIABLES: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     (("CLICKHOUSE_PASSWORD",), ("CLICKHOUSE_PASSWORD_FILE", "EHRSTREAM_CLICKHOUSE_PASSWORD_FILE")),
     (("kafka", "sasl_password"), ("EHRSTREAM_KAFKA_SASL_PASSWORD_FILE",)),
     (("kafka", "ssl_key_password"), ("EHRSTREAM_KAFKA_SSL_KEY_PASSWORD_FILE",)),
+    (("schema_registry_password",), ("EHRSTREAM_SCHEMA_REGISTRY_PASSWORD_FILE",)),
 ]
 
 

@@ -1,0 +1,82 @@
+"""The project's schemas and a Confluent Schema Registry: subjects, registration, compatibility.
+
+Subjects follow the TopicNameStrategy: each model's topic plus ``-value``. Without a registry,
+``check_schemas`` still checks what ehrstream itself promises: that every earlier version of a
+schema kept in ``schemas/history`` can be read with the current one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from schemas._base import AvroModel
+from schemas.clinical_note import ClinicalNote
+from schemas.codec import codec_for, schema_history, schema_text, use_registry
+from schemas.compat import can_read
+from schemas.dead_letter import DeadLetter
+from schemas.extraction import Extraction
+from schemas.registry import SchemaRegistryClient
+from schemas.review_decision import ReviewDecision
+from schemas.review_task import ReviewTask
+from streams.settings import Settings, TopicSettings
+
+
+def subjects(topics: TopicSettings) -> dict[type[AvroModel], str]:
+    return {
+        ClinicalNote: f"{topics.notes}-value",
+        Extraction: f"{topics.extractions}-value",
+        ReviewTask: f"{topics.review}-value",
+        ReviewDecision: f"{topics.review_decisions}-value",
+        DeadLetter: f"{topics.deadletter}-value",
+    }
+
+
+def registry_client(settings: Settings) -> SchemaRegistryClient | None:
+    if not settings.schema_registry_url:
+        return None
+    return SchemaRegistryClient(
+        settings.schema_registry_url, settings.schema_registry_user, settings.schema_registry_password.get_secret_value()
+    )
+
+
+def configure_codecs(settings: Settings) -> SchemaRegistryClient | None:
+    """Once per process: the codecs read (and, with ``avro_wire = confluent``, write) the Confluent wire format."""
+    client = registry_client(settings)
+    use_registry(client, subjects(settings.topics), produce_confluent=settings.avro_wire == "confluent")
+    return client
+
+
+@dataclass
+class SchemaStatus:
+    model: str
+    subject: str
+    fingerprint: str
+    #: every earlier version in schemas/history is readable with the current schema
+    history_readable: bool
+    #: the registry accepts the current schema as the subject's next version (None: no registry)
+    registry_compatible: bool | None = None
+    #: the current schema's id in the registry, when registered (None: not registered or no registry)
+    registry_id: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.history_readable and self.registry_compatible is not False
+
+
+def check_schemas(settings: Settings, register: bool = False) -> list[SchemaStatus]:
+    client = registry_client(settings)
+    out = []
+    for model, subject in subjects(settings.topics).items():
+        current = schema_text(model.avro_schema)
+        readable = all(can_read(json.loads(old), json.loads(current)) for old in schema_history(model.avro_schema))
+        status = SchemaStatus(model.__name__, subject, codec_for(model).fingerprint.hex(), readable)
+        if client is not None:
+            status.registry_compatible = client.is_compatible(subject, current)
+            if register and status.ok:
+                status.registry_id = client.register(subject, current)
+            else:
+                found = client.lookup(subject, current)
+                status.registry_id = int(found["id"]) if found else None
+        out.append(status)
+    return out

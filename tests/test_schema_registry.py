@@ -1,0 +1,182 @@
+"""Confluent Schema Registry: the REST client, the wire format, compatibility checks, and the stream with it on.
+
+The registry is ``tests/registry_server.py``: Confluent's REST API and error codes on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from schemas.clinical_note import ClinicalNote
+from schemas.codec import codec_for, decode_note, schema_history, schema_text, use_registry
+from schemas.dead_letter import ErrorKind
+from schemas.errors import RecordError
+from schemas.registry import RegistryError, SchemaRegistryClient, confluent_schema_id
+from streams.cli import main
+from streams.embedded import SinkThread, TansuBroker, WorkerProcess, free_port
+from streams.kafka_io import ensure_topics
+from streams.publish import publish_file
+from streams.schema_registry import configure_codecs, subjects
+from streams.settings import Settings, TopicSettings
+from streams.sink.backend import ChdbBackend
+from tests.conftest import write_config
+from tests.registry_server import LoopbackRegistry
+
+NOTE = ClinicalNote(
+    note_id="cf-1", patient_id="p", note_type="progress_note", created_at=datetime(2026, 11, 1, tzinfo=UTC), text="Has asthma.", source="cf"
+)
+
+
+@pytest.fixture
+def registry() -> Iterator[LoopbackRegistry]:
+    with LoopbackRegistry() as server:
+        yield server
+
+
+@pytest.fixture
+def confluent(registry: LoopbackRegistry) -> Iterator[SchemaRegistryClient]:
+    """The codecs of this process with the loopback registry and Confluent framing on; off again afterwards."""
+    client = SchemaRegistryClient(registry.url)
+    use_registry(client, subjects(TopicSettings()), produce_confluent=True)
+    yield client
+    use_registry(None, subjects(TopicSettings()))
+
+
+def test_client_registers_looks_up_fetches_and_checks_compatibility(registry: LoopbackRegistry) -> None:
+    client = SchemaRegistryClient(registry.url)
+    v1 = schema_history("review_decision.avsc")[0]
+    current = schema_text("review_decision.avsc")
+    assert client.is_compatible("decisions-value", current)  # a new subject accepts anything
+    first = client.register("decisions-value", v1)
+    assert client.register("decisions-value", v1) == first  # cached: no second request
+    assert registry.requests["POST /subjects"] == 1
+    assert client.lookup("decisions-value", current) is None
+    assert client.is_compatible("decisions-value", current)  # v2 adds `results` with a default: backward compatible
+    second = client.register("decisions-value", current)
+    assert second != first and client.lookup("decisions-value", current)["version"] == 2  # type: ignore[index]
+    assert json.loads(SchemaRegistryClient(registry.url).schema(first)) == json.loads(v1)
+    assert client.subjects() == ["decisions-value"]
+    # a field without a default cannot read what was written before: refused, and the check says so
+    breaking = json.loads(current)
+    breaking["fields"].append({"name": "ward", "type": "string"})
+    assert not client.is_compatible("decisions-value", json.dumps(breaking))
+    with pytest.raises(RegistryError) as refused:
+        client.register("decisions-value", json.dumps(breaking))
+    assert refused.value.status == 409
+    with pytest.raises(RegistryError) as missing:
+        client.schema(999)
+    assert (missing.value.status, missing.value.code) == (404, 40403)
+
+
+def test_confluent_framing_round_trips_and_single_object_still_reads(confluent: SchemaRegistryClient, registry: LoopbackRegistry) -> None:
+    codec = codec_for(ClinicalNote)
+    framed = codec.encode(NOTE)
+    schema_id = confluent_schema_id(framed)
+    assert framed[:1] == b"\x00" and schema_id is not None
+    assert decode_note(framed, 10_000) == NOTE  # the notes topic's decoder takes Confluent framing
+    assert registry.subjects["ehr.notes-value"] == [schema_id]
+    codec.produce_confluent = False
+    single = codec.encode(NOTE)
+    codec.produce_confluent = True
+    assert single[:2] == b"\xc3\x01" and codec.decode(single) == NOTE  # both framings on one topic
+    # a record naming an id the registry does not have, and a corrupt body: dead-letter kinds, not crashes
+    with pytest.raises(RecordError) as unknown:
+        codec.decode(b"\x00" + (4242).to_bytes(4, "big") + framed[5:])
+    assert unknown.value.kind is ErrorKind.unknown_schema and "4242" in unknown.value.message
+    with pytest.raises(RecordError) as corrupt:
+        codec.decode(framed[:-3])
+    assert corrupt.value.kind is ErrorKind.invalid_avro
+
+
+def test_confluent_records_without_a_registry_are_dead_letter_material(registry: LoopbackRegistry) -> None:
+    client = SchemaRegistryClient(registry.url)
+    framed = (
+        b"\x00"
+        + client.register("x-value", schema_text("clinical_note.avsc")).to_bytes(4, "big")
+        + codec_for(ClinicalNote).encode(NOTE)[10:]
+    )
+    use_registry(None, subjects(TopicSettings()))
+    with pytest.raises(RecordError) as no_registry:
+        decode_note(framed, 10_000)
+    assert no_registry.value.kind is ErrorKind.unknown_schema and "no schema registry" in no_registry.value.message
+    down = SchemaRegistryClient(f"http://127.0.0.1:{free_port()}", timeout_s=2)
+    use_registry(down, subjects(TopicSettings()))
+    try:
+        with pytest.raises(RecordError) as unreachable:
+            decode_note(framed, 10_000)
+        assert unreachable.value.kind is ErrorKind.unknown_schema and "unreachable" in unreachable.value.message
+    finally:
+        use_registry(None, subjects(TopicSettings()))
+
+
+def test_schemas_command_registers_every_subject_and_reports_compatibility(
+    registry: LoopbackRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", registry.url)
+    try:
+        first = CliRunner().invoke(main, ["schemas", "--register", "--json"])
+        assert first.exit_code == 0, first.output
+        statuses = json.loads(first.output)
+        assert {s["subject"] for s in statuses} == set(subjects(TopicSettings()).values())
+        assert all(s["ok"] and s["history_readable"] and s["registry_compatible"] and s["registry_id"] for s in statuses)
+        again = json.loads(CliRunner().invoke(main, ["schemas", "--json"]).output)  # looked up, not registered anew
+        assert [s["registry_id"] for s in again] == [s["registry_id"] for s in statuses]
+        # someone registered an incompatible schema first: the check fails with exit code 1
+        client = SchemaRegistryClient(registry.url)
+        other = json.loads(schema_text("extraction.avsc"))
+        other["fields"] = [f for f in other["fields"] if f["name"] != "text"] + [{"name": "only_this", "type": "string"}]
+        client.register("ehr.custom-value", json.dumps(other))
+        monkeypatch.setenv("EHRSTREAM_TOPICS__EXTRACTIONS", "ehr.custom")
+        broken = CliRunner().invoke(main, ["schemas"])
+        assert broken.exit_code == 1 and "INCOMPATIBLE" in broken.output
+    finally:
+        use_registry(None, subjects(TopicSettings()))
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_stream_runs_on_confluent_framing_end_to_end(
+    broker: TansuBroker,
+    registry: LoopbackRegistry,
+    tiny_settings: Settings,
+    database: ChdbBackend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Notes published with Confluent framing, the worker writing Confluent framing, the sink reading it."""
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", registry.url)  # the worker subprocess reads the same settings
+    monkeypatch.setenv("EHRSTREAM_AVRO_WIRE", "confluent")
+    settings = tiny_settings.model_copy(update={"schema_registry_url": registry.url, "avro_wire": "confluent"})
+    configure_codecs(settings)
+    ensure_topics(settings, broker.bootstrap)
+    config = write_config(tmp_path / "ehrstream.toml", settings)
+    sink = SinkThread(settings, broker.bootstrap, backend=database)
+    worker = WorkerProcess(settings, broker.bootstrap, config, tmp_path / "worker.log")
+    sink.start()
+    worker.start()
+    try:
+        notes = tmp_path / "notes.jsonl"
+        notes.write_text("".join(NOTE.model_copy(update={"note_id": f"cf-{i}"}).model_dump_json() + "\n" for i in range(8)))
+        assert publish_file(notes, settings, broker.bootstrap, settings.topics.notes, progress=False).accepted == 8
+        db = database.database
+        deadline = time.monotonic() + 120
+        stored = 0
+        while time.monotonic() < deadline and stored < 8:
+            assert worker.alive(), (tmp_path / "worker.log").read_text()[-3000:]
+            stored = int(database.query(f"SELECT count() FROM {db}.extractions_final").scalar())
+            time.sleep(0.5)
+        assert stored == 8
+        assert int(database.query(f"SELECT count() FROM {db}.dead_letters").scalar()) == 0
+        # the worker registered the output schemas under the test's topics
+        assert {f"{settings.topics.notes}-value", f"{settings.topics.extractions}-value"} <= set(registry.subjects)
+    finally:
+        worker.stop()
+        sink.stop()
+        configure_codecs(tiny_settings)
