@@ -247,6 +247,49 @@ def query(obj: _Context, sql: str, params: tuple[str, ...], allow_writes: bool, 
 
 
 @main.command()
+@_option("--wait-seconds", envvar="EHRSTREAM_INIT_WAIT_SECONDS", type=float, default=300.0, show_default=True)
+@click.pass_obj
+def init(obj: _Context, wait_seconds: float) -> None:
+    """One-shot set-up of a deployment: topics, ClickHouse tables (migrations), schemas in the registry (if any).
+
+    Waits (with backoff) up to --wait-seconds for the broker and ClickHouse; safe to run again.
+    """
+    import time
+
+    from streams.errors import SinkError
+    from streams.kafka_io import ensure_topics
+    from streams.schema_registry import check_schemas
+    from streams.sink.backend import open_backend
+    from streams.sink.migrations import migrate
+
+    settings = obj.settings()
+    topics = ensure_topics(settings, obj.bootstrap(), timeout_s=wait_seconds)
+    click.echo(f"topics: {', '.join(t for t in topics if t in settings.topics.all())}")
+    deadline, delay = time.monotonic() + wait_seconds, 1.0
+    backend = open_backend(settings)
+    try:
+        while True:
+            try:
+                applied = migrate(backend)
+                break
+            except SinkError as exc:
+                if time.monotonic() > deadline:
+                    raise click.ClickException(f"ClickHouse not ready after {wait_seconds:.0f} s: {exc}") from None
+                click.echo(f"waiting for ClickHouse ({exc.reason})", err=True)
+                time.sleep(delay)
+                delay = min(2 * delay, 10.0)
+    finally:
+        backend.close()
+    click.echo(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
+    if settings.schema_registry_url:
+        statuses = check_schemas(settings, register=True)
+        for status in statuses:
+            click.echo(f"schema {status.subject}: {'id ' + str(status.registry_id) if status.ok else 'INCOMPATIBLE'}")
+        if not all(s.ok for s in statuses):
+            raise SystemExit(1)
+
+
+@main.command()
 @click.option("--create/--list-only", default=True, show_default=True, help="Create missing project topics, or only list.")
 @click.pass_obj
 def topics(obj: _Context, create: bool) -> None:

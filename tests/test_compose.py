@@ -1,0 +1,186 @@
+"""docker-compose.yml, checked statically (no Docker engine runs here), and ``ehrstream init`` for real.
+
+The compose file is parsed as Compose does it (YAML with merge keys, ``${VAR:-default}`` substitution)
+and checked against what the code expects: every service, command, port, volume, secret, healthcheck
+and environment variable; the same environment is then loaded as ehrstream's settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streams.cli import main
+from streams.embedded import TansuBroker
+from streams.settings import Settings, load_settings
+from tests.conftest import REPO
+from tests.registry_server import LoopbackRegistry
+
+COMPOSE = REPO / "docker-compose.yml"
+EHRSTREAM_SERVICES = {"init", "worker", "worker-cpu", "sink", "review"}
+LONG_RUNNING = {"kafka", "clickhouse", "schema-registry", "worker", "worker-cpu", "sink", "review", "prometheus"}
+
+
+def _substitute(value: Any, env: dict[str, str]) -> Any:
+    """Compose's interpolation: ${VAR}, ${VAR:-default}, ${VAR:?error} (the error when unset or empty)."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3) or ""
+        current = env.get(name, "")
+        if op == ":?" and not current:
+            raise KeyError(f"{name}: {arg}")
+        return current or (arg if op == ":-" else "")
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    raw = yaml.safe_load(COMPOSE.read_text())  # merge keys (<<) resolved by the YAML loader
+    return _substitute(raw, {"EHRSTREAM_REVIEW__REVIEWERS": "[]"})  # type: ignore[no-any-return]
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    return {k: str(v) for k, v in env.items()}
+
+
+def test_every_service_is_there_with_its_image_and_restart_policy(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == EHRSTREAM_SERVICES | {"kafka", "clickhouse", "schema-registry", "prometheus"}
+    assert services["kafka"]["image"].startswith("apache/kafka:")  # the official image, KRaft mode
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
+    for name in LONG_RUNNING:
+        assert services[name]["restart"] == "unless-stopped", name
+        assert "healthcheck" in services[name] or name == "prometheus", name
+    assert services["init"]["restart"] == "on-failure"  # one shot, retried until it succeeds once
+    # persistent volumes for the broker's log and the database, declared at the top level
+    assert "kafka-data:/var/lib/kafka/data" in services["kafka"]["volumes"]
+    assert "clickhouse-data:/var/lib/clickhouse" in services["clickhouse"]["volumes"]
+    assert {"kafka-data", "clickhouse-data"} <= set(compose["volumes"])
+
+
+def test_ehrstream_services_run_real_commands_after_init(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in EHRSTREAM_SERVICES:
+        service = services[name]
+        assert service["build"]["context"] == "."
+        assert service["command"][0] in main.commands, (name, service["command"])
+        assert "clickhouse_password" in service["secrets"]
+        if name != "init":
+            assert service["depends_on"]["init"]["condition"] == "service_completed_successfully", name
+    init_deps = services["init"]["depends_on"]
+    assert init_deps["kafka"]["condition"] == init_deps["clickhouse"]["condition"] == "service_healthy"
+
+
+def test_workers_scale_share_a_group_and_only_the_gpu_profile_reserves_a_gpu(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    gpu, cpu = services["worker"], services["worker-cpu"]
+    for worker in (gpu, cpu):
+        # --scale needs no fixed container name and no host port
+        assert "container_name" not in worker and "ports" not in worker
+        assert "EHRSTREAM_WORKER_GROUP" not in _env(worker)  # every replica in the default group
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert _env(gpu)["EHRSTREAM_DEVICE"] == "cuda" and "cu12" in gpu["build"]["args"]["TORCH_INDEX_URL"]
+    assert "deploy" not in cpu and _env(cpu)["EHRSTREAM_DEVICE"] == "cpu"
+    assert gpu["profiles"] == ["gpu"] and cpu["profiles"] == ["cpu"]
+    partitions = int(_env(gpu)["EHRSTREAM_TOPIC_PARTITIONS"])
+    assert partitions >= 4  # room to scale out
+
+
+def test_addresses_ports_and_secrets_agree_across_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    kafka_env = services["kafka"]["environment"]
+    advertised = kafka_env["KAFKA_ADVERTISED_LISTENERS"].split("://", 1)[1]
+    for name in EHRSTREAM_SERVICES:
+        env = _env(services[name])
+        assert env["KAFKA_BOOTSTRAP_SERVERS"] == advertised
+        assert env["CLICKHOUSE_URL"] == "http://clickhouse:8123"
+        assert env["CLICKHOUSE_USER"] == services["clickhouse"]["environment"]["CLICKHOUSE_USER"]
+        assert env["CLICKHOUSE_PASSWORD_FILE"] == services["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD_FILE"]
+        assert env["CLICKHOUSE_PASSWORD_FILE"] == "/run/secrets/clickhouse_password"  # where Compose mounts the secret
+    assert compose["secrets"]["clickhouse_password"]["file"] == "./secrets/clickhouse_password"
+    # the records ehrstream produces fit the broker's limit
+    assert int(kafka_env["KAFKA_MESSAGE_MAX_BYTES"]) > Settings().max_record_bytes
+    # healthchecks probe the ports the processes serve
+    metrics_port = _env(services["sink"])["EHRSTREAM_METRICS_PORT"]
+    for name in ("worker", "worker-cpu", "sink"):
+        assert f"127.0.0.1:{metrics_port}/metrics" in " ".join(services[name]["healthcheck"]["test"]), name
+    review = services["review"]
+    port = review["command"][review["command"].index("--port") + 1]
+    assert review["ports"] == [f"127.0.0.1:{port}:{port}"] and f":{port}/healthz" in " ".join(review["healthcheck"]["test"])
+    prometheus = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    sd = prometheus["scrape_configs"][0]["dns_sd_configs"][0]
+    assert set(sd["names"]) == {"worker", "worker-cpu", "sink", "review"} and str(sd["port"]) == metrics_port
+    registry = services["schema-registry"]
+    assert registry["environment"]["SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS"].endswith(advertised)
+
+
+def test_the_compose_environment_is_valid_ehrstream_settings(
+    compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every variable the file sets is one ehrstream reads, and together they load (production checks included)."""
+    secret = tmp_path / "clickhouse_password"
+    secret.write_text("a-real-Password-41\n")
+    for name in EHRSTREAM_SERVICES:
+        env = _env(compose["services"][name])
+        for key in list(os.environ):
+            if key.startswith(("EHRSTREAM_", "CLICKHOUSE_", "KAFKA_", "SCHEMA_REGISTRY")):
+                monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, str(secret) if key.endswith("_FILE") else value)
+        settings = load_settings()
+        assert settings.environment == "production" and not settings.embedded_kafka and not settings.embedded_clickhouse
+        assert settings.clickhouse_password.get_secret_value() == "a-real-Password-41"
+        assert settings.metrics_port == 9400
+        known = {"KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_URL", "CLICKHOUSE_USER", "CLICKHOUSE_PASSWORD_FILE", "SCHEMA_REGISTRY_URL"}
+        for key in env:
+            field = key.removeprefix("EHRSTREAM_").split("__")[0].lower()
+            assert key in known or field in Settings.model_fields, (name, key)
+
+
+def test_the_image_holds_every_package(compose: dict[str, Any]) -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    packages = json.loads(re.search(r"^packages = (\[.*\])", pyproject, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    for top in {p.split(".")[0] for p in packages}:
+        assert f"COPY {top} ./{top}" in dockerfile, top
+    assert "COPY models ./models" in dockerfile and 'ENTRYPOINT ["ehrstream"]' in dockerfile
+    assert "ARG TORCH_INDEX_URL" in dockerfile and "USER ehrstream" in dockerfile
+
+
+@pytest.mark.slow
+def test_init_creates_topics_tables_and_registers_schemas(broker: TansuBroker, tmp_path: Path) -> None:
+    """What the compose `init` service runs, against the real broker, chdb and the loopback registry."""
+    with LoopbackRegistry() as registry:
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "SCHEMA_REGISTRY_URL": registry.url,
+            "EHRSTREAM_TOPICS__NOTES": f"init-notes-{tmp_path.name}",
+        }
+        cmd = [sys.executable, "-m", "streams.cli", "--data-dir", str(tmp_path / "data"), "init"]
+        first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert first.returncode == 0, first.stderr[-2000:]
+        assert f"init-notes-{tmp_path.name}" in first.stdout
+        assert "migrations applied: 001_tables.sql, 002_review.sql, 003_analytics.sql" in first.stdout
+        assert len(registry.subjects) == 5 and f"init-notes-{tmp_path.name}-value" in registry.subjects
+        again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and "none (up to date)" in again.stdout
+        assert len(registry.schemas) == 5  # nothing registered twice
