@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 DATASETS ?= ../shared/datasets
 NOTES  ?= 300
 
-.PHONY: venv browser demo test lint typecheck unit models evaluate bench clean
+.PHONY: venv browser demo test lint typecheck unit models evaluate bench soak clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ evaluate: venv
 
 bench: venv
 	$(BIN)/python benchmarks/codec_bench.py
+
+# Memory under a steady load (a benchmark, not a test): 10 minutes at 2 notes/s on the embedded stack.
+soak: venv
+	$(BIN)/ehrstream --log-level WARNING soak --minutes 10 --rate 2 --sample-seconds 20 --datasets $(DATASETS)
 
 clean:
 	rm -rf $(VENV) .ehrstream .pytest_cache .ruff_cache .mypy_cache

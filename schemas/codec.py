@@ -135,7 +135,8 @@ class AvroCodec(Generic[M]):
             return self._by_id[schema_id]
         if self.registry is None:
             raise RecordError(
-                ErrorKind.unknown_schema, f"Confluent wire format (schema id {schema_id}) but no schema registry is configured"
+                ErrorKind.unknown_schema,
+                f"starts with the Confluent magic byte (schema id {schema_id}) but no schema registry is configured",
             )
         try:
             writer = self._parse(self.registry.schema(schema_id))

@@ -69,7 +69,7 @@ def test_every_record_becomes_an_extraction_or_a_dead_letter(tiny_cls_dir: Path,
     records = [
         _record(codec_for(ClinicalNote).encode(note), 0),
         _record(note.model_copy(update={"note_id": "n2"}).model_dump_json().encode(), 1),
-        _record(b"\x00\x01 junk", 2),
+        _record(b"\x01\x00 junk", 2),
         _record(note.model_copy(update={"note_id": "n3", "text": "x" * 6000}).model_dump_json().encode(), 3),
     ]
     result = pipeline.process(records)
@@ -82,7 +82,7 @@ def test_every_record_becomes_an_extraction_or_a_dead_letter(tiny_cls_dir: Path,
     assert {r.task for r in extractions[0].results} == {"condition", "disease"}
     letters = [codec_for(DeadLetter).decode(v) for v in by_topic[topics.deadletter]]
     assert [(d.error_kind, d.source_offset) for d in letters] == [(ErrorKind.undecodable, 2), (ErrorKind.oversized, 3)]
-    assert letters[0].raw == b"\x00\x01 junk"
+    assert letters[0].raw == b"\x01\x00 junk"
     assert topics.review not in by_topic
 
 
