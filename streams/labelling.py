@@ -21,8 +21,9 @@ from schemas.clinical_note import ClinicalNote
 from schemas.codec import codec_for
 from schemas.extraction import DocumentLabel, Entity, Extraction, ExtractionStatus, TaskKind, TaskResult
 from schemas.review_task import ReasonKind, ReviewReason, ReviewTask
+from streams.formats.notes import read_records
 from streams.kafka_io import producer as make_producer
-from streams.publish import read_records, validate
+from streams.publish import validate
 from streams.settings import Settings
 
 

@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from streams.formats.fhir import Record, read_fhir
+from streams.formats.base import Record
+from streams.formats.fhir import read_fhir
 from streams.formats.hl7v2 import read_hl7v2
+from streams.formats.notes import read_records
 
 InputFormat = Literal["notes", "fhir", "hl7v2"]
 #: the files a directory input contributes, per format
@@ -30,6 +32,4 @@ def read_format(path: Path, fmt: InputFormat) -> Iterator[Record]:
         return read_fhir(path)
     if fmt == "hl7v2":
         return read_hl7v2(path)
-    from streams.publish import read_records
-
     return read_records(path)

@@ -31,9 +31,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from streams.formats.base import Record
+
 LOINC = "http://loinc.org"
-#: what each reader yields: (position, ClinicalNote fields) or (position, reason it was rejected)
-Record = tuple[int, dict[str, Any] | str]
 
 
 class _Bundle:
