@@ -153,6 +153,11 @@ def test_the_compose_environment_is_valid_ehrstream_settings(
         for key in env:
             field = key.removeprefix("EHRSTREAM_").split("__")[0].lower()
             assert key in known or field in Settings.model_fields, (name, key)
+        # the same settings run embedded once the two service addresses are left out
+        monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS")
+        monkeypatch.delenv("CLICKHOUSE_URL")
+        embedded = load_settings()
+        assert embedded.embedded_kafka and embedded.embedded_clickhouse and embedded.metrics_port == 9400
 
 
 def test_the_image_holds_every_package(compose: dict[str, Any]) -> None:
