@@ -95,6 +95,13 @@ class _Context:
         return str(stack["bootstrap"])
 
 
+def _report(table: str, json_line: str, as_json: bool) -> None:
+    """A benchmark's result: the table (on stderr with --json), then the JSON line on stdout when asked."""
+    click.echo(table, err=as_json)
+    if as_json:
+        click.echo(json_line)
+
+
 def _setup_logging(level: str) -> None:
     from streams.logs import configure_logging
 
@@ -403,9 +410,7 @@ def bench(
         latency_seconds=latency_seconds,
         echo=lambda line: click.echo(line, err=as_json),
     )
-    click.echo(format_result(result), err=as_json)
-    if as_json:
-        click.echo(result_json(result))
+    _report(format_result(result), result_json(result), as_json)
 
 
 @main.command()
@@ -436,9 +441,7 @@ def soak(
         sample_seconds=sample_seconds,
         echo=lambda line: click.echo(line, err=as_json),
     )
-    click.echo(format_result(result), err=as_json)
-    if as_json:
-        click.echo(result_json(result))
+    _report(format_result(result), result_json(result), as_json)
 
 
 @main.command()

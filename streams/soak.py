@@ -11,6 +11,7 @@ them; a leak grows in proportion to the notes processed. A benchmark, not a test
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -109,8 +110,6 @@ def run_soak(
     texts = bench_texts(min(total, 500), datasets)
     stack = BenchStack(settings, workers, work)
     result = SoakResult(rate_per_s=rate, seconds=0.0, published=0, stored=0, workers=workers)
-    import os
-
     pids = {"sink+chdb (this process)": os.getpid(), BROKER: stack.broker.pid or 0}
     pids.update({f"worker-{i}": w.pid or 0 for i, w in enumerate(stack.pool.workers)})
     try:
