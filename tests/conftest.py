@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -147,3 +148,17 @@ def write_config(path: Path, settings: Settings) -> Path:
         ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def wait_for_final(database: ChdbBackend, n: int, worker: Any, log: Path, timeout_s: float = 120.0) -> int:
+    """Poll ``extractions_final`` until it holds ``n`` notes (or the time is up) while the worker subprocess lives;
+    returns the count, for the caller to assert."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    stored = 0
+    while time.monotonic() < deadline and stored < n:
+        assert worker.alive(), log.read_text()[-3000:]
+        stored = int(database.query(f"SELECT count() FROM {database.database}.extractions_final").scalar())
+        time.sleep(0.5)
+    return stored

@@ -6,7 +6,6 @@ The registry is ``tests/registry_server.py``: Confluent's REST API and error cod
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ from streams.publish import publish_file
 from streams.schema_registry import configure_codecs, subjects
 from streams.settings import Settings, TopicSettings
 from streams.sink.backend import ChdbBackend
-from tests.conftest import write_config
+from tests.conftest import wait_for_final, write_config
 from tests.registry_server import LoopbackRegistry
 
 NOTE = ClinicalNote(
@@ -165,14 +164,8 @@ def test_the_stream_runs_on_confluent_framing_end_to_end(
         notes = tmp_path / "notes.jsonl"
         notes.write_text("".join(NOTE.model_copy(update={"note_id": f"cf-{i}"}).model_dump_json() + "\n" for i in range(8)))
         assert publish_file(notes, settings, broker.bootstrap, settings.topics.notes, progress=False).accepted == 8
+        assert wait_for_final(database, 8, worker, tmp_path / "worker.log") == 8
         db = database.database
-        deadline = time.monotonic() + 120
-        stored = 0
-        while time.monotonic() < deadline and stored < 8:
-            assert worker.alive(), (tmp_path / "worker.log").read_text()[-3000:]
-            stored = int(database.query(f"SELECT count() FROM {db}.extractions_final").scalar())
-            time.sleep(0.5)
-        assert stored == 8
         assert int(database.query(f"SELECT count() FROM {db}.dead_letters").scalar()) == 0
         # the worker registered the output schemas under the test's topics
         assert {f"{settings.topics.notes}-value", f"{settings.topics.extractions}-value"} <= set(registry.subjects)

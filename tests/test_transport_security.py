@@ -15,7 +15,6 @@ import shutil
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from streams.kafka_io import client_config, ensure_topics, faust_broker_settings
 from streams.publish import publish_file
 from streams.settings import KafkaSecurity, Settings, load_settings
 from streams.sink.backend import ChdbBackend
-from tests.conftest import write_config
+from tests.conftest import wait_for_final, write_config
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -148,14 +147,7 @@ def test_worker_publish_and_sink_speak_tls_to_the_broker(
             )
         )
         assert publish_file(notes, settings, bootstrap, settings.topics.notes, progress=False).accepted == 10
-        db = database.database
-        deadline = time.monotonic() + 120
-        stored = 0
-        while time.monotonic() < deadline and stored < 10:
-            assert worker.alive(), (tmp_path / "worker.log").read_text()[-3000:]
-            stored = int(database.query(f"SELECT count() FROM {db}.extractions_final").scalar())
-            time.sleep(0.5)
-        assert stored == 10
+        assert wait_for_final(database, 10, worker, tmp_path / "worker.log") == 10
         assert proxy.handshakes >= 3  # publish, worker and sink connections all came through TLS
     finally:
         worker.stop()
