@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (only Python needed):
 #   make demo   - create .venv, install, run the whole path on the embedded stack
-#   make test   - create .venv if missing, lint, type-check, run the test suite
+#   make test   - create .venv if missing, lint, check the layers, type-check, run the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 DATASETS ?= ../shared/datasets
 NOTES  ?= 300
 
-.PHONY: venv browser demo test lint typecheck unit models evaluate bench soak clean
+.PHONY: venv browser demo test lint layers typecheck unit models evaluate bench soak clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -35,13 +35,17 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# schemas <- agents <- streams, as contracted in pyproject.toml [tool.importlinter]
+layers: venv
+	$(BIN)/lint-imports
+
 typecheck: venv
 	$(BIN)/mypy
 
 unit: venv browser
 	$(BIN)/pytest
 
-test: lint typecheck unit
+test: lint layers typecheck unit
 
 # Retrain the shipped default models (GPU if present, CPU otherwise). Hyper-parameters were chosen on the
 # dev splits with tools/train_sweep.sh; test splits are only read by `make evaluate`.

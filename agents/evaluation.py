@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from agents.datasets import ClassificationExample, Example, NerExample
-from agents.runners import ModelRunner, TaskOutput
+from agents.runners import ModelRunner
 from agents.runners.base import softmax
 from agents.runners.classification import merge_window_probabilities
 from agents.runners.ner import word_probabilities
 from agents.runners.spans import TagScheme
 from agents.runners.windows import Windows
+from agents.types import TaskOutput
 from schemas.extraction import TaskKind
 from schemas.review_task import ReasonKind
 

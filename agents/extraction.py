@@ -13,34 +13,51 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
 from faust.streams import Stream
 
-from agents.pipeline import ExtractionPipeline, InRecord
-from streams.metrics import record_batch
-from streams.settings import Settings
+from agents.config import TopicSettings
+from agents.pipeline import ExtractionPipeline
+from agents.types import BatchResult, InRecord
 
 log = logging.getLogger(__name__)
 
 #: exit status of a worker that stopped rather than acknowledge an undelivered batch
 EXIT_UNDELIVERED = 75
 
+#: called after each delivered batch with (result, records taken, produce seconds): the metrics hook
+BatchObserver = Callable[[BatchResult, int, float], None]
 
-def register_extraction_agent(app: faust.App, settings: Settings, pipeline: ExtractionPipeline) -> Any:
-    notes = app.topic(settings.topics.notes, value_serializer="raw", key_serializer="raw")
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What the agent needs of the settings: its topics and the micro-batch bounds."""
+
+    topics: TopicSettings
+    topic_partitions: int
+    batch_max_notes: int
+    batch_max_seconds: float
+
+
+def register_extraction_agent(
+    app: faust.App, config: AgentConfig, pipeline: ExtractionPipeline, on_batch: BatchObserver | None = None
+) -> Any:
+    notes = app.topic(config.topics.notes, value_serializer="raw", key_serializer="raw")
     outputs = {
-        name: app.topic(name, value_serializer="raw", key_serializer="raw", partitions=settings.topic_partitions)
-        for name in (settings.topics.extractions, settings.topics.review, settings.topics.deadletter)
+        name: app.topic(name, value_serializer="raw", key_serializer="raw", partitions=config.topic_partitions)
+        for name in (config.topics.extractions, config.topics.review, config.topics.deadletter)
     }
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
 
     @app.agent(notes, name="extract")
     async def extract(stream: faust.StreamT[bytes]) -> None:
         loop = asyncio.get_running_loop()
-        batches = cast(Stream[bytes], stream).take_events(settings.batch_max_notes, within=settings.batch_max_seconds)
+        batches = cast(Stream[bytes], stream).take_events(config.batch_max_notes, within=config.batch_max_seconds)
         async for events in batches:
             records = [
                 InRecord(ev.message.value or b"", ev.message.key, ev.message.topic, ev.message.partition, ev.message.offset)
@@ -63,7 +80,8 @@ def register_extraction_agent(app: faust.App, settings: Settings, pipeline: Extr
                 )
                 logging.shutdown()
                 os._exit(EXIT_UNDELIVERED)
-            record_batch(result, len(records), produce_seconds)
+            if on_batch is not None:
+                on_batch(result, len(records), produce_seconds)
             log.info(
                 "batch of %d: %d extracted (%d auto-accepted, %d to review), %d dead-lettered",
                 len(records),

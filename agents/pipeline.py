@@ -10,13 +10,12 @@ and encode an Extraction (and a ReviewTask when needed) per note.
 from __future__ import annotations
 
 import logging
-import time
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
-from agents.runners import ModelRunner, TaskOutput
+from agents.config import TopicSettings
+from agents.routing import RoutingPolicy
+from agents.runners import ModelRunner
+from agents.types import BatchResult, InRecord, OutRecord, TaskOutput
 from schemas._base import utc_now
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import codec_for, decode_note
@@ -24,52 +23,8 @@ from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.errors import RecordError
 from schemas.extraction import Extraction
 from schemas.review_task import ReviewTask
-from streams.routing import RoutingPolicy
-from streams.settings import TopicSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InRecord:
-    value: bytes
-    key: bytes | None
-    topic: str
-    partition: int
-    offset: int
-
-
-@dataclass(frozen=True)
-class OutRecord:
-    topic: str
-    key: bytes | None
-    value: bytes
-
-
-@dataclass
-class BatchResult:
-    records: list[OutRecord] = field(default_factory=list)
-    extracted: int = 0
-    auto_accepted: int = 0
-    routed_to_review: int = 0
-    dead_lettered: int = 0
-    #: wall seconds per stage (decode, tokenise, infer, postprocess, encode), for metrics and the benchmark
-    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    #: CPU seconds of the thread that ran each stage
-    stage_cpu_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    #: review reasons by (task, kind, label)
-    review_reasons: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
-    #: dead letters by kind
-    dead_kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-    @contextmanager
-    def timed(self, stage: str) -> Iterator[None]:
-        wall, cpu = time.perf_counter(), time.thread_time()
-        try:
-            yield
-        finally:
-            self.stage_seconds[stage] += time.perf_counter() - wall
-            self.stage_cpu_seconds[stage] += time.thread_time() - cpu
 
 
 class ExtractionPipeline:

@@ -11,11 +11,12 @@ from collections.abc import Sequence
 
 import faust
 
-from agents.extraction import register_extraction_agent
+from agents.extraction import AgentConfig, register_extraction_agent
 from agents.pipeline import ExtractionPipeline
+from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
 from streams.kafka_io import faust_broker_settings
-from streams.routing import RoutingPolicy
+from streams.metrics import record_batch
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,5 +60,6 @@ def create_app(settings: Settings, bootstrap: str, runners: Sequence[ModelRunner
         settings.max_note_bytes,
         settings.max_record_bytes,
     )
-    register_extraction_agent(app, settings, pipeline)
+    config = AgentConfig(settings.topics, settings.topic_partitions, settings.batch_max_notes, settings.batch_max_seconds)
+    register_extraction_agent(app, config, pipeline, on_batch=record_batch)
     return app

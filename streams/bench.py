@@ -32,12 +32,13 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from agents.config import TaskSettings
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import codec_for
 from schemas.extraction import TaskKind
 from streams.embedded import EMBEDDED_TIMEOUTS, SinkThread, TansuBroker, WorkerPool, free_port, worker_plan
 from streams.kafka_io import ensure_topics, producer
-from streams.settings import Settings, TaskSettings
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from typing import Any
 from kafka import TopicPartition
 from tqdm import tqdm
 
+from agents.config import REPO_ROOT
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import MARKER, codec_for
 from schemas.dead_letter import DeadLetter
@@ -33,7 +34,7 @@ from streams.kafka_io import consumer as make_consumer
 from streams.kafka_io import ensure_topics
 from streams.kafka_io import producer as make_producer
 from streams.publish import PublishSummary, read_notes
-from streams.settings import REPO_ROOT, Settings
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

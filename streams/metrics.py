@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 if TYPE_CHECKING:
-    from agents.pipeline import BatchResult
+    from agents.types import BatchResult
 
 log = logging.getLogger(__name__)
 

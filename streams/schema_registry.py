@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from agents.config import TopicSettings
 from schemas._base import AvroModel
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import codec_for, schema_history, schema_text, use_registry
@@ -19,7 +20,7 @@ from schemas.extraction import Extraction
 from schemas.registry import SchemaRegistryClient
 from schemas.review_decision import ReviewDecision
 from schemas.review_task import ReviewTask
-from streams.settings import Settings, TopicSettings
+from streams.settings import Settings
 
 
 def subjects(topics: TopicSettings) -> dict[type[AvroModel], str]:

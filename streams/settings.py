@@ -15,59 +15,10 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from schemas.extraction import TaskKind
-from schemas.review_task import ReasonKind
+from agents.config import TaskSettings, TopicSettings, default_tasks
 from streams.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = REPO_ROOT / "models"
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "password", "secret", "default", "clickhouse"}
-
-
-class TaskSettings(BaseModel):
-    """One configured task: its model and its routing thresholds."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
-    kind: TaskKind
-    model_dir: Path
-    #: a decision at or above this confidence is auto-accepted
-    threshold: float = Field(default=0.9, ge=0.0, le=1.0)
-    #: per-label overrides of ``threshold``
-    label_thresholds: dict[str, float] = Field(default_factory=dict)
-    #: NER recall guard: a word tagged O is sent to review when p(O) is below this. Set by policy, not by
-    #: ``calibrate`` (which targets the precision of what is accepted, not what is missed).
-    possible_entity_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
-
-    def threshold_for(self, label: str, kind: ReasonKind = ReasonKind.entity) -> float:
-        if kind is ReasonKind.possible_entity:
-            return self.possible_entity_threshold
-        return self.label_thresholds.get(label, self.threshold)
-
-
-def default_tasks() -> list[TaskSettings]:
-    return [
-        TaskSettings(name="condition", kind=TaskKind.classification, model_dir=DEFAULT_MODELS / "condition", threshold=0.8),
-        TaskSettings(name="disease", kind=TaskKind.ner, model_dir=DEFAULT_MODELS / "disease", threshold=0.8),
-    ]
-
-
-class TopicSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    notes: str = "ehr.notes"
-    extractions: str = "ehr.extractions"
-    review: str = "ehr.review"
-    review_decisions: str = "ehr.review-decisions"
-    deadletter: str = "ehr.deadletter"
-
-    def all(self) -> list[str]:
-        return [self.notes, self.extractions, self.review, self.review_decisions, self.deadletter]
-
-    def results(self) -> list[str]:
-        """The topics the sink consumes."""
-        return [self.extractions, self.review, self.review_decisions, self.deadletter]
 
 
 class ReviewerAccount(BaseModel):

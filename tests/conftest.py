@@ -15,10 +15,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification
 
+from agents.config import TaskSettings, TopicSettings
 from agents.model_dir import DEFAULT_BACKBONE, resolve_base
 from schemas.extraction import TaskKind
 from streams.embedded import TansuBroker
-from streams.settings import Settings, TaskSettings, TopicSettings
+from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 
 REPO = Path(__file__).resolve().parents[1]

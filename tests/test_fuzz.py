@@ -23,9 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
 
+from agents.config import TaskSettings, TopicSettings
 from agents.model_dir import load_model
-from agents.pipeline import ExtractionPipeline, InRecord
+from agents.pipeline import ExtractionPipeline
+from agents.routing import RoutingPolicy
 from agents.runners import build_runner
+from agents.types import InRecord
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import codec_for
 from schemas.dead_letter import DeadLetter
@@ -33,8 +36,7 @@ from schemas.extraction import Extraction, TaskKind
 from schemas.review_task import ReviewTask
 from streams.embedded import TansuBroker, WorkerProcess
 from streams.kafka_io import ensure_topics, producer
-from streams.routing import RoutingPolicy
-from streams.settings import Settings, TaskSettings, TopicSettings
+from streams.settings import Settings
 from tests.conftest import write_config
 
 MAX_NOTE_BYTES = 300_000

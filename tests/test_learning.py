@@ -13,15 +13,15 @@ from click.testing import CliRunner
 
 from agents.datasets import NerExample
 from agents.evaluation import calibration, ner_report
-from agents.pipeline import ExtractionPipeline, InRecord
-from agents.runners.base import Decision, TaskOutput
+from agents.pipeline import ExtractionPipeline
+from agents.routing import RoutingPolicy
+from agents.types import Decision, InRecord, TaskOutput
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import codec_for
 from schemas.extraction import Entity, Extraction, ExtractionStatus, TaskKind, TaskResult
 from schemas.review_task import ReasonKind
 from streams.app import build_runners
 from streams.cli import main
-from streams.routing import RoutingPolicy
 from streams.settings import load_settings
 from streams.sink.backend import ChdbBackend
 from streams.sink.migrations import migrate

@@ -11,6 +11,7 @@ from kafka import KafkaConsumer, TopicPartition
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
+from agents.config import TopicSettings
 from agents.llm_labeller import LlmLabeller, parse_entities
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import codec_for
@@ -19,7 +20,7 @@ from schemas.review_task import ReviewTask
 from streams.embedded import TansuBroker
 from streams.kafka_io import ensure_topics
 from streams.labelling import label_file
-from streams.settings import Settings, TopicSettings
+from streams.settings import Settings
 
 TEXT = "Patient has asthma. Asthma is worse at night; no diabetes."
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agents.config import TaskSettings, TopicSettings
 from agents.model_dir import load_model
-from agents.pipeline import ExtractionPipeline, InRecord
+from agents.pipeline import ExtractionPipeline
+from agents.routing import RoutingPolicy
 from agents.runners import build_runner
-from agents.runners.base import Decision
+from agents.types import Decision, InRecord
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import codec_for
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.extraction import Extraction, ExtractionStatus, TaskKind
 from schemas.review_task import ReasonKind, ReviewTask
-from streams.routing import RoutingPolicy
-from streams.settings import TaskSettings, TopicSettings
 
 
 def test_routing_uses_task_thresholds_and_label_overrides(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from agents.config import TopicSettings
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import codec_for, decode_note, schema_history, schema_text, use_registry
 from schemas.dead_letter import ErrorKind
@@ -23,7 +24,7 @@ from streams.embedded import SinkThread, TansuBroker, WorkerProcess, free_port
 from streams.kafka_io import ensure_topics
 from streams.publish import publish_file
 from streams.schema_registry import configure_codecs, subjects
-from streams.settings import Settings, TopicSettings
+from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 from tests.conftest import wait_for_final, write_config
 from tests.registry_server import LoopbackRegistry

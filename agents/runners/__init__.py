@@ -3,11 +3,11 @@
 import torch
 
 from agents.model_dir import LoadedModel
-from agents.runners.base import Decision, ModelRunner, TaskOutput
+from agents.runners.base import ModelRunner
 from agents.runners.classification import ClassificationRunner
 from agents.runners.ner import NerRunner
 
-__all__ = ["ClassificationRunner", "Decision", "ModelRunner", "NerRunner", "TaskOutput", "build_runner"]
+__all__ = ["ClassificationRunner", "ModelRunner", "NerRunner", "build_runner"]
 
 
 def build_runner(

@@ -10,7 +10,6 @@ to float32 before numpy).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,26 +17,7 @@ from tqdm import tqdm
 
 from agents.model_dir import LoadedModel
 from agents.runners.windows import Windows, make_windows
-from schemas.extraction import TaskResult
-from schemas.review_task import ReasonKind
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One thing the model decided about a note, with the confidence routing compares to a threshold."""
-
-    task: str
-    kind: ReasonKind
-    label: str
-    confidence: float
-    start: int | None = None
-    end: int | None = None
-
-
-@dataclass(frozen=True)
-class TaskOutput:
-    result: TaskResult
-    decisions: list[Decision]
+from agents.types import TaskOutput
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.runners.base import Decision, ModelRunner, TaskOutput
+from agents.runners.base import ModelRunner
 from agents.runners.windows import Windows
+from agents.types import Decision, TaskOutput
 from schemas.extraction import DocumentLabel, TaskKind, TaskResult
 from schemas.review_task import ReasonKind
 

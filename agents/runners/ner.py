@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.runners.base import Decision, ModelRunner, TaskOutput
+from agents.runners.base import ModelRunner
 from agents.runners.spans import TagScheme, decode_spans
 from agents.runners.windows import Windows
+from agents.types import Decision, TaskOutput
 from schemas.extraction import Entity, TaskKind, TaskResult
 from schemas.review_task import ReasonKind
 

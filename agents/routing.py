@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agents.runners.base import Decision
+from agents.config import TaskSettings
+from agents.types import Decision
 from schemas.extraction import ExtractionStatus
 from schemas.review_task import ReasonKind, ReviewReason
-from streams.settings import TaskSettings
 
 
 class RoutingPolicy:

@@ -1,0 +1,63 @@
+"""What the agent layer is configured with: the tasks (model, routing thresholds) and the topic names.
+
+These are plain frozen models; ``streams.settings.Settings`` composes them with everything around the agent
+(Kafka, ClickHouse, review app) and reads them once from the environment and the config file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.extraction import TaskKind
+from schemas.review_task import ReasonKind
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = REPO_ROOT / "models"
+
+
+class TaskSettings(BaseModel):
+    """One configured task: its model and its routing thresholds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    kind: TaskKind
+    model_dir: Path
+    #: a decision at or above this confidence is auto-accepted
+    threshold: float = Field(default=0.9, ge=0.0, le=1.0)
+    #: per-label overrides of ``threshold``
+    label_thresholds: dict[str, float] = Field(default_factory=dict)
+    #: NER recall guard: a word tagged O is sent to review when p(O) is below this. Set by policy, not by
+    #: ``calibrate`` (which targets the precision of what is accepted, not what is missed).
+    possible_entity_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
+
+    def threshold_for(self, label: str, kind: ReasonKind = ReasonKind.entity) -> float:
+        if kind is ReasonKind.possible_entity:
+            return self.possible_entity_threshold
+        return self.label_thresholds.get(label, self.threshold)
+
+
+def default_tasks() -> list[TaskSettings]:
+    return [
+        TaskSettings(name="condition", kind=TaskKind.classification, model_dir=DEFAULT_MODELS / "condition", threshold=0.8),
+        TaskSettings(name="disease", kind=TaskKind.ner, model_dir=DEFAULT_MODELS / "disease", threshold=0.8),
+    ]
+
+
+class TopicSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    notes: str = "ehr.notes"
+    extractions: str = "ehr.extractions"
+    review: str = "ehr.review"
+    review_decisions: str = "ehr.review-decisions"
+    deadletter: str = "ehr.deadletter"
+
+    def all(self) -> list[str]:
+        return [self.notes, self.extractions, self.review, self.review_decisions, self.deadletter]
+
+    def results(self) -> list[str]:
+        """The topics the sink consumes."""
+        return [self.extractions, self.review, self.review_decisions, self.deadletter]
