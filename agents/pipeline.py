@@ -18,7 +18,7 @@ from agents.runners import ModelRunner
 from agents.types import BatchResult, InRecord, OutRecord, TaskOutput
 from schemas._base import utc_now
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for, decode_note
+from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.errors import RecordError
 from schemas.extraction import Extraction
@@ -35,15 +35,18 @@ class ExtractionPipeline:
         topics: TopicSettings,
         max_note_bytes: int,
         max_record_bytes: int = 1_000_000,
+        *,
+        codecs: Codecs,
     ) -> None:
         self.runners = list(runners)
         self.policy = policy
         self.topics = topics
         self.max_note_bytes = max_note_bytes
         self.max_record_bytes = max_record_bytes
-        self._extraction_codec = codec_for(Extraction)
-        self._review_codec = codec_for(ReviewTask)
-        self._dead_codec = codec_for(DeadLetter)
+        self.codecs = codecs
+        self._extraction_codec = codecs.of(Extraction)
+        self._review_codec = codecs.of(ReviewTask)
+        self._dead_codec = codecs.of(DeadLetter)
 
     def process(self, records: Sequence[InRecord]) -> BatchResult:
         result = BatchResult()
@@ -51,7 +54,7 @@ class ExtractionPipeline:
         with result.timed("decode"):
             for record in records:
                 try:
-                    notes.append((record, decode_note(record.value, self.max_note_bytes)))
+                    notes.append((record, self.codecs.decode_note(record.value, self.max_note_bytes)))
                 except RecordError as exc:
                     self._dead(result, record, exc.kind, exc.message)
         if notes:

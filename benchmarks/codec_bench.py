@@ -16,7 +16,7 @@ import avro.schema
 import fastavro
 
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import HEADER_SIZE, codec_for, decode_note, schema_text
+from schemas.codec import HEADER_SIZE, Codecs, schema_text
 
 NOTE = ClinicalNote(
     note_id="bench-000001",
@@ -32,7 +32,8 @@ NOTE = ClinicalNote(
 
 
 def main() -> None:
-    codec = codec_for(ClinicalNote)
+    plain = Codecs()
+    codec = plain.of(ClinicalNote)
     reference = avro.schema.parse(schema_text(ClinicalNote.avro_schema))
     writer, reader = avro.io.DatumWriter(reference), avro.io.DatumReader(reference)
     record = NOTE.model_dump()
@@ -53,7 +54,7 @@ def main() -> None:
         reader.read(avro.io.BinaryDecoder(buf))
 
     def notes_topic() -> None:  # what the worker does per record: decode + validate
-        decode_note(encoded, 1_000_000)
+        plain.decode_note(encoded, 1_000_000)
 
     encoded = codec.encode(NOTE)
     results = {}

@@ -4,9 +4,11 @@ Wire format (Avro specification, "Single-object encoding"): the two marker bytes
 ``C3 01``, the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's
 parsing canonical form, then the Avro binary body. A reader looks the fingerprint
 up among the schemas it knows, so no registry is needed. With a Confluent Schema
-Registry configured (:func:`use_registry`), every codec also reads the Confluent wire
+Registry configured, every codec also reads the Confluent wire
 format (``0x00`` + 4-byte schema id + body, the writer schema fetched by id) and, when
-asked, writes it. The notes topic also accepts a JSON object validated by
+asked, writes it. A :class:`Codecs` object holds one codec per model for a process: built once
+from the settings and passed down (plain ``Codecs()`` when there is no registry), never global.
+The notes topic also accepts a JSON object validated by
 :class:`~schemas.clinical_note.ClinicalNote`.
 
 fastavro does the binary work: it measured about 6x faster than the reference
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import resources
 from typing import Any, Generic, TypeVar
@@ -84,13 +86,22 @@ def validation_summary(error: ValidationError) -> str:
 
 
 class AvroCodec(Generic[M]):
-    """Encodes one model type to single-object Avro and decodes it back.
+    """Encodes one model type to single-object Avro (or Confluent framing) and decodes it back.
 
     ``writer_schemas`` adds older versions of the schema (JSON text) that may still be
     on a topic: records written with them are read and resolved to the current one.
+    With a ``registry``, the Confluent wire format is read too, and written when
+    ``produce_confluent`` (under ``subject``).
     """
 
-    def __init__(self, model: type[M], writer_schemas: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        model: type[M],
+        writer_schemas: Iterable[str] = (),
+        registry: SchemaRegistryClient | None = None,
+        subject: str | None = None,
+        produce_confluent: bool = False,
+    ) -> None:
         self.model = model
         self.schema = self._parse(schema_text(model.avro_schema))
         self.canonical_form = fastavro.schema.to_parsing_canonical_form(self.schema)
@@ -101,10 +112,10 @@ class AvroCodec(Generic[M]):
             parsed = self._parse(text)
             fp = rabin_fingerprint(fastavro.schema.to_parsing_canonical_form(parsed))
             self._writers[fp] = parsed
-        #: set by :func:`use_registry`: the registry, this model's subject, and whether to write Confluent framing
-        self.registry: SchemaRegistryClient | None = None
-        self.subject: str | None = None
-        self.produce_confluent = False
+        self.registry = registry
+        self.subject = subject if registry is not None else None
+        self.produce_confluent = produce_confluent and registry is not None
+        #: writer schemas fetched from the registry by id
         self._by_id: dict[int, Any] = {}
 
     @staticmethod
@@ -117,16 +128,9 @@ class AvroCodec(Generic[M]):
         fastavro.schemaless_writer(out, self.schema, obj.model_dump())
         return out.getvalue()
 
-    def set_registry(self, registry: SchemaRegistryClient | None, subject: str | None, produce_confluent: bool) -> None:
-        """Schema ids belong to one registry: changing it forgets the writer schemas fetched so far."""
-        self.registry = registry
-        self.subject = subject if registry is not None else None
-        self.produce_confluent = produce_confluent and registry is not None
-        self._by_id.clear()
-
     def _confluent_header(self) -> bytes:
         if self.registry is None or self.subject is None:
-            raise RuntimeError(f"{self.model.__name__}: Confluent framing needs a schema registry (use_registry)")
+            raise RuntimeError(f"{self.model.__name__}: Confluent framing needs a schema registry")
         schema_id = self.registry.register(self.subject, schema_text(self.model.avro_schema))  # cached after the first
         return confluent_header(schema_id)
 
@@ -175,27 +179,50 @@ class AvroCodec(Generic[M]):
             raise RecordError(ErrorKind.validation_error, validation_summary(exc)) from None
 
 
-_CODECS: dict[type[AvroModel], AvroCodec[Any]] = {}
+class Codecs:
+    """One codec per model type for this process: plain single-object Avro, or with a schema registry (each
+    model's subject ``<topic>-value``) and, with ``produce_confluent``, Confluent framing on write. Every codec
+    also reads its schema's earlier versions. Built once from the settings and passed down."""
+
+    def __init__(
+        self,
+        registry: SchemaRegistryClient | None = None,
+        subjects: Mapping[type[AvroModel], str] | None = None,
+        produce_confluent: bool = False,
+    ) -> None:
+        self.registry = registry
+        self.subjects = dict(subjects or {})
+        self.produce_confluent = produce_confluent and registry is not None
+        self._codecs: dict[type[AvroModel], AvroCodec[Any]] = {}
+
+    def of(self, model: type[M]) -> AvroCodec[M]:
+        """The codec for ``model``, built on first use."""
+        codec = self._codecs.get(model)
+        if codec is None:
+            codec = self._codecs[model] = AvroCodec(
+                model,
+                writer_schemas=schema_history(model.avro_schema),
+                registry=self.registry,
+                subject=self.subjects.get(model),
+                produce_confluent=self.produce_confluent,
+            )
+        return codec
+
+    def decode_note(self, data: bytes, max_bytes: int) -> ClinicalNote:
+        """A ClinicalNote from the notes topic: Avro (single-object or Confluent framing) or a JSON object.
+
+        Raises :class:`RecordError` (kind and a PHI-free message) for anything else: an
+        oversized record, bytes that are neither, JSON that fails validation, empty text.
+        """
+        return decode_note(data, max_bytes, self.of(ClinicalNote))
 
 
-def codec_for(model: type[M]) -> AvroCodec[M]:
-    """The one codec per model type, built on first use; it also reads the schema's earlier versions."""
-    codec = _CODECS.get(model)
-    if codec is None:
-        codec = _CODECS[model] = AvroCodec(model, writer_schemas=schema_history(model.avro_schema))
-    return codec
-
-
-def decode_note(data: bytes, max_bytes: int) -> ClinicalNote:
-    """A ClinicalNote from the notes topic: Avro single-object encoding or a JSON object.
-
-    Raises :class:`RecordError` (kind and a PHI-free message) for anything else: an
-    oversized record, bytes that are neither, JSON that fails validation, empty text.
-    """
+def decode_note(data: bytes, max_bytes: int, codec: AvroCodec[ClinicalNote]) -> ClinicalNote:
+    """See :meth:`Codecs.decode_note`; ``codec`` reads the Avro forms."""
     if len(data) > max_bytes:
         raise RecordError(ErrorKind.oversized, f"record is {len(data)} bytes, limit is {max_bytes}")
     if data[:2] == MARKER or data[:1] == MAGIC:
-        note = codec_for(ClinicalNote).decode(data)
+        note = codec.decode(data)
     else:
         try:
             text = bytes(data).decode("utf-8")
@@ -217,10 +244,3 @@ def decode_note(data: bytes, max_bytes: int) -> ClinicalNote:
     if not note.text.strip():
         raise RecordError(ErrorKind.empty_text, "note text is empty or whitespace only")
     return note
-
-
-def use_registry(registry: SchemaRegistryClient | None, subjects: dict[type[AvroModel], str], produce_confluent: bool = False) -> None:
-    """Give each model's codec the registry and its subject (``<topic>-value``); with ``produce_confluent`` the
-    codecs write Confluent framing. Once per process, from the settings; ``None`` turns it off again."""
-    for model, subject in subjects.items():
-        codec_for(model).set_registry(registry, subject, produce_confluent)

@@ -15,6 +15,7 @@ from agents.extraction import AgentConfig, register_extraction_agent
 from agents.pipeline import ExtractionPipeline
 from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
+from schemas.codec import Codecs
 from streams.kafka_io import faust_broker_settings
 from streams.metrics import record_batch
 from streams.settings import Settings
@@ -38,7 +39,7 @@ def build_runners(settings: Settings) -> list[ModelRunner]:
     return runners
 
 
-def create_app(settings: Settings, bootstrap: str, runners: Sequence[ModelRunner] | None = None) -> faust.App:
+def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequence[ModelRunner] | None = None) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates its datadir, but not the parents
     app = faust.App(
         settings.worker_group,
@@ -59,6 +60,7 @@ def create_app(settings: Settings, bootstrap: str, runners: Sequence[ModelRunner
         settings.topics,
         settings.max_note_bytes,
         settings.max_record_bytes,
+        codecs=codecs,
     )
     config = AgentConfig(settings.topics, settings.topic_partitions, settings.batch_max_notes, settings.batch_max_seconds)
     register_extraction_agent(app, config, pipeline, on_batch=record_batch)

@@ -27,17 +27,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import tomli_w
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from agents.config import TaskSettings
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for
 from schemas.extraction import TaskKind
 from streams.embedded import EMBEDDED_TIMEOUTS, SinkThread, TansuBroker, WorkerPool, free_port, worker_plan
 from streams.kafka_io import ensure_topics, producer
+from streams.schema_registry import build_codecs
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -171,17 +170,12 @@ class BenchStack:
         ensure_topics(settings, self.broker.bootstrap)
         self.sink = SinkThread(settings, self.broker.bootstrap)
         self.sink.start()
-        config = data_dir / "bench.toml"
-        # everything the workers need to agree with this process (topics, groups, tasks); no secrets, no addresses
-        private = {"clickhouse_url", "clickhouse_user", "clickhouse_password", "kafka", "kafka_bootstrap_servers", "review", "data_dir"}
-        shared = settings.model_dump(mode="json", exclude=private, exclude_none=True)
-        config.write_text(tomli_w.dumps(shared))
         self.metrics_ports = [free_port() for _ in range(workers)]
-        self.pool = WorkerPool(settings, self.broker.bootstrap, config, data_dir, metrics_ports=self.metrics_ports)
+        self.pool = WorkerPool(settings, self.broker.bootstrap, data_dir, metrics_ports=self.metrics_ports)
         self.pool.start()
         self._written = 0
         self.producer = producer(settings, self.broker.bootstrap, linger_ms=20, batch_size=1 << 20, max_request_size=4 << 20)
-        self.codec = codec_for(ClinicalNote)
+        self.codec = build_codecs(settings).of(ClinicalNote)
 
     def publish(self, phase: str, texts: list[str], pace: Callable[[int], None] | None = None, first_index: int = 0) -> dict[str, float]:
         sent: dict[str, float] = {}

@@ -73,13 +73,10 @@ class _Context:
         self._settings: Any = None
 
     def settings(self, **overrides: Any) -> Any:
-        from streams.settings import load_settings
+        from streams.settings import Settings
 
         if self._settings is None or overrides:
-            from streams.schema_registry import configure_codecs
-
-            self._settings = load_settings(self.config, **{"log_level": self.log_level, "data_dir": self.data_dir, **overrides})
-            configure_codecs(self._settings)  # the codecs read (and maybe write) Confluent framing when a registry is set
+            self._settings = Settings.load(self.config, **{"log_level": self.log_level, "data_dir": self.data_dir, **overrides})
         return self._settings
 
     def bootstrap(self) -> str:
@@ -144,6 +141,7 @@ def worker(obj: _Context) -> None:
     from streams.app import create_app
     from streams.lag import monitor_lag
     from streams.metrics import register_gpu_metrics, serve
+    from streams.schema_registry import build_codecs
 
     settings = obj.settings()
     bootstrap = obj.bootstrap()
@@ -151,7 +149,7 @@ def worker(obj: _Context) -> None:
     if settings.metrics_port:
         register_gpu_metrics(settings.device)
     monitor_lag(settings, bootstrap, settings.worker_group, [settings.topics.notes])
-    app = create_app(settings, bootstrap)
+    app = create_app(settings, bootstrap, build_codecs(settings))
     Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False).execute_from_commandline()
 
 
@@ -341,7 +339,7 @@ def demo(obj: _Context, notes: int, datasets: Path, input_path: Path | None, fmt
         data_dir=(obj.data_dir or base.data_dir) / "demo", topic_partitions=min(base.topic_partitions, 2), **EMBEDDED_TIMEOUTS
     )
     source = (input_path, cast(InputFormat, fmt)) if input_path is not None else None
-    summary = run_demo(settings, notes, obj.config, datasets, echo=lambda line: click.echo(line, err=as_json), source=source)
+    summary = run_demo(settings, notes, datasets, echo=lambda line: click.echo(line, err=as_json), source=source)
     click.echo(summary_table(summary), err=as_json)
     example = f"SELECT status, count() FROM {settings.clickhouse_database}.extractions_final GROUP BY status"  # noqa: S608 (printed, not run)
     click.echo(f"explore: ehrstream --data-dir {settings.data_dir} query '{example}'", err=as_json)
@@ -355,7 +353,7 @@ def up(obj: _Context) -> None:
     """Run the embedded stack (Tansu, worker, sink with query endpoint) until Ctrl-C."""
     from streams.stack import run_stack
 
-    run_stack(obj.settings(), obj.config, echo=click.echo)
+    run_stack(obj.settings(), echo=click.echo)
 
 
 @main.command()

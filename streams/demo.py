@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from agents.config import REPO_ROOT
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import MARKER, codec_for
+from schemas.codec import MARKER, Codecs
 from schemas.dead_letter import DeadLetter
 from schemas.extraction import Extraction, ExtractionStatus
 from streams.embedded import SinkThread, TansuBroker, WorkerPool
@@ -34,6 +34,7 @@ from streams.kafka_io import consumer as make_consumer
 from streams.kafka_io import ensure_topics
 from streams.kafka_io import producer as make_producer
 from streams.publish import PublishSummary, read_notes
+from streams.schema_registry import build_codecs
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,9 @@ def _note(key: str, note_type: str, text: str, source: str, created: datetime) -
     )
 
 
-def demo_records(corpus: DemoCorpus, n: int, run_id: str) -> list[tuple[bytes, bytes]]:
+def demo_records(corpus: DemoCorpus, n: int, run_id: str, codecs: Codecs) -> list[tuple[bytes, bytes]]:
     """N (key, value) records: good notes as Avro and JSON alternately, one bad record in fifty."""
-    codec = codec_for(ClinicalNote)
+    codec = codecs.of(ClinicalNote)
     out = []
     for i in range(n):
         if i % 50 == 49:
@@ -117,7 +118,7 @@ class TopicCounts:
     dead_lettered: int = 0
 
 
-def count_topics(settings: Settings, bootstrap: str) -> TopicCounts:
+def count_topics(settings: Settings, bootstrap: str, codecs: Codecs) -> TopicCounts:
     """Distinct notes per status on the extractions topic, and dead letters, read from the start."""
     consumer = make_consumer(settings, bootstrap, group_id=None, consumer_timeout_ms=1000)
     try:
@@ -131,7 +132,7 @@ def count_topics(settings: Settings, bootstrap: str) -> TopicCounts:
         end = consumer.end_offsets(parts)
         status: dict[str, ExtractionStatus] = {}
         dead: set[tuple[str, int, int]] = set()
-        extraction_codec, dead_codec = codec_for(Extraction), codec_for(DeadLetter)
+        extraction_codec, dead_codec = codecs.of(Extraction), codecs.of(DeadLetter)
         while any(consumer.position(tp) < end[tp] for tp in parts):
             for tp, messages in consumer.poll(timeout_ms=500).items():
                 for m in messages:
@@ -157,9 +158,11 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, poll_s:
         time.sleep(poll_s)
 
 
-def input_records(path: Path, fmt: InputFormat, echo: Callable[[str], None]) -> tuple[list[tuple[bytes, bytes]], PublishSummary]:
+def input_records(
+    path: Path, fmt: InputFormat, echo: Callable[[str], None], codecs: Codecs
+) -> tuple[list[tuple[bytes, bytes]], PublishSummary]:
     """The valid notes of a file or directory as (key, Avro) records, and the publish summary of what was rejected."""
-    codec = codec_for(ClinicalNote)
+    codec = codecs.of(ClinicalNote)
     summary = PublishSummary()
     records: list[tuple[bytes, bytes]] = []
     for file, position, note in read_notes(path, fmt):
@@ -175,7 +178,6 @@ def input_records(path: Path, fmt: InputFormat, echo: Callable[[str], None]) -> 
 def run_demo(
     settings: Settings,
     n: int,
-    config: Path | None,
     datasets: Path,
     echo: Callable[[str], None],
     source: tuple[Path, InputFormat] | None = None,
@@ -186,20 +188,21 @@ def run_demo(
         shutil.rmtree(settings.data_dir)  # the demo's own directory: a fresh database each run
     settings.data_dir.mkdir(parents=True)
     rejected = 0
+    codecs = build_codecs(settings)
     if source is not None:
-        records, read = input_records(*source, echo=echo)
+        records, read = input_records(*source, echo=echo, codecs=codecs)
         rejected = read.rejected
         echo(f"{source[0]} ({source[1]}): {read.accepted} notes, {read.rejected} rejected before publishing")
     else:
-        records = demo_records(DemoCorpus.load(datasets), n, run_id="demo")
+        records = demo_records(DemoCorpus.load(datasets), n, run_id="demo", codecs=codecs)
     n = len(records)
     if n == 0:
         raise ValueError("nothing to publish: every input record was rejected")
     with TansuBroker(log_file=settings.data_dir / "tansu.log") as broker:
         echo(f"embedded Kafka (tansu) on {broker.bootstrap}")
         ensure_topics(settings, broker.bootstrap)
-        sink = SinkThread(settings, broker.bootstrap)
-        workers = WorkerPool(settings, broker.bootstrap, config, settings.data_dir)
+        sink = SinkThread(settings, broker.bootstrap, codecs=codecs)
+        workers = WorkerPool(settings, broker.bootstrap, settings.data_dir)
         sink.start()
         workers.start()
         echo(f"{len(workers)} worker(s) started, {workers.threads} torch thread(s) each (logs: {settings.data_dir}/worker*.log)")
@@ -217,7 +220,7 @@ def run_demo(
                 nonlocal counts
                 if not workers.all_alive():
                     raise RuntimeError(f"a worker exited; see {settings.data_dir}/worker*.log")
-                counts = count_topics(settings, broker.bootstrap)
+                counts = count_topics(settings, broker.bootstrap, codecs)
                 bar.update(counts.extracted + counts.dead_lettered - bar.n)
                 return counts.extracted + counts.dead_lettered >= n
 

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from schemas.codec import Codecs
 from streams.errors import BrokerError
-from streams.settings import Settings
+from streams.settings import Settings, write_child_config
 from streams.sink.backend import ClickHouseBackend
 
 log = logging.getLogger(__name__)
@@ -126,42 +127,23 @@ class TansuBroker:
 class WorkerProcess:
     """``ehrstream worker`` as a subprocess against a given broker (the embedded stack's worker)."""
 
-    def __init__(self, settings: Settings, bootstrap: str, config: Path | None, log_file: Path, metrics_port: int = 0) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, bootstrap: str, log_file: Path, metrics_port: int = 0) -> None:
+        """``settings`` are the parent's: the worker gets every one of them (``Settings.child_config``), with
+        ``bootstrap`` as its broker and its own ``metrics_port``; secrets reach it by environment as here."""
+        self.settings = settings.model_copy(update={"metrics_port": metrics_port})
         self.bootstrap = bootstrap
-        self.config = config
         self.log_file = log_file
         self.metrics_port = metrics_port
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = dict(os.environ)
-        env.update(
-            {
-                "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-                "EHRSTREAM_DATA_DIR": str(self.settings.data_dir),
-                "EHRSTREAM_REBALANCE_TIMEOUT_S": str(self.settings.rebalance_timeout_s),
-                "EHRSTREAM_SESSION_TIMEOUT_S": str(self.settings.session_timeout_s),
-                "EHRSTREAM_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
-                "EHRSTREAM_LOG_LEVEL": self.settings.log_level,
-                "EHRSTREAM_METRICS_PORT": str(self.metrics_port),
-                "EHRSTREAM_TORCH_THREADS": str(self.settings.torch_threads),
-                "EHRSTREAM_BATCH_MAX_NOTES": str(self.settings.batch_max_notes),
-                "EHRSTREAM_BATCH_MAX_SECONDS": str(self.settings.batch_max_seconds),
-                "EHRSTREAM_INFERENCE_BATCH_SIZE": str(self.settings.inference_batch_size),
-                "EHRSTREAM_DEVICE": self.settings.device,
-            }
-        )
-        if self.settings.embedded_kafka:
-            env["EHRSTREAM_KAFKA__SECURITY_PROTOCOL"] = "PLAINTEXT"  # the embedded broker is plain loopback
-        cmd = [sys.executable, "-m", "streams.cli"]
-        if self.config is not None:
-            cmd += ["--config", str(self.config)]
+        config = write_child_config(self.settings, self.log_file.with_suffix(".toml"), bootstrap=self.bootstrap)
+        cmd = [sys.executable, "-m", "streams.cli", "--config", str(config), "--log-level", self.settings.log_level, "worker"]
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
             self._proc = subprocess.Popen(  # noqa: S603
-                [*cmd, "worker"],
-                env=env,
+                cmd,
+                env=self.settings.child_environment(os.environ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -217,14 +199,12 @@ def worker_plan(settings: Settings) -> tuple[int, int]:
 class WorkerPool:
     """The embedded stack's worker processes (one consumer group, so they share the notes topic's partitions)."""
 
-    def __init__(
-        self, settings: Settings, bootstrap: str, config: Path | None, log_dir: Path, metrics_ports: list[int] | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, log_dir: Path, metrics_ports: list[int] | None = None) -> None:
         count, threads = worker_plan(settings)
         per_worker = settings.model_copy(update={"torch_threads": threads})
         ports = metrics_ports or [0] * count
         self.workers = [
-            WorkerProcess(per_worker, bootstrap, config, log_dir / ("worker.log" if i == 0 else f"worker-{i}.log"), metrics_port=ports[i])
+            WorkerProcess(per_worker, bootstrap, log_dir / ("worker.log" if i == 0 else f"worker-{i}.log"), metrics_port=ports[i])
             for i in range(count)
         ]
         self.threads = threads
@@ -253,7 +233,8 @@ class WorkerPool:
 class SinkThread:
     """The sink in this process (it owns chdb), with the query endpoint for other processes."""
 
-    def __init__(self, settings: Settings, bootstrap: str, backend: ClickHouseBackend | None = None) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, backend: ClickHouseBackend | None = None, codecs: Codecs | None = None) -> None:
+        from streams.schema_registry import build_codecs
         from streams.sink.backend import open_backend
         from streams.sink.consumer import ClickHouseSink
         from streams.sink.migrations import migrate
@@ -265,7 +246,7 @@ class SinkThread:
         if settings.embedded_clickhouse:
             migrate(self.backend)  # chdb is in this process: a failure here is a real error, not an outage
             self.migrated = True
-        self.sink = ClickHouseSink(settings, bootstrap, self.backend)
+        self.sink = ClickHouseSink(settings, bootstrap, self.backend, codecs or build_codecs(settings))
         self.query_server = QueryServer(self.backend, settings.data_dir) if settings.embedded_clickhouse else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sink", daemon=True)

@@ -18,12 +18,13 @@ from tqdm import tqdm
 from agents.llm_labeller import Labelled, LlmLabeller, training_record
 from schemas._base import utc_now
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for
+from schemas.codec import Codecs
 from schemas.extraction import DocumentLabel, Entity, Extraction, ExtractionStatus, TaskKind, TaskResult
 from schemas.review_task import ReasonKind, ReviewReason, ReviewTask
 from streams.formats.notes import read_records
 from streams.kafka_io import producer as make_producer
 from streams.publish import validate
+from streams.schema_registry import build_codecs
 from streams.settings import Settings
 
 
@@ -101,6 +102,7 @@ def label_file(
         else:
             notes.append(note)
     producer = make_producer(*publish_to) if publish_to else None
+    codecs = build_codecs(publish_to[0]) if publish_to else Codecs()
     with (
         (out_dir / "train.jsonl").open("w", encoding="utf-8") as train,
         (out_dir / "review.jsonl").open("w", encoding="utf-8") as review,
@@ -122,8 +124,8 @@ def label_file(
                     if producer is not None and publish_to is not None:
                         extraction, task = review_records(note, labelled, labeller, min_confidence)
                         key = note.note_id.encode()
-                        producer.send(publish_to[0].topics.extractions, key=key, value=codec_for(Extraction).encode(extraction))
-                        producer.send(publish_to[0].topics.review, key=key, value=codec_for(ReviewTask).encode(task))
+                        producer.send(publish_to[0].topics.extractions, key=key, value=codecs.of(Extraction).encode(extraction))
+                        producer.send(publish_to[0].topics.review, key=key, value=codecs.of(ReviewTask).encode(task))
     if producer is not None:
         producer.flush()
         producer.close()

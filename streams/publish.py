@@ -20,9 +20,10 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for, validation_summary
+from schemas.codec import Codecs, validation_summary
 from streams.formats import InputFormat, input_files, read_format
 from streams.kafka_io import producer as make_producer
+from streams.schema_registry import build_codecs
 from streams.settings import Settings
 
 Wire = Literal["avro", "json"]
@@ -63,10 +64,10 @@ def validate(record: dict[str, Any] | str) -> ClinicalNote | str:
     return note
 
 
-def encode(note: ClinicalNote, wire: Wire) -> bytes:
+def encode(note: ClinicalNote, wire: Wire, codecs: Codecs) -> bytes:
     if wire == "json":
         return note.model_dump_json().encode("utf-8")
-    return codec_for(ClinicalNote).encode(note)
+    return codecs.of(ClinicalNote).encode(note)
 
 
 def read_notes(path: Path, fmt: InputFormat = "notes") -> Iterator[tuple[str | None, int, ClinicalNote | str]]:
@@ -85,7 +86,9 @@ def publish_file(
     wire: Wire = "avro",
     progress: bool = True,
     fmt: InputFormat = "notes",
+    codecs: Codecs | None = None,
 ) -> PublishSummary:
+    codecs = codecs or build_codecs(settings)
     summary = PublishSummary()
     total = None
     if progress and fmt == "notes" and path.is_file():
@@ -97,7 +100,7 @@ def publish_file(
             if isinstance(note, str):
                 summary.reject(number, note, file)
                 continue
-            producer.send(topic, key=note.note_id.encode("utf-8"), value=encode(note, wire))
+            producer.send(topic, key=note.note_id.encode("utf-8"), value=encode(note, wire, codecs))
             summary.accepted += 1
         producer.flush()
     finally:

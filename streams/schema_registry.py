@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from agents.config import TopicSettings
 from schemas._base import AvroModel
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for, schema_history, schema_text, use_registry
+from schemas.codec import Codecs, schema_history, schema_text
 from schemas.compat import can_read
 from schemas.dead_letter import DeadLetter
 from schemas.extraction import Extraction
@@ -41,11 +41,10 @@ def registry_client(settings: Settings) -> SchemaRegistryClient | None:
     )
 
 
-def configure_codecs(settings: Settings) -> SchemaRegistryClient | None:
-    """Once per process: the codecs read (and, with ``avro_wire = confluent``, write) the Confluent wire format."""
-    client = registry_client(settings)
-    use_registry(client, subjects(settings.topics), produce_confluent=settings.avro_wire == "confluent")
-    return client
+def build_codecs(settings: Settings) -> Codecs:
+    """The process's codecs: with a registry they read (and, with ``avro_wire = confluent``, write) the Confluent
+    wire format. Built once where the settings are read and passed down to the pipeline, the sink and the review app."""
+    return Codecs(registry_client(settings), subjects(settings.topics), produce_confluent=settings.avro_wire == "confluent")
 
 
 @dataclass
@@ -67,11 +66,12 @@ class SchemaStatus:
 
 def check_schemas(settings: Settings, register: bool = False) -> list[SchemaStatus]:
     client = registry_client(settings)
+    plain = Codecs()
     out = []
     for model, subject in subjects(settings.topics).items():
         current = schema_text(model.avro_schema)
         readable = all(can_read(json.loads(old), json.loads(current)) for old in schema_history(model.avro_schema))
-        status = SchemaStatus(model.__name__, subject, codec_for(model).fingerprint.hex(), readable)
+        status = SchemaStatus(model.__name__, subject, plain.of(model).fingerprint.hex(), readable)
         if client is not None:
             status.registry_compatible = client.is_compatible(subject, current)
             if register and status.ok:

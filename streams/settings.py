@@ -9,6 +9,7 @@ and ``CLICKHOUSE_URL``. Leaving either empty means the embedded default (Tansu, 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,6 +109,8 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
+    #: the TOML file these settings were read from (set by :meth:`load`; None: environment and defaults only)
+    config_file: Path | None = None
     environment: Literal["development", "production"] = "development"
     #: comma-separated host:port list; empty = start the embedded Tansu broker
     kafka_bootstrap_servers: str = Field(
@@ -208,6 +211,43 @@ class Settings(BaseSettings):
         return self
 
     @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        """Read the settings once: ``overrides`` (CLI flags; None values ignored) > environment > ``config_file`` >
+        defaults. Model paths in a config file are relative to that file."""
+        if config_file is not None and not config_file.exists():
+            raise ConfigError("config", f"no such file: {config_file}")
+        try:
+            settings = cls(config_file=config_file, **{k: v for k, v in overrides.items() if v is not None})
+        except ValueError as exc:
+            raise ConfigError("settings", str(exc)) from None
+        if config_file is None:
+            return settings
+        base = config_file.resolve().parent
+        tasks = [t.model_copy(update={"model_dir": base / t.model_dir}) for t in settings.tasks]  # an absolute path stays
+        return settings.model_copy(update={"tasks": tasks})
+
+    def child_config(self, bootstrap: str | None = None) -> dict[str, Any]:
+        """Every setting a child process needs (a worker of the embedded stack or the bench, a test's subprocess),
+        as TOML-ready values: all but the secrets, which travel by environment or file as in this process. Paths are
+        made absolute; ``bootstrap`` names the broker the child must use (the embedded one: plain loopback). Write it
+        with :func:`write_child_config` and start the child with ``--config`` and :meth:`child_environment`."""
+        update: dict[str, Any] = {
+            "data_dir": self.data_dir.resolve(),
+            "tasks": [t.model_copy(update={"model_dir": t.model_dir.resolve()}) for t in self.tasks],
+        }
+        if bootstrap is not None:
+            update["kafka_bootstrap_servers"] = bootstrap
+        if self.embedded_kafka:
+            update["kafka"] = KafkaSecurity()
+        values: dict[str, Any] = _without_none(self.model_copy(update=update).model_dump(mode="json", exclude=CHILD_EXCLUDED))
+        return values
+
+    def child_environment(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The environment for a child that reads :meth:`child_config`: ``environ`` less every variable that sets a
+        non-secret setting (so none can win over what this process decided), with the secrets and their files kept."""
+        return {k: v for k, v in environ.items() if k in SECRET_VARIABLES or not _sets_a_setting(k)}
+
+    @classmethod
     def settings_customise_sources(
         cls,
         settings_cls: type[BaseSettings],
@@ -217,7 +257,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, SecretFileSource(settings_cls)]
-        config_file = _CONFIG_FILE.get("path")
+        config_file = getattr(init_settings, "init_kwargs", {}).get("config_file")  # Settings.load(path) names it
         if config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
@@ -258,25 +298,46 @@ class SecretFileSource(PydanticBaseSettingsSource):
         return values
 
 
-_CONFIG_FILE: dict[str, Path | None] = {}
+#: what :meth:`Settings.child_config` leaves out: the secrets, reviewer accounts, and where this process read its file
+CHILD_EXCLUDED: Any = {
+    "config_file": True,
+    "clickhouse_url": True,
+    "clickhouse_password": True,
+    "schema_registry_password": True,
+    "kafka": {"sasl_password", "ssl_key_password"},
+    "review": {"reviewers"},
+}
+
+#: environment variables that carry secrets: a child inherits them (its config file has none)
+SECRET_VARIABLES = frozenset(
+    {"CLICKHOUSE_URL", "EHRSTREAM_CLICKHOUSE_URL", "CLICKHOUSE_PASSWORD", "EHRSTREAM_CLICKHOUSE_PASSWORD"}
+    | {"EHRSTREAM_KAFKA__SASL_PASSWORD", "EHRSTREAM_KAFKA__SSL_KEY_PASSWORD", "EHRSTREAM_SCHEMA_REGISTRY_PASSWORD"}
+    | {name for _, names in SECRET_FILE_VARIABLES for name in names}
+)
+_ALIASED_VARIABLES = frozenset({"KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_USER", "SCHEMA_REGISTRY_URL"})
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Read the settings once. ``overrides`` (CLI flags) win over everything else."""
-    if config_file is not None and not config_file.exists():
-        raise ConfigError("config", f"no such file: {config_file}")
-    _CONFIG_FILE["path"] = config_file
-    try:
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:
-        raise ConfigError("settings", str(exc)) from None
-    finally:
-        _CONFIG_FILE.pop("path", None)
-    if config_file is not None:
-        # model paths in a config file are relative to that file
-        base = config_file.resolve().parent
-        tasks = [
-            t.model_copy(update={"model_dir": t.model_dir if t.model_dir.is_absolute() else base / t.model_dir}) for t in settings.tasks
-        ]
-        settings = settings.model_copy(update={"tasks": tasks})
-    return settings
+def _sets_a_setting(name: str) -> bool:
+    return name.startswith("EHRSTREAM_") or name in _ALIASED_VARIABLES
+
+
+def _without_none(value: Any) -> Any:
+    """TOML has no null: drop None values, recursively."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def write_child_config(settings: Settings, path: Path, bootstrap: str | None = None) -> Path:
+    """:meth:`Settings.child_config` as a TOML file (mode 0600) for a child process's ``--config``."""
+    import os
+
+    import tomli_w
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(tomli_w.dumps(settings.child_config(bootstrap)))
+    return path

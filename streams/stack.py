@@ -51,7 +51,7 @@ def running_stack(data_dir: Path) -> dict[str, Any] | None:
     return live_run_file(data_dir / STACK_FILE)
 
 
-def run_stack(settings: Settings, config: Path | None, echo: Callable[[str], None]) -> None:
+def run_stack(settings: Settings, echo: Callable[[str], None]) -> None:
     settings = settings.model_copy(update=EMBEDDED_TIMEOUTS) if settings.embedded_kafka else settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
@@ -64,7 +64,7 @@ def run_stack(settings: Settings, config: Path | None, echo: Callable[[str], Non
         sink = SinkThread(settings, broker.bootstrap)
         count, _ = worker_plan(settings)
         ports = [settings.metrics_port + 1 + i for i in range(count)] if settings.metrics_port else None
-        workers = WorkerPool(settings, broker.bootstrap, config, settings.data_dir, metrics_ports=ports)
+        workers = WorkerPool(settings, broker.bootstrap, settings.data_dir, metrics_ports=ports)
         sink.start()
         workers.start()
         review = _start_review(settings, sink, broker.bootstrap, echo)

@@ -5,7 +5,6 @@ Each test gets its own topics, consumer groups and ClickHouse database (uuid-nam
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,30 +124,6 @@ def tiny_settings(tmp_path: Path, topics: TopicSettings, tiny_ner_dir: Path, tin
         sink_flush_seconds=0.3,
         batch_max_seconds=0.3,
     )
-
-
-def write_config(path: Path, settings: Settings) -> Path:
-    """A TOML config file equivalent to ``settings`` (for subprocesses)."""
-    lines = [
-        f"topic_partitions = {settings.topic_partitions}",
-        f'worker_group = "{settings.worker_group}"',
-        f'sink_group = "{settings.sink_group}"',
-        f'clickhouse_database = "{settings.clickhouse_database}"',
-        f"batch_max_seconds = {settings.batch_max_seconds}",
-        f"sink_flush_seconds = {settings.sink_flush_seconds}",
-        "[topics]",
-        *[f'{k} = "{v}"' for k, v in settings.topics.model_dump().items()],
-    ]
-    for task in settings.tasks:
-        lines += [
-            "[[tasks]]",
-            f'name = "{task.name}"',
-            f'kind = "{task.kind.value}"',
-            f"model_dir = {json.dumps(str(task.model_dir))}",
-            f"threshold = {task.threshold}",
-        ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def wait_for_final(database: ChdbBackend, n: int, worker: Any, log: Path, timeout_s: float = 120.0) -> int:

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from streams.settings import Settings
-from tests.conftest import DATASETS, REPO, write_config
+from streams.settings import Settings, write_child_config
+from tests.conftest import DATASETS, REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_bench_reports_raw_e2e_ratio_latency_and_stages(tiny_settings: Settings, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "ehrstream.toml", tiny_settings)
+    config = write_child_config(tiny_settings, tmp_path / "ehrstream.toml")
     cmd = [sys.executable, "-m", "streams.cli", "--config", str(config), "--log-level", "WARNING", "bench"]
     cmd += ["--notes", "12", "--latency-seconds", "2", "--device", "cpu", "--datasets", str(DATASETS), "--json"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)

@@ -20,7 +20,7 @@ import yaml
 
 from streams.cli import main
 from streams.embedded import TansuBroker
-from streams.settings import Settings, load_settings
+from streams.settings import Settings
 from tests.conftest import REPO
 from tests.registry_server import LoopbackRegistry
 
@@ -145,7 +145,7 @@ def test_the_compose_environment_is_valid_ehrstream_settings(
                 monkeypatch.delenv(key)
         for key, value in env.items():
             monkeypatch.setenv(key, str(secret) if key.endswith("_FILE") else value)
-        settings = load_settings()
+        settings = Settings.load()
         assert settings.environment == "production" and not settings.embedded_kafka and not settings.embedded_clickhouse
         assert settings.clickhouse_password.get_secret_value() == "a-real-Password-41"
         assert settings.metrics_port == 9400
@@ -156,7 +156,7 @@ def test_the_compose_environment_is_valid_ehrstream_settings(
         # the same settings run embedded once the two service addresses are left out
         monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS")
         monkeypatch.delenv("CLICKHOUSE_URL")
-        embedded = load_settings()
+        embedded = Settings.load()
         assert embedded.embedded_kafka and embedded.embedded_clickhouse and embedded.metrics_port == 9400
 
 

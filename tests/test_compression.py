@@ -18,7 +18,7 @@ from streams.embedded import SinkThread, TansuBroker, WorkerProcess
 from streams.kafka_io import ensure_topics
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
-from tests.conftest import wait_for_final, write_config
+from tests.conftest import wait_for_final
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -80,10 +80,9 @@ def test_notes_compressed_with_every_codec_reach_clickhouse(
     restarts, and every note of every batch is in ClickHouse once."""
     settings = tiny_settings
     ensure_topics(settings, broker.bootstrap)
-    config = write_config(tmp_path / "ehrstream.toml", settings)
     log = tmp_path / "worker.log"
     sink = SinkThread(settings, broker.bootstrap, backend=database)
-    worker = WorkerProcess(settings, broker.bootstrap, config, log)
+    worker = WorkerProcess(settings, broker.bootstrap, log)
     sink.start()
     worker.start()
     try:

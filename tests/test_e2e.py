@@ -12,14 +12,16 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for
+from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter, ErrorKind
 from streams.embedded import SinkThread, TansuBroker, WorkerProcess
 from streams.kafka_io import ensure_topics, producer
 from streams.publish import publish_file
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
-from tests.conftest import DATASETS, REPO, write_config
+from tests.conftest import DATASETS, REPO
+
+PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -50,7 +52,7 @@ def _dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
     parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
-    letters = [codec_for(DeadLetter).decode(m.value) for m in consumer]
+    letters = [PLAIN.of(DeadLetter).decode(m.value) for m in consumer]
     consumer.close()
     return letters
 
@@ -60,9 +62,8 @@ def test_notes_flow_to_clickhouse_and_bad_records_to_the_dead_letter_topic(
 ) -> None:
     settings = tiny_settings.model_copy(update={"log_level": "DEBUG"})
     ensure_topics(settings, broker.bootstrap)
-    config = write_config(tmp_path / "ehrstream.toml", settings)
     sink = SinkThread(settings, broker.bootstrap, backend=database)
-    worker = WorkerProcess(settings, broker.bootstrap, config, tmp_path / "worker.log")
+    worker = WorkerProcess(settings, broker.bootstrap, tmp_path / "worker.log")
     sink.start()
     worker.start()
     try:

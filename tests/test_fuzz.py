@@ -30,14 +30,15 @@ from agents.routing import RoutingPolicy
 from agents.runners import build_runner
 from agents.types import InRecord
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for
+from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter
 from schemas.extraction import Extraction, TaskKind
 from schemas.review_task import ReviewTask
 from streams.embedded import TansuBroker, WorkerProcess
 from streams.kafka_io import ensure_topics, producer
-from streams.settings import Settings
-from tests.conftest import write_config
+from streams.settings import Settings, write_child_config
+
+PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 
 MAX_NOTE_BYTES = 300_000
 EXTRACTION, DEAD = "extraction", "dead"
@@ -94,7 +95,7 @@ def thrown(draw: st.DrawFn) -> Thrown:
             ]
         )
     )
-    codec = codec_for(ClinicalNote)
+    codec = PLAIN.of(ClinicalNote)
     if category in ("valid_avro", "valid_json"):
         note = _note(draw(NOTE_TEXT))
         value = codec.encode(note) if category == "valid_avro" else note.model_dump_json().encode()
@@ -114,9 +115,9 @@ def thrown(draw: st.DrawFn) -> Thrown:
 
         other = draw(st.sampled_from(["extraction", "review_task"]))
         if other == "extraction":
-            value = codec_for(Extraction).encode(extraction("other"))
+            value = PLAIN.of(Extraction).encode(extraction("other"))
         else:
-            value = codec_for(ReviewTask).encode(
+            value = PLAIN.of(ReviewTask).encode(
                 ReviewTask(note_id="other", revision=0, note_type="t", created_at=datetime.now(UTC), reasons=[])
             )
         return Thrown(category, value, frozenset({DEAD}))
@@ -145,7 +146,7 @@ def thrown(draw: st.DrawFn) -> Thrown:
 
 
 def _check_extraction(value: bytes, by_note: dict[str, Thrown]) -> str:
-    extraction = codec_for(Extraction).decode(value)
+    extraction = PLAIN.of(Extraction).decode(value)
     assert extraction.note_id in by_note
     for result in extraction.results:
         for entity in result.entities:  # offsets are character offsets into the note text, whatever the script
@@ -155,7 +156,7 @@ def _check_extraction(value: bytes, by_note: dict[str, Thrown]) -> str:
 
 
 def _check_letter(value: bytes) -> DeadLetter:
-    letter = codec_for(DeadLetter).decode(value)
+    letter = PLAIN.of(DeadLetter).decode(value)
     assert letter.message.strip() and letter.error_kind is not None
     return letter
 
@@ -168,7 +169,7 @@ def fuzz_pipeline(tiny_cls_dir: Path, tiny_ner_dir: Path) -> tuple[ExtractionPip
     ]
     runners = [build_runner(t.name, load_model(t.model_dir, t.kind), device="cpu") for t in tasks]
     topics = TopicSettings()
-    return ExtractionPipeline(runners, RoutingPolicy(tasks), topics, max_note_bytes=MAX_NOTE_BYTES), topics
+    return ExtractionPipeline(runners, RoutingPolicy(tasks), topics, max_note_bytes=MAX_NOTE_BYTES, codecs=PLAIN), topics
 
 
 @settings(
@@ -227,10 +228,10 @@ def live_worker(
         batch_max_seconds=0.2,
     )
     ensure_topics(live, broker.bootstrap)
-    config = write_config(tmp / "ehrstream.toml", live)
+    config = write_child_config(live, tmp / "ehrstream.toml")
     config.write_text(f"max_note_bytes = {MAX_NOTE_BYTES}\n" + config.read_text())
     log = tmp / "worker.log"
-    worker = WorkerProcess(live, broker.bootstrap, config, log)
+    worker = WorkerProcess(live, broker.bootstrap, log)
     worker.start()
     yield live, worker, log
     worker.stop()
@@ -287,7 +288,7 @@ def test_a_running_worker_survives_any_batch_and_accounts_for_every_record(
         assert worker.alive(), log.read_text()[-3000:]
         extractions, letters, positions = _outputs(broker.bootstrap, live.topics, LIVE_POSITIONS)
         for value in extractions:
-            note_id = codec_for(Extraction).decode(value).note_id
+            note_id = PLAIN.of(Extraction).decode(value).note_id
             if note_id in by_note:
                 _check_extraction(value, by_note)
                 outcome[note_id.encode()] = EXTRACTION

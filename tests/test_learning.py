@@ -17,16 +17,18 @@ from agents.pipeline import ExtractionPipeline
 from agents.routing import RoutingPolicy
 from agents.types import Decision, InRecord, TaskOutput
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for
+from schemas.codec import Codecs
 from schemas.extraction import Entity, Extraction, ExtractionStatus, TaskKind, TaskResult
 from schemas.review_task import ReasonKind
 from streams.app import build_runners
 from streams.cli import main
-from streams.settings import load_settings
+from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 from streams.sink.migrations import migrate
 from streams.sink.query_server import QueryServer
 from streams.sink.rows import TABLE_COLUMNS, extraction_row, json_each_row
+
+PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 
 
 def test_ece_of_perfectly_calibrated_and_overconfident_predictions() -> None:
@@ -224,11 +226,11 @@ def test_model_trained_from_clickhouse_rows_is_loaded_by_the_worker_and_named_on
     version = json.loads((tmp_path / "model" / "ehrstream-model.json").read_text())["version"]
 
     # what the worker does at start (restart to pick up a new model): build runners from the settings
-    settings = load_settings(config)
-    pipeline = ExtractionPipeline(build_runners(settings), RoutingPolicy(settings.tasks), settings.topics, 10_000)
+    settings = Settings.load(config)
+    pipeline = ExtractionPipeline(build_runners(settings), RoutingPolicy(settings.tasks), settings.topics, 10_000, codecs=PLAIN)
     note = ClinicalNote(note_id="new-1", patient_id="p", note_type="t", created_at="2026-11-02T00:00:00Z", text=text, source="s")
     out = pipeline.process([InRecord(note.model_dump_json().encode(), None, "notes", 0, 0)])
-    (extraction,) = [codec_for(Extraction).decode(r.value) for r in out.records if r.topic == settings.topics.extractions]
+    (extraction,) = [PLAIN.of(Extraction).decode(r.value) for r in out.records if r.topic == settings.topics.extractions]
     database.insert_json("extractions", TABLE_COLUMNS["extractions"], json_each_row([extraction_row(extraction, 0, 1)]))
     models = database.query(f"SELECT models['disease'] FROM {database.database}.extractions_final WHERE note_id = 'new-1'").scalar()
     assert models == f"disease-lora@{version}"

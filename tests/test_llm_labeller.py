@@ -14,13 +14,15 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenize
 from agents.config import TopicSettings
 from agents.llm_labeller import LlmLabeller, parse_entities
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for
+from schemas.codec import Codecs
 from schemas.extraction import Extraction, ExtractionStatus, TaskKind
 from schemas.review_task import ReviewTask
 from streams.embedded import TansuBroker
 from streams.kafka_io import ensure_topics
 from streams.labelling import label_file
 from streams.settings import Settings
+
+PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 
 TEXT = "Patient has asthma. Asthma is worse at night; no diabetes."
 
@@ -127,10 +129,10 @@ def test_label_file_splits_training_review_and_publishes_review_tasks(
     for m in consumer:
         by_topic.setdefault(m.topic, []).append(m.value)
     consumer.close()
-    extractions = [codec_for(Extraction).decode(v) for v in by_topic[topics.extractions]]
+    extractions = [PLAIN.of(Extraction).decode(v) for v in by_topic[topics.extractions]]
     assert {e.status for e in extractions} == {ExtractionStatus.pending_review} and len(extractions) == 5
     assert extractions[0].results[0].model_name == f"llm:{tiny_gemma.name}"
-    assert len([codec_for(ReviewTask).decode(v) for v in by_topic[topics.review]]) == 5
+    assert len([PLAIN.of(ReviewTask).decode(v) for v in by_topic[topics.review]]) == 5
 
     everything_confident = label_file(cls, _notes(tmp_path / "notes2.jsonl", 3), tmp_path / "out2", 0.0, 2)
     assert (everything_confident.training, everything_confident.review) == (3, 0)

@@ -11,12 +11,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for
+from schemas.codec import Codecs
 from streams.embedded import TansuBroker, WorkerProcess, free_port
 from streams.kafka_io import ensure_topics, producer
-from streams.settings import Settings
-from tests.conftest import write_config
+from streams.settings import Settings, write_child_config
 from tests.test_reliability import _sink_process
+
+PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -43,14 +44,14 @@ def test_worker_and_sink_metrics_are_scraped_with_lag_falling_to_zero(
     monkeypatch.setenv("EHRSTREAM_METRICS_LAG_SECONDS", "0.5")
     settings = tiny_settings.model_copy(update={"data_dir": tmp_path / "sink-data", "clickhouse_database": "ehrstream"})
     ensure_topics(settings, broker.bootstrap)
-    config = write_config(tmp_path / "ehrstream.toml", settings)
+    config = write_child_config(settings, tmp_path / "ehrstream.toml")
     worker_port, sink_port = free_port(), free_port()
     sink = _sink_process(settings, broker.bootstrap, config, tmp_path / "sink.log", {"EHRSTREAM_METRICS_PORT": str(sink_port)})
-    worker = WorkerProcess(settings, broker.bootstrap, config, tmp_path / "worker.log", metrics_port=worker_port)
+    worker = WorkerProcess(settings, broker.bootstrap, tmp_path / "worker.log", metrics_port=worker_port)
     worker.start()
     try:
         p = producer(settings, broker.bootstrap)
-        codec = codec_for(ClinicalNote)
+        codec = PLAIN.of(ClinicalNote)
         for i in range(20):
             note = ClinicalNote(
                 note_id=f"m{i}", patient_id="p", note_type="t", created_at="2026-11-01T00:00:00Z", text=f"Has asthma {i}.", source="m"

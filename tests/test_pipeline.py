@@ -11,10 +11,12 @@ from agents.routing import RoutingPolicy
 from agents.runners import build_runner
 from agents.types import Decision, InRecord
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for
+from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.extraction import Extraction, ExtractionStatus, TaskKind
 from schemas.review_task import ReasonKind, ReviewTask
+
+PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 
 
 def test_routing_uses_task_thresholds_and_label_overrides(tmp_path: Path) -> None:
@@ -54,7 +56,7 @@ def _pipeline(tiny_cls_dir: Path, tiny_ner_dir: Path, threshold: float) -> tuple
     ]
     runners = [build_runner(t.name, load_model(t.model_dir, t.kind), device="cpu") for t in tasks]
     topics = TopicSettings()
-    return ExtractionPipeline(runners, RoutingPolicy(tasks), topics, max_note_bytes=5000), topics
+    return ExtractionPipeline(runners, RoutingPolicy(tasks), topics, max_note_bytes=5000, codecs=PLAIN), topics
 
 
 def _record(value: bytes, offset: int) -> InRecord:
@@ -67,7 +69,7 @@ def test_every_record_becomes_an_extraction_or_a_dead_letter(tiny_cls_dir: Path,
         note_id="n1", patient_id="p1", note_type="t", created_at="2026-11-01T00:00:00Z", text="Diabetes and asthma.", source="s"
     )
     records = [
-        _record(codec_for(ClinicalNote).encode(note), 0),
+        _record(PLAIN.of(ClinicalNote).encode(note), 0),
         _record(note.model_copy(update={"note_id": "n2"}).model_dump_json().encode(), 1),
         _record(b"\x01\x00 junk", 2),
         _record(note.model_copy(update={"note_id": "n3", "text": "x" * 6000}).model_dump_json().encode(), 3),
@@ -77,10 +79,10 @@ def test_every_record_becomes_an_extraction_or_a_dead_letter(tiny_cls_dir: Path,
     by_topic: dict[str, list[bytes]] = {}
     for r in result.records:
         by_topic.setdefault(r.topic, []).append(r.value)
-    extractions = [codec_for(Extraction).decode(v) for v in by_topic[topics.extractions]]
+    extractions = [PLAIN.of(Extraction).decode(v) for v in by_topic[topics.extractions]]
     assert [e.note_id for e in extractions] == ["n1", "n2"]
     assert {r.task for r in extractions[0].results} == {"condition", "disease"}
-    letters = [codec_for(DeadLetter).decode(v) for v in by_topic[topics.deadletter]]
+    letters = [PLAIN.of(DeadLetter).decode(v) for v in by_topic[topics.deadletter]]
     assert [(d.error_kind, d.source_offset) for d in letters] == [(ErrorKind.undecodable, 2), (ErrorKind.oversized, 3)]
     assert letters[0].raw == b"\x01\x00 junk"
     assert topics.review not in by_topic
@@ -91,8 +93,8 @@ def test_low_confidence_notes_go_to_review_and_are_still_extracted(tiny_cls_dir:
     note = ClinicalNote(note_id="n1", patient_id="p1", note_type="t", created_at="2026-11-01T00:00:00Z", text="Diabetes.", source="s")
     result = pipeline.process([_record(note.model_dump_json().encode(), 0)])
     assert (result.extracted, result.routed_to_review) == (1, 1)
-    (extraction,) = [codec_for(Extraction).decode(r.value) for r in result.records if r.topic == topics.extractions]
-    (task,) = [codec_for(ReviewTask).decode(r.value) for r in result.records if r.topic == topics.review]
+    (extraction,) = [PLAIN.of(Extraction).decode(r.value) for r in result.records if r.topic == topics.extractions]
+    (task,) = [PLAIN.of(ReviewTask).decode(r.value) for r in result.records if r.topic == topics.review]
     assert extraction.status is ExtractionStatus.pending_review
     assert task.note_id == "n1" and any(r.kind is ReasonKind.document_label and r.threshold == 1.0 for r in task.reasons)
 
@@ -112,5 +114,5 @@ def test_a_failing_model_dead_letters_only_the_failing_note(tiny_cls_dir: Path, 
     bad = good.model_copy(update={"note_id": "bad", "text": "POISON"})
     result = pipeline.process([_record(good.model_dump_json().encode(), 0), _record(bad.model_dump_json().encode(), 1)])
     assert (result.extracted, result.dead_lettered) == (1, 1)
-    (letter,) = [codec_for(DeadLetter).decode(r.value) for r in result.records if r.topic == topics.deadletter]
+    (letter,) = [PLAIN.of(DeadLetter).decode(r.value) for r in result.records if r.topic == topics.deadletter]
     assert letter.error_kind is ErrorKind.processing_error and letter.source_offset == 1

@@ -18,16 +18,18 @@ from pathlib import Path
 import pytest
 
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for
+from schemas.codec import Codecs
 from schemas.extraction import Extraction
 from streams.embedded import SinkThread, TansuBroker, WorkerProcess
 from streams.errors import SinkError
 from streams.kafka_io import admin, ensure_topics, producer
-from streams.settings import Settings
+from streams.settings import Settings, write_child_config
 from streams.sink.backend import ChdbBackend
 from streams.sink.query_server import remote_query, running_endpoint
-from tests.conftest import REPO, write_config
+from tests.conftest import REPO
 from tests.test_sink import extraction
+
+PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 
 pytestmark = [pytest.mark.slow]
 
@@ -42,7 +44,7 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: fl
 
 
 def _publish_notes(settings: Settings, bootstrap: str, n: int, prefix: str) -> list[str]:
-    codec = codec_for(ClinicalNote)
+    codec = PLAIN.of(ClinicalNote)
     p = producer(settings, bootstrap)
     ids = []
     for i in range(n):
@@ -76,13 +78,12 @@ def test_kill_9_worker_mid_batch_then_restart_stores_every_note_exactly_once(
 ) -> None:
     settings = tiny_settings.model_copy(update={"batch_max_notes": 16})
     ensure_topics(settings, broker.bootstrap)
-    config = write_config(tmp_path / "ehrstream.toml", settings)
     ids = _publish_notes(settings, broker.bootstrap, 300, "crash")
     db = database.database
     sink = SinkThread(settings, broker.bootstrap, backend=database)
     sink.start()
-    first = WorkerProcess(settings, broker.bootstrap, config, tmp_path / "worker-1.log")
-    second = WorkerProcess(settings, broker.bootstrap, config, tmp_path / "worker-2.log")
+    first = WorkerProcess(settings, broker.bootstrap, tmp_path / "worker-1.log")
+    second = WorkerProcess(settings, broker.bootstrap, tmp_path / "worker-2.log")
     try:
         first.start()
 
@@ -162,8 +163,8 @@ def test_kill_9_sink_mid_insert_then_restart_stores_every_record_exactly_once(
 ) -> None:
     settings = sink_settings
     ensure_topics(settings, broker.bootstrap)
-    config = write_config(tmp_path / "sink.toml", settings)
-    codec = codec_for(Extraction)
+    config = write_child_config(settings, tmp_path / "sink.toml")
+    codec = PLAIN.of(Extraction)
     n = 12_000
     p = producer(settings, broker.bootstrap)
     text = "Has asthma. " + "Stable on inhaled steroids, no exacerbation since the last visit. " * 25
@@ -206,7 +207,7 @@ def test_clickhouse_outage_pauses_without_committing_and_catches_up(
     settings = tiny_settings
     ensure_topics(settings, broker.bootstrap)
     db = database.database
-    codec = codec_for(Extraction)
+    codec = PLAIN.of(Extraction)
     p = producer(settings, broker.bootstrap)
 
     def send(prefix: str, n: int) -> None:
@@ -248,10 +249,10 @@ def test_unreachable_clickhouse_server_is_retried_and_nothing_is_committed(
     ensure_topics(settings, broker.bootstrap)
     p = producer(settings, broker.bootstrap)
     for i in range(5):
-        p.send(settings.topics.extractions, key=b"k", value=codec_for(Extraction).encode(extraction(f"u{i}")))
+        p.send(settings.topics.extractions, key=b"k", value=PLAIN.of(Extraction).encode(extraction(f"u{i}")))
     p.flush()
     p.close()
-    config = write_config(tmp_path / "sink.toml", settings)
+    config = write_child_config(settings, tmp_path / "sink.toml")
     secret = "Pw-7f3a9c-planted"
     url = f"http://ingest:{secret}@127.0.0.1:{free_port()}"
     log = tmp_path / "sink.log"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from schemas.codec import codec_for
+from schemas.codec import Codecs
 from schemas.extraction import TaskKind
 from schemas.review_decision import ChangeAction, ReviewDecision
 from streams.embedded import SinkThread, TansuBroker
@@ -23,6 +23,8 @@ from streams.review.server import DecisionPublisher, ReviewApp, ReviewServer
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 from tests.review_helpers import NOTE_TEXT, PASSWORDS, Client, pending_note, review_settings, store_pending
+
+PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 
 
 @dataclass
@@ -54,7 +56,7 @@ def _decisions_on_topic(broker: TansuBroker, topic: str) -> list[ReviewDecision]
     parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
-    out = [codec_for(ReviewDecision).decode(m.value) for m in consumer]
+    out = [PLAIN.of(ReviewDecision).decode(m.value) for m in consumer]
     consumer.close()
     return out
 

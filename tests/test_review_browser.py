@@ -25,7 +25,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.wait import WebDriverWait
 
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for
+from schemas.codec import Codecs
 from schemas.extraction import TaskKind
 from streams.embedded import SinkThread, TansuBroker, WorkerProcess
 from streams.kafka_io import ensure_topics, producer
@@ -34,8 +34,9 @@ from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 from streams.sink.query_server import QueryServer
 from streams.training_data import examples_from_clickhouse
-from tests.conftest import write_config
 from tests.review_helpers import NOTE_TEXT, PASSWORDS, review_settings
+
+PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -97,7 +98,7 @@ def test_reviewer_fixes_a_note_in_the_browser_and_the_loop_closes(
     settings = review_settings(tiny_settings.model_copy(update={"tasks": tasks}))
     ensure_topics(settings, broker.bootstrap)
     sink = SinkThread(settings, broker.bootstrap, backend=database)
-    worker = WorkerProcess(settings, broker.bootstrap, write_config(tmp_path / "ehrstream.toml", settings), tmp_path / "worker.log")
+    worker = WorkerProcess(settings, broker.bootstrap, tmp_path / "worker.log")
     sink.start()
     worker.start()
     review = start_review_server(settings, database, broker.bootstrap, "127.0.0.1", 0)
@@ -112,7 +113,7 @@ def test_reviewer_fixes_a_note_in_the_browser_and_the_loop_closes(
             source="browser-test",
         )
         p = producer(settings, broker.bootstrap)
-        p.send(settings.topics.notes, key=b"ui-1", value=codec_for(ClinicalNote).encode(note))
+        p.send(settings.topics.notes, key=b"ui-1", value=PLAIN.of(ClinicalNote).encode(note))
         p.flush()
         p.close()
         deadline = time.monotonic() + 120

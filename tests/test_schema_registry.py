@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from agents.config import TopicSettings
 from schemas.clinical_note import ClinicalNote
-from schemas.codec import codec_for, decode_note, schema_history, schema_text, use_registry
+from schemas.codec import Codecs, schema_history, schema_text
 from schemas.dead_letter import ErrorKind
 from schemas.errors import RecordError
 from schemas.registry import RegistryError, SchemaRegistryClient, confluent_schema_id
@@ -23,10 +23,10 @@ from streams.cli import main
 from streams.embedded import SinkThread, TansuBroker, WorkerProcess, free_port
 from streams.kafka_io import ensure_topics
 from streams.publish import publish_file
-from streams.schema_registry import configure_codecs, subjects
+from streams.schema_registry import subjects
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
-from tests.conftest import wait_for_final, write_config
+from tests.conftest import wait_for_final
 from tests.registry_server import LoopbackRegistry
 
 NOTE = ClinicalNote(
@@ -41,12 +41,9 @@ def registry() -> Iterator[LoopbackRegistry]:
 
 
 @pytest.fixture
-def confluent(registry: LoopbackRegistry) -> Iterator[SchemaRegistryClient]:
-    """The codecs of this process with the loopback registry and Confluent framing on; off again afterwards."""
-    client = SchemaRegistryClient(registry.url)
-    use_registry(client, subjects(TopicSettings()), produce_confluent=True)
-    yield client
-    use_registry(None, subjects(TopicSettings()))
+def confluent(registry: LoopbackRegistry) -> Codecs:
+    """Codecs with the loopback registry and Confluent framing on."""
+    return Codecs(SchemaRegistryClient(registry.url), subjects(TopicSettings()), produce_confluent=True)
 
 
 def test_client_registers_looks_up_fetches_and_checks_compatibility(registry: LoopbackRegistry) -> None:
@@ -75,12 +72,12 @@ def test_client_registers_looks_up_fetches_and_checks_compatibility(registry: Lo
     assert (missing.value.status, missing.value.code) == (404, 40403)
 
 
-def test_confluent_framing_round_trips_and_single_object_still_reads(confluent: SchemaRegistryClient, registry: LoopbackRegistry) -> None:
-    codec = codec_for(ClinicalNote)
+def test_confluent_framing_round_trips_and_single_object_still_reads(confluent: Codecs, registry: LoopbackRegistry) -> None:
+    codec = confluent.of(ClinicalNote)
     framed = codec.encode(NOTE)
     schema_id = confluent_schema_id(framed)
     assert framed[:1] == b"\x00" and schema_id is not None
-    assert decode_note(framed, 10_000) == NOTE  # the notes topic's decoder takes Confluent framing
+    assert confluent.decode_note(framed, 10_000) == NOTE  # the notes topic's decoder takes Confluent framing
     assert registry.subjects["ehr.notes-value"] == [schema_id]
     codec.produce_confluent = False
     single = codec.encode(NOTE)
@@ -100,44 +97,36 @@ def test_confluent_records_without_a_registry_are_dead_letter_material(registry:
     framed = (
         b"\x00"
         + client.register("x-value", schema_text("clinical_note.avsc")).to_bytes(4, "big")
-        + codec_for(ClinicalNote).encode(NOTE)[10:]
+        + Codecs().of(ClinicalNote).encode(NOTE)[10:]
     )
-    use_registry(None, subjects(TopicSettings()))
     with pytest.raises(RecordError) as no_registry:
-        decode_note(framed, 10_000)
+        Codecs().decode_note(framed, 10_000)
     assert no_registry.value.kind is ErrorKind.unknown_schema and "no schema registry" in no_registry.value.message
     down = SchemaRegistryClient(f"http://127.0.0.1:{free_port()}", timeout_s=2)
-    use_registry(down, subjects(TopicSettings()))
-    try:
-        with pytest.raises(RecordError) as unreachable:
-            decode_note(framed, 10_000)
-        assert unreachable.value.kind is ErrorKind.unknown_schema and "unreachable" in unreachable.value.message
-    finally:
-        use_registry(None, subjects(TopicSettings()))
+    with pytest.raises(RecordError) as unreachable:
+        Codecs(down, subjects(TopicSettings())).decode_note(framed, 10_000)
+    assert unreachable.value.kind is ErrorKind.unknown_schema and "unreachable" in unreachable.value.message
 
 
 def test_schemas_command_registers_every_subject_and_reports_compatibility(
     registry: LoopbackRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SCHEMA_REGISTRY_URL", registry.url)
-    try:
-        first = CliRunner().invoke(main, ["schemas", "--register", "--json"])
-        assert first.exit_code == 0, first.output
-        statuses = json.loads(first.output)
-        assert {s["subject"] for s in statuses} == set(subjects(TopicSettings()).values())
-        assert all(s["ok"] and s["history_readable"] and s["registry_compatible"] and s["registry_id"] for s in statuses)
-        again = json.loads(CliRunner().invoke(main, ["schemas", "--json"]).output)  # looked up, not registered anew
-        assert [s["registry_id"] for s in again] == [s["registry_id"] for s in statuses]
-        # someone registered an incompatible schema first: the check fails with exit code 1
-        client = SchemaRegistryClient(registry.url)
-        other = json.loads(schema_text("extraction.avsc"))
-        other["fields"] = [f for f in other["fields"] if f["name"] != "text"] + [{"name": "only_this", "type": "string"}]
-        client.register("ehr.custom-value", json.dumps(other))
-        monkeypatch.setenv("EHRSTREAM_TOPICS__EXTRACTIONS", "ehr.custom")
-        broken = CliRunner().invoke(main, ["schemas"])
-        assert broken.exit_code == 1 and "INCOMPATIBLE" in broken.output
-    finally:
-        use_registry(None, subjects(TopicSettings()))
+    first = CliRunner().invoke(main, ["schemas", "--register", "--json"])
+    assert first.exit_code == 0, first.output
+    statuses = json.loads(first.output)
+    assert {s["subject"] for s in statuses} == set(subjects(TopicSettings()).values())
+    assert all(s["ok"] and s["history_readable"] and s["registry_compatible"] and s["registry_id"] for s in statuses)
+    again = json.loads(CliRunner().invoke(main, ["schemas", "--json"]).output)  # looked up, not registered anew
+    assert [s["registry_id"] for s in again] == [s["registry_id"] for s in statuses]
+    # someone registered an incompatible schema first: the check fails with exit code 1
+    client = SchemaRegistryClient(registry.url)
+    other = json.loads(schema_text("extraction.avsc"))
+    other["fields"] = [f for f in other["fields"] if f["name"] != "text"] + [{"name": "only_this", "type": "string"}]
+    client.register("ehr.custom-value", json.dumps(other))
+    monkeypatch.setenv("EHRSTREAM_TOPICS__EXTRACTIONS", "ehr.custom")
+    broken = CliRunner().invoke(main, ["schemas"])
+    assert broken.exit_code == 1 and "INCOMPATIBLE" in broken.output
 
 
 @pytest.mark.slow
@@ -151,14 +140,11 @@ def test_the_stream_runs_on_confluent_framing_end_to_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Notes published with Confluent framing, the worker writing Confluent framing, the sink reading it."""
-    monkeypatch.setenv("SCHEMA_REGISTRY_URL", registry.url)  # the worker subprocess reads the same settings
-    monkeypatch.setenv("EHRSTREAM_AVRO_WIRE", "confluent")
+    # set in this process only: the worker subprocess gets them with every other setting (Settings.child_config)
     settings = tiny_settings.model_copy(update={"schema_registry_url": registry.url, "avro_wire": "confluent"})
-    configure_codecs(settings)
     ensure_topics(settings, broker.bootstrap)
-    config = write_config(tmp_path / "ehrstream.toml", settings)
     sink = SinkThread(settings, broker.bootstrap, backend=database)
-    worker = WorkerProcess(settings, broker.bootstrap, config, tmp_path / "worker.log")
+    worker = WorkerProcess(settings, broker.bootstrap, tmp_path / "worker.log")
     sink.start()
     worker.start()
     try:
@@ -173,4 +159,3 @@ def test_the_stream_runs_on_confluent_framing_end_to_end(
     finally:
         worker.stop()
         sink.stop()
-        configure_codecs(tiny_settings)

@@ -14,8 +14,10 @@ import pytest
 from pydantic import BaseModel
 
 from schemas import ALL_MODELS, ClinicalNote, DeadLetter, Entity, ErrorKind, Extraction, ExtractionStatus, TaskKind, TaskResult
-from schemas.codec import MARKER, AvroCodec, codec_for, decode_note, rabin_fingerprint, schema_text
+from schemas.codec import MARKER, AvroCodec, Codecs, rabin_fingerprint, schema_text
 from schemas.errors import RecordError
+
+PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 
 PRIMITIVES = {"string": str, "int": int, "long": int, "float": float, "double": float, "boolean": bool, "bytes": bytes}
 
@@ -112,7 +114,7 @@ def _extraction() -> Extraction:
 
 @pytest.mark.parametrize("obj", [_note(), _extraction()], ids=["note", "extraction"])
 def test_single_object_encoding_round_trips_and_matches_the_reference_avro_library(obj: typing.Any) -> None:
-    codec = codec_for(type(obj))
+    codec = PLAIN.of(type(obj))
     data = codec.encode(obj)
     assert data[:2] == MARKER and data[2:10] == codec.fingerprint
     assert codec.decode(data) == obj
@@ -130,7 +132,7 @@ def test_fingerprint_is_crc64_avro_little_endian() -> None:
         parsed = avro.schema.parse(text)
         assert rabin_fingerprint(parsed.canonical_form) == parsed.fingerprint()
     # spec: the canonical form drops logicalType, so a timestamp-millis field fingerprints as plain "long"
-    codec = codec_for(ClinicalNote)
+    codec = PLAIN.of(ClinicalNote)
     assert '"created_at","type":"long"' in codec.canonical_form
 
 
@@ -148,7 +150,7 @@ def test_reader_resolves_records_written_with_an_older_schema() -> None:
     fastavro.schemaless_writer(written, old_codec.schema, record)
 
     with pytest.raises(RecordError) as unknown:
-        codec_for(ClinicalNote).decode(written.getvalue())
+        PLAIN.of(ClinicalNote).decode(written.getvalue())
     assert unknown.value.kind is ErrorKind.unknown_schema
 
     reader = AvroCodec(ClinicalNote, writer_schemas=[json.dumps(old)])
@@ -158,8 +160,8 @@ def test_reader_resolves_records_written_with_an_older_schema() -> None:
 
 def test_notes_topic_accepts_avro_and_json() -> None:
     note = _note()
-    assert decode_note(codec_for(ClinicalNote).encode(note), 10_000) == note
-    assert decode_note(note.model_dump_json().encode(), 10_000) == note
+    assert PLAIN.decode_note(PLAIN.of(ClinicalNote).encode(note), 10_000) == note
+    assert PLAIN.decode_note(note.model_dump_json().encode(), 10_000) == note
 
 
 SECRET = "Jane Roe has HIV"
@@ -181,16 +183,16 @@ SECRET = "Jane Roe has HIV"
 )
 def test_bad_notes_raise_a_record_error_with_kind_and_no_content(raw: bytes, kind: ErrorKind) -> None:
     with pytest.raises(RecordError) as info:
-        decode_note(raw, max_bytes=10_000)
+        PLAIN.decode_note(raw, max_bytes=10_000)
     assert info.value.kind is kind
     assert SECRET not in str(info.value) and "Jane" not in info.value.message
 
 
 def test_truncated_and_padded_avro_are_invalid() -> None:
-    data = codec_for(ClinicalNote).encode(_note(text=SECRET))
+    data = PLAIN.of(ClinicalNote).encode(_note(text=SECRET))
     for damaged in (data[:-5], data + b"\x00\x01"):
         with pytest.raises(RecordError) as info:
-            decode_note(damaged, 10_000)
+            PLAIN.decode_note(damaged, 10_000)
         assert info.value.kind is ErrorKind.invalid_avro
         assert SECRET not in str(info.value)
 
@@ -208,7 +210,7 @@ def test_dead_letter_keeps_raw_bytes_exactly() -> None:
         stage="worker",
         failed_at=datetime.now(UTC),
     )
-    assert codec_for(DeadLetter).decode(codec_for(DeadLetter).encode(letter)).raw == raw
+    assert PLAIN.of(DeadLetter).decode(PLAIN.of(DeadLetter).encode(letter)).raw == raw
 
 
 def test_review_decisions_written_before_results_existed_still_decode() -> None:
@@ -231,7 +233,7 @@ def test_review_decisions_written_before_results_existed_still_decode() -> None:
     written = io.BytesIO()
     written.write(MARKER + rabin_fingerprint(fastavro.schema.to_parsing_canonical_form(parsed)))
     fastavro.schemaless_writer(written, parsed, old.model_dump(exclude={"results"}))
-    decoded = codec_for(ReviewDecision).decode(written.getvalue())
+    decoded = PLAIN.of(ReviewDecision).decode(written.getvalue())
     assert decoded == old and decoded.results == []
 
 

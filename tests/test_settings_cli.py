@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from streams.cli import main
 from streams.errors import ConfigError
-from streams.settings import Settings, load_settings
+from streams.settings import Settings
 from tests.conftest import REPO
 
 
@@ -26,7 +26,7 @@ def test_environment_overrides_config_file_and_paths_are_relative_to_it(tmp_path
     )
     monkeypatch.setenv("EHRSTREAM_TOPIC_PARTITIONS", "6")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
-    settings = load_settings(config)
+    settings = Settings.load(config)
     assert settings.batch_max_notes == 7  # from the file
     assert settings.topic_partitions == 6  # env wins over the file
     assert settings.topics.notes == "hospital-a.notes" and settings.topics.deadletter == "ehr.deadletter"
@@ -40,20 +40,20 @@ def test_environment_overrides_config_file_and_paths_are_relative_to_it(tmp_path
 
 def test_secrets_are_hidden_and_placeholders_refused_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLICKHOUSE_URL", "http://ehr:s3cr3t-Value@clickhouse:8123")
-    settings = load_settings()
+    settings = Settings.load()
     assert "s3cr3t" not in repr(settings) and not settings.embedded_clickhouse
     monkeypatch.setenv("CLICKHOUSE_URL", "http://ehr:changeme@clickhouse:8123")
     monkeypatch.setenv("EHRSTREAM_ENVIRONMENT", "production")
     with pytest.raises(ConfigError, match="placeholder"):
-        load_settings()
+        Settings.load()
 
 
 def test_bad_settings_fail_with_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("EHRSTREAM_CLICKHOUSE_DATABASE", "bad; DROP")
     with pytest.raises(ConfigError, match="clickhouse_database"):
-        load_settings()
+        Settings.load()
     with pytest.raises(ConfigError, match="no such file"):
-        load_settings(tmp_path / "missing.toml")
+        Settings.load(tmp_path / "missing.toml")
 
 
 @pytest.mark.parametrize("command", ["demo", "train", "publish", "evaluate"])

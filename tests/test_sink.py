@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.codec import codec_for
+from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.extraction import Entity, Extraction, ExtractionStatus, TaskKind, TaskResult
 from streams.embedded import SinkThread, TansuBroker
@@ -21,6 +21,8 @@ from streams.sink.backend import ChdbBackend
 from streams.sink.migrations import migrate
 from streams.sink.query_server import QueryServer, check_read_only, remote_query
 from streams.sink.rows import TABLE_COLUMNS, extraction_row, json_each_row
+
+PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 
 
 def extraction(
@@ -120,7 +122,7 @@ def test_sink_writes_rows_then_commits_and_dead_letters_what_it_cannot_read(
     ensure_topics(settings, broker.bootstrap)
     p = producer(settings, broker.bootstrap)
     for i in range(20):
-        p.send(settings.topics.extractions, key=f"n{i}".encode(), value=codec_for(Extraction).encode(extraction(f"n{i}")))
+        p.send(settings.topics.extractions, key=f"n{i}".encode(), value=PLAIN.of(Extraction).encode(extraction(f"n{i}")))
     p.send(settings.topics.extractions, key=b"bad", value=b"not avro")
     p.flush()
     sink = SinkThread(settings, broker.bootstrap, backend=database)
@@ -219,7 +221,7 @@ def test_review_decisions_become_reviewed_revisions_with_an_audit_row(
     )
     orphan = decision.model_copy(update={"decision_id": "d2", "note_id": "no-such-note"})
     p = producer(settings, broker.bootstrap)
-    codec = codec_for(ReviewDecision)
+    codec = PLAIN.of(ReviewDecision)
     for d in (decision, decision, orphan):  # the first one twice: a replay
         p.send(settings.topics.review_decisions, key=d.note_id.encode(), value=codec.encode(d))
     p.flush()

@@ -26,9 +26,9 @@ from streams.embedded import SinkThread, TansuBroker, WorkerProcess, free_port
 from streams.errors import BrokerError
 from streams.kafka_io import client_config, ensure_topics, faust_broker_settings
 from streams.publish import publish_file
-from streams.settings import KafkaSecurity, Settings, load_settings
+from streams.settings import KafkaSecurity, Settings
 from streams.sink.backend import ChdbBackend
-from tests.conftest import wait_for_final, write_config
+from tests.conftest import wait_for_final
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -130,9 +130,8 @@ def test_worker_publish_and_sink_speak_tls_to_the_broker(
     monkeypatch.setenv("EHRSTREAM_KAFKA__SECURITY_PROTOCOL", "SSL")
     monkeypatch.setenv("EHRSTREAM_KAFKA__SSL_CAFILE", str(certificates / "ca.pem"))
     ensure_topics(settings, bootstrap)
-    config = write_config(tmp_path / "ehrstream.toml", settings)
     sink = SinkThread(settings, bootstrap, backend=database)
-    worker = WorkerProcess(settings, bootstrap, config, tmp_path / "worker.log")
+    worker = WorkerProcess(settings, bootstrap, tmp_path / "worker.log")
     sink.start()
     worker.start()
     try:
@@ -209,17 +208,17 @@ def test_secrets_come_from_files_and_the_variable_wins(tmp_path: Path, monkeypat
     monkeypatch.setenv("EHRSTREAM_KAFKA__SECURITY_PROTOCOL", "SASL_PLAINTEXT")
     monkeypatch.setenv("EHRSTREAM_KAFKA__SASL_USERNAME", "ingest")
     monkeypatch.setenv("EHRSTREAM_KAFKA_SASL_PASSWORD_FILE", str(tmp_path / "sasl"))
-    settings = load_settings()
+    settings = Settings.load()
     assert settings.clickhouse_password.get_secret_value() == "from-file"  # trailing newline stripped
     assert settings.kafka.sasl_password.get_secret_value() == "sasl-from-file"
     assert "from-file" not in repr(settings)
     monkeypatch.setenv("CLICKHOUSE_PASSWORD", "from-env")
-    assert load_settings().clickhouse_password.get_secret_value() == "from-env"
+    assert Settings.load().clickhouse_password.get_secret_value() == "from-env"
     monkeypatch.setenv("CLICKHOUSE_PASSWORD_FILE", str(tmp_path / "missing"))
     from streams.errors import ConfigError
 
     with pytest.raises(ConfigError, match="CLICKHOUSE_PASSWORD_FILE"):
-        load_settings()
+        Settings.load()
 
 
 def test_server_backend_takes_credentials_from_settings_and_never_reports_them(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,7 +228,7 @@ def test_server_backend_takes_credentials_from_settings_and_never_reports_them(m
     monkeypatch.setenv("CLICKHOUSE_URL", f"http://url-user:url-Secret-1@127.0.0.1:{free_port()}")
     monkeypatch.setenv("CLICKHOUSE_USER", "ehrstream")
     monkeypatch.setenv("CLICKHOUSE_PASSWORD", "settings-Secret-2")
-    backend = open_backend(load_settings())
+    backend = open_backend(Settings.load())
     assert isinstance(backend, ServerBackend)
     with pytest.raises(SinkError) as raised:
         backend.query("SELECT 1")

@@ -29,7 +29,7 @@ from aiohttp.abc import AbstractAccessLogger
 from pydantic import ValidationError
 
 from agents.model_dir import output_labels
-from schemas.codec import codec_for, validation_summary
+from schemas.codec import Codecs, validation_summary
 from schemas.review_decision import ReviewDecision
 from streams.errors import SinkError
 from streams.kafka_io import producer as make_producer
@@ -38,6 +38,7 @@ from streams.review.accounts import Accounts, LockedOut, Session
 from streams.review.decisions import DecisionInvalid, DecisionRequest, build_decision
 from streams.review.leases import Lease, LeaseBook, LeaseConflict
 from streams.review.store import QueueFilter, ReviewStore, StoredNote
+from streams.schema_registry import build_codecs
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,10 @@ SESSION = web.RequestKey("session", Session)
 class DecisionPublisher:
     """Produces decisions to the review-decisions topic and waits for the broker's acknowledgement."""
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, codecs: Codecs) -> None:
         self.topic = settings.topics.review_decisions
         self._producer = make_producer(settings, bootstrap)
-        self._codec = codec_for(ReviewDecision)
+        self._codec = codecs.of(ReviewDecision)
 
     def send(self, decision: ReviewDecision, timeout_s: float = 15.0) -> None:
         future = self._producer.send(self.topic, key=decision.note_id.encode("utf-8"), value=self._codec.encode(decision))
@@ -492,10 +493,10 @@ class ReviewServer:
 
 
 def start_review_server(
-    settings: Settings, reader: Reader, bootstrap: str, host: str | None = None, port: int | None = None
+    settings: Settings, reader: Reader, bootstrap: str, host: str | None = None, port: int | None = None, codecs: Codecs | None = None
 ) -> ReviewServer:
-    """The review app, started on its own thread; ``host``/``port`` default to the settings."""
-    app = ReviewApp(settings, reader, DecisionPublisher(settings, bootstrap))
+    """The review app, started on its own thread; ``host``/``port`` default to the settings, ``codecs`` to theirs."""
+    app = ReviewApp(settings, reader, DecisionPublisher(settings, bootstrap, codecs or build_codecs(settings)))
     server = ReviewServer(app, host or settings.review.host, settings.review.port if port is None else port)
     server.start()
     return server

@@ -18,7 +18,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from schemas.codec import codec_for
+from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter
 from schemas.errors import RecordError
 from schemas.extraction import Extraction
@@ -60,16 +60,16 @@ class _Batch:
 
 
 class ClickHouseSink:
-    def __init__(self, settings: Settings, bootstrap: str, backend: ClickHouseBackend) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, backend: ClickHouseBackend, codecs: Codecs) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.backend = backend
         self.stats = SinkStats()
         self.topics = settings.topics
-        self._extractions = codec_for(Extraction)
-        self._reviews = codec_for(ReviewTask)
-        self._decisions = codec_for(ReviewDecision)
-        self._dead = codec_for(DeadLetter)
+        self._extractions = codecs.of(Extraction)
+        self._reviews = codecs.of(ReviewTask)
+        self._decisions = codecs.of(ReviewDecision)
+        self._dead = codecs.of(DeadLetter)
         self._batch = _Batch()
 
     def run(self, stop: threading.Event) -> None:
