@@ -81,7 +81,7 @@ class _Context:
 
     def bootstrap(self) -> str:
         """KAFKA_BOOTSTRAP_SERVERS, or the broker of a running ``ehrstream up``."""
-        from streams.stack import running_stack
+        from streams.runtime.stack import running_stack
 
         settings = self.settings()
         if not settings.embedded_kafka:
@@ -138,10 +138,10 @@ def worker(obj: _Context) -> None:
     """Run the Faust extraction worker (KAFKA_BOOTSTRAP_SERVERS names the broker)."""
     from faust.worker import Worker
 
-    from streams.app import create_app
-    from streams.lag import monitor_lag
+    from streams.kafka.lag import monitor_lag
+    from streams.kafka.schema_registry import build_codecs
     from streams.metrics import register_gpu_metrics, serve
-    from streams.schema_registry import build_codecs
+    from streams.worker import create_app
 
     settings = obj.settings()
     bootstrap = obj.bootstrap()
@@ -160,9 +160,9 @@ def sink(obj: _Context) -> None:
     import signal
     import threading
 
-    from streams.embedded import SinkThread
-    from streams.lag import monitor_lag
+    from streams.kafka.lag import monitor_lag
     from streams.metrics import serve
+    from streams.runtime.sink_thread import SinkThread
 
     settings = obj.settings()
     bootstrap = obj.bootstrap()
@@ -210,7 +210,7 @@ def _format_option() -> Callable[[F], F]:
 @click.pass_obj
 def publish(obj: _Context, file: Path, fmt: str, wire: str, as_json: bool) -> None:
     """Validate and publish notes from FILE (or every file of the format in a directory) to the notes topic."""
-    from streams.publish import publish_file
+    from streams.ingest.publish import publish_file
 
     settings = obj.settings()
     summary = publish_file(
@@ -241,7 +241,7 @@ def publish(obj: _Context, file: Path, fmt: str, wire: str, as_json: bool) -> No
 @click.pass_obj
 def query(obj: _Context, sql: str, params: tuple[str, ...], allow_writes: bool, as_json: bool) -> None:
     """Run SQL against ClickHouse (the server, the running embedded sink, or embedded chdb directly)."""
-    from streams.querying import format_table, run_query
+    from streams.query.reader import format_table, run_query
 
     parameters = dict(p.split("=", 1) for p in params) if params else None
     result = run_query(obj.settings(), sql, parameters, allow_writes=allow_writes)
@@ -262,8 +262,8 @@ def init(obj: _Context, wait_seconds: float) -> None:
     import time
 
     from streams.errors import SinkError
-    from streams.kafka_io import ensure_topics
-    from streams.schema_registry import check_schemas
+    from streams.kafka.clients import ensure_topics
+    from streams.kafka.schema_registry import check_schemas
     from streams.sink.backend import open_backend
     from streams.sink.migrations import migrate
 
@@ -299,7 +299,7 @@ def init(obj: _Context, wait_seconds: float) -> None:
 @click.pass_obj
 def topics(obj: _Context, create: bool) -> None:
     """Create (if missing) and list the project's topics."""
-    from streams.kafka_io import admin, ensure_topics
+    from streams.kafka.clients import admin, ensure_topics
 
     settings = obj.settings()
     bootstrap = obj.bootstrap()
@@ -330,9 +330,9 @@ def topics(obj: _Context, create: bool) -> None:
 @click.pass_obj
 def demo(obj: _Context, notes: int, datasets: Path, input_path: Path | None, fmt: str, as_json: bool) -> None:
     """Run the whole path once on the embedded stack and report what happened to every note."""
-    from streams.demo import run_demo, summary_table
-    from streams.embedded import EMBEDDED_TIMEOUTS
-    from streams.formats import InputFormat
+    from streams.ingest import InputFormat
+    from streams.ops.demo import run_demo, summary_table
+    from streams.runtime.broker import EMBEDDED_TIMEOUTS
 
     base = obj.settings()
     settings = obj.settings(
@@ -351,7 +351,7 @@ def demo(obj: _Context, notes: int, datasets: Path, input_path: Path | None, fmt
 @click.pass_obj
 def up(obj: _Context) -> None:
     """Run the embedded stack (Tansu, worker, sink with query endpoint) until Ctrl-C."""
-    from streams.stack import run_stack
+    from streams.runtime.stack import run_stack
 
     run_stack(obj.settings(), echo=click.echo)
 
@@ -394,8 +394,8 @@ def bench(
     as_json: bool,
 ) -> None:
     """Raw model throughput vs end to end (notes topic -> ClickHouse), p50/p99 latency at half peak, CPU per stage."""
-    from streams.bench import as_json as result_json
-    from streams.bench import format_result, run_bench
+    from streams.ops.bench import as_json as result_json
+    from streams.ops.bench import format_result, run_bench
 
     settings = obj.settings(device=device)
     result = run_bench(
@@ -426,8 +426,8 @@ def soak(
     obj: _Context, minutes: float, rate: float, max_notes: int, sample_seconds: float, workers: int, datasets: Path, as_json: bool
 ) -> None:
     """Steady load for a bounded time on the embedded stack; prints each process's memory over time and a verdict."""
-    from streams.soak import as_json as result_json
-    from streams.soak import format_result, run_soak
+    from streams.ops.soak import as_json as result_json
+    from streams.ops.soak import format_result, run_soak
 
     result = run_soak(
         obj.settings(),
@@ -453,7 +453,7 @@ def schemas(obj: _Context, register: bool, as_json: bool) -> None:
     """
     import dataclasses
 
-    from streams.schema_registry import check_schemas
+    from streams.kafka.schema_registry import check_schemas
 
     statuses = check_schemas(obj.settings(), register=register)
     if as_json:
@@ -478,7 +478,7 @@ def review_ui(obj: _Context, host: str | None, port: int | None) -> None:
     import threading
 
     from streams.metrics import serve
-    from streams.querying import open_reader
+    from streams.query.reader import open_reader
     from streams.review.server import start_review_server
 
     settings = obj.settings()
@@ -524,7 +524,7 @@ def reviewer_hash(reviewer_id: str, password_stdin: bool) -> None:
 @click.pass_obj
 def review_health(obj: _Context, as_json: bool) -> None:
     """Queue health for the review lead: backlog per task, agreement per label, decisions per reviewer per day."""
-    from streams.querying import open_reader
+    from streams.query.reader import open_reader
     from streams.review.store import ReviewStore
 
     settings = obj.settings()
@@ -532,7 +532,7 @@ def review_health(obj: _Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(health, default=str))
         return
-    from streams.querying import format_table
+    from streams.query.reader import format_table
     from streams.sink.backend import QueryResult
 
     for name, rows in health.items():
@@ -557,7 +557,7 @@ def review_health(obj: _Context, as_json: bool) -> None:
 def export(obj: _Context, task: str, fmt: str, out: Path) -> None:
     """Export the task's reviewed notes from ClickHouse as training data."""
     from agents.model_dir import output_labels
-    from streams.querying import open_reader
+    from streams.query.reader import open_reader
     from streams.review.export import export_reviewed
 
     task_settings = _task(obj, task)
@@ -646,15 +646,15 @@ def train(
     device: str,
 ) -> None:
     """Fine-tune a task's model and write a versioned model directory."""
-    from agents.datasets import read_examples
-    from agents.training import TrainConfig
-    from agents.training import train as run_training
+    from agents.learning.datasets import read_examples
+    from agents.learning.training import TrainConfig
+    from agents.learning.training import train as run_training
 
     settings = obj.settings()
     task_settings = _task(obj, task)
     kind = task_settings.kind
     if data == "clickhouse":
-        from streams.training_data import examples_from_clickhouse
+        from streams.learning.training_data import examples_from_clickhouse
 
         source = examples_from_clickhouse(settings, task, kind, confidence_floor)
         click.echo(
@@ -724,9 +724,9 @@ def evaluate(
     obj: _Context, task: str, model: Path | None, data: Path, plots: Path | None, threshold: float | None, device: str, as_json: bool
 ) -> None:
     """Score a model: P/R/F1 (micro, macro, per label; strict and overlap spans for NER), confusion, ECE, review trade-off."""
-    from agents import plots as charts
-    from agents.datasets import read_examples
-    from agents.evaluation import Run, report
+    from agents.learning import plots as charts
+    from agents.learning.datasets import read_examples
+    from agents.learning.evaluation import Run, report
     from agents.model_dir import load_model
     from agents.runners import build_runner
 
@@ -795,9 +795,9 @@ def calibrate(
     obj: _Context, task: str, model: Path | None, data: Path, target_precision: float, write_config: Path | None, device: str, as_json: bool
 ) -> None:
     """Fit temperature scaling on a dev split and write the least-review thresholds that reach the target precision."""
-    from agents.calibration import write_temperature, write_thresholds
-    from agents.datasets import read_examples
-    from agents.evaluation import Run, choose_thresholds, fit_temperature
+    from agents.learning.calibration import write_temperature, write_thresholds
+    from agents.learning.datasets import read_examples
+    from agents.learning.evaluation import Run, choose_thresholds, fit_temperature
     from agents.model_dir import load_model
     from agents.runners import build_runner
 
@@ -882,11 +882,11 @@ def label(
     """Pre-label notes with a local LLM: confident labels become training data, the rest review tasks."""
     import dataclasses
 
-    from agents.llm_labeller import LlmLabeller
+    from agents.learning.llm_labeller import LlmLabeller
     from agents.model_dir import load_model
     from agents.runners.spans import TagScheme
     from schemas.extraction import TaskKind
-    from streams.labelling import label_file
+    from streams.learning.labelling import label_file
 
     task_settings = _task(obj, task)
     labels = load_model(task_settings.model_dir, task_settings.kind).labels

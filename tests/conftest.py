@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 from agents.config import TaskSettings, TopicSettings
 from agents.model_dir import DEFAULT_BACKBONE, resolve_base
 from schemas.extraction import TaskKind
-from streams.embedded import TansuBroker
+from streams.runtime.broker import TansuBroker
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 

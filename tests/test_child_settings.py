@@ -16,8 +16,10 @@ from pydantic import SecretStr
 
 from agents.config import TaskSettings
 from schemas.clinical_note import ClinicalNote
-from streams.embedded import SinkThread, TansuBroker, WorkerProcess
-from streams.kafka_io import ensure_topics, producer
+from streams.kafka.clients import ensure_topics, producer
+from streams.runtime.broker import TansuBroker
+from streams.runtime.sink_thread import SinkThread
+from streams.runtime.workers import WorkerProcess
 from streams.settings import KafkaSecurity, Settings, write_child_config
 from streams.sink.backend import ChdbBackend
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from streams.cli import main
-from streams.embedded import TansuBroker
+from streams.runtime.broker import TansuBroker
 from streams.settings import Settings
 from tests.conftest import REPO
 from tests.registry_server import LoopbackRegistry

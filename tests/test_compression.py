@@ -14,8 +14,10 @@ from confluent_kafka import Producer
 from kafka import KafkaConsumer, TopicPartition
 
 from schemas.clinical_note import ClinicalNote
-from streams.embedded import SinkThread, TansuBroker, WorkerProcess
-from streams.kafka_io import ensure_topics
+from streams.kafka.clients import ensure_topics
+from streams.runtime.broker import TansuBroker
+from streams.runtime.sink_thread import SinkThread
+from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 from tests.conftest import wait_for_final

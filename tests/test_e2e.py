@@ -14,9 +14,11 @@ from kafka import KafkaConsumer, TopicPartition
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter, ErrorKind
-from streams.embedded import SinkThread, TansuBroker, WorkerProcess
-from streams.kafka_io import ensure_topics, producer
-from streams.publish import publish_file
+from streams.ingest.publish import publish_file
+from streams.kafka.clients import ensure_topics, producer
+from streams.runtime.broker import TansuBroker
+from streams.runtime.sink_thread import SinkThread
+from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 from tests.conftest import DATASETS, REPO

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from schemas.clinical_note import ClinicalNote
-from streams.embedded import TansuBroker
-from streams.formats.fhir import read_fhir
-from streams.formats.hl7v2 import parse_timestamp, read_hl7v2
-from streams.publish import read_notes
+from streams.ingest.fhir import read_fhir
+from streams.ingest.hl7v2 import parse_timestamp, read_hl7v2
+from streams.ingest.publish import read_notes
+from streams.runtime.broker import TansuBroker
 from tests.conftest import REPO
 
 FHIR = REPO / "tests" / "data" / "fhir"

@@ -34,8 +34,9 @@ from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter
 from schemas.extraction import Extraction, TaskKind
 from schemas.review_task import ReviewTask
-from streams.embedded import TansuBroker, WorkerProcess
-from streams.kafka_io import ensure_topics, producer
+from streams.kafka.clients import ensure_topics, producer
+from streams.runtime.broker import TansuBroker
+from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings, write_child_config
 
 PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry

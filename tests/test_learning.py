@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from agents.datasets import NerExample
-from agents.evaluation import calibration, ner_report
+from agents.learning.datasets import NerExample
+from agents.learning.evaluation import calibration, ner_report
 from agents.pipeline import ExtractionPipeline
 from agents.routing import RoutingPolicy
 from agents.types import Decision, InRecord, TaskOutput
@@ -20,13 +20,13 @@ from schemas.clinical_note import ClinicalNote
 from schemas.codec import Codecs
 from schemas.extraction import Entity, Extraction, ExtractionStatus, TaskKind, TaskResult
 from schemas.review_task import ReasonKind
-from streams.app import build_runners
 from streams.cli import main
+from streams.query.endpoint import QueryServer
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 from streams.sink.migrations import migrate
-from streams.sink.query_server import QueryServer
 from streams.sink.rows import TABLE_COLUMNS, extraction_row, json_each_row
+from streams.worker import build_runners
 
 PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 

@@ -12,14 +12,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
 from agents.config import TopicSettings
-from agents.llm_labeller import LlmLabeller, parse_entities
+from agents.learning.llm_labeller import LlmLabeller, parse_entities
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import Codecs
 from schemas.extraction import Extraction, ExtractionStatus, TaskKind
 from schemas.review_task import ReviewTask
-from streams.embedded import TansuBroker
-from streams.kafka_io import ensure_topics
-from streams.labelling import label_file
+from streams.kafka.clients import ensure_topics
+from streams.learning.labelling import label_file
+from streams.runtime.broker import TansuBroker
 from streams.settings import Settings
 
 PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry

@@ -12,8 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import Codecs
-from streams.embedded import TansuBroker, WorkerProcess, free_port
-from streams.kafka_io import ensure_topics, producer
+from streams.kafka.clients import ensure_topics, producer
+from streams.runtime.broker import TansuBroker
+from streams.runtime.processes import free_port
+from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings, write_child_config
 from tests.test_reliability import _sink_process
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from schemas.clinical_note import ClinicalNote
-from streams.embedded import free_port
-from streams.kafka_io import producer
+from streams.kafka.clients import producer
 from streams.review.accounts import hash_password
+from streams.runtime.processes import free_port
+from streams.runtime.stack import running_stack
 from streams.settings import Settings
-from streams.stack import running_stack
 from tests.conftest import REPO
 from tests.review_helpers import Client
 

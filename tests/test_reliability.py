@@ -20,12 +20,14 @@ import pytest
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import Codecs
 from schemas.extraction import Extraction
-from streams.embedded import SinkThread, TansuBroker, WorkerProcess
 from streams.errors import SinkError
-from streams.kafka_io import admin, ensure_topics, producer
+from streams.kafka.clients import admin, ensure_topics, producer
+from streams.query.endpoint import remote_query, running_endpoint
+from streams.runtime.broker import TansuBroker
+from streams.runtime.sink_thread import SinkThread
+from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings, write_child_config
 from streams.sink.backend import ChdbBackend
-from streams.sink.query_server import remote_query, running_endpoint
 from tests.conftest import REPO
 from tests.test_sink import extraction
 
@@ -243,7 +245,7 @@ def test_unreachable_clickhouse_server_is_retried_and_nothing_is_committed(
 ) -> None:
     """Server mode, ClickHouse down from the start: the sink stays up, retries with growing delays, consumes and
     commits nothing, logs no credentials, and stops cleanly on SIGTERM."""
-    from streams.embedded import free_port
+    from streams.runtime.processes import free_port
 
     settings = sink_settings
     ensure_topics(settings, broker.bootstrap)

@@ -15,11 +15,12 @@ from kafka import KafkaConsumer, TopicPartition
 from schemas.codec import Codecs
 from schemas.extraction import TaskKind
 from schemas.review_decision import ChangeAction, ReviewDecision
-from streams.embedded import SinkThread, TansuBroker
-from streams.kafka_io import ensure_topics
+from streams.kafka.clients import ensure_topics
 from streams.logs import CLIENT_LOGGERS, cap_client_loggers
 from streams.review.accounts import hash_password, verify_password
 from streams.review.server import DecisionPublisher, ReviewApp, ReviewServer
+from streams.runtime.broker import TansuBroker
+from streams.runtime.sink_thread import SinkThread
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 from tests.review_helpers import NOTE_TEXT, PASSWORDS, Client, pending_note, review_settings, store_pending
@@ -36,7 +37,7 @@ class Running:
 
 def _start(settings: Settings, database: ChdbBackend, broker: TansuBroker) -> ReviewServer:
     ensure_topics(settings, broker.bootstrap)
-    app = ReviewApp(settings, database, DecisionPublisher(settings, broker.bootstrap))
+    app = ReviewApp(settings, database, DecisionPublisher(settings, broker.bootstrap, PLAIN))
     server = ReviewServer(app, "127.0.0.1", 0)
     server.start()
     return server
@@ -259,7 +260,7 @@ def _ignore(row: dict[str, object]) -> dict[str, object]:
 
 
 def test_reviewed_notes_export_for_train_prodigy_and_label_studio(database: ChdbBackend, tmp_path: Path) -> None:
-    from agents.datasets import read_examples
+    from agents.learning.datasets import read_examples
     from schemas.extraction import DocumentLabel, Entity, ExtractionStatus, TaskResult
     from streams.review.export import export_reviewed
     from streams.sink.rows import TABLE_COLUMNS, extraction_row, json_each_row

@@ -27,13 +27,15 @@ from selenium.webdriver.support.wait import WebDriverWait
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import Codecs
 from schemas.extraction import TaskKind
-from streams.embedded import SinkThread, TansuBroker, WorkerProcess
-from streams.kafka_io import ensure_topics, producer
+from streams.kafka.clients import ensure_topics, producer
+from streams.learning.training_data import examples_from_clickhouse
+from streams.query.endpoint import QueryServer
 from streams.review.server import start_review_server
+from streams.runtime.broker import TansuBroker
+from streams.runtime.sink_thread import SinkThread
+from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
-from streams.sink.query_server import QueryServer
-from streams.training_data import examples_from_clickhouse
 from tests.review_helpers import NOTE_TEXT, PASSWORDS, review_settings
 
 PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry

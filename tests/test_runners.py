@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.datasets import ClassificationExample, NerExample, read_examples
 from agents.errors import ModelLoadError
+from agents.learning.datasets import ClassificationExample, NerExample, read_examples
+from agents.learning.training import TrainConfig, evaluate_loaded, train
 from agents.model_dir import MANIFEST, load_model
 from agents.runners import build_runner
 from agents.runners.ner import word_probabilities
-from agents.training import TrainConfig, evaluate_loaded, train
 from schemas.extraction import TaskKind
 from tests.conftest import DATASETS
 

@@ -20,10 +20,13 @@ from schemas.dead_letter import ErrorKind
 from schemas.errors import RecordError
 from schemas.registry import RegistryError, SchemaRegistryClient, confluent_schema_id
 from streams.cli import main
-from streams.embedded import SinkThread, TansuBroker, WorkerProcess, free_port
-from streams.kafka_io import ensure_topics
-from streams.publish import publish_file
-from streams.schema_registry import subjects
+from streams.ingest.publish import publish_file
+from streams.kafka.clients import ensure_topics
+from streams.kafka.schema_registry import subjects
+from streams.runtime.broker import TansuBroker
+from streams.runtime.processes import free_port
+from streams.runtime.sink_thread import SinkThread
+from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 from tests.conftest import wait_for_final

@@ -87,7 +87,7 @@ def test_publish_without_a_broker_says_how_to_get_one(tmp_path: Path) -> None:
 
 
 def test_publish_reads_csv_and_reports_rejects_by_line(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from streams.publish import publish_file
+    from streams.ingest.publish import publish_file
 
     csv_file = tmp_path / "notes.csv"
     csv_file.write_text(

@@ -12,14 +12,15 @@ import pytest
 from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.extraction import Entity, Extraction, ExtractionStatus, TaskKind, TaskResult
-from streams.embedded import SinkThread, TansuBroker
 from streams.errors import QueryRefusedError
-from streams.kafka_io import ensure_topics, producer
-from streams.querying import run_query
+from streams.kafka.clients import ensure_topics, producer
+from streams.query.endpoint import QueryServer, check_read_only, remote_query
+from streams.query.reader import run_query
+from streams.runtime.broker import TansuBroker
+from streams.runtime.sink_thread import SinkThread
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 from streams.sink.migrations import migrate
-from streams.sink.query_server import QueryServer, check_read_only, remote_query
 from streams.sink.rows import TABLE_COLUMNS, extraction_row, json_each_row
 
 PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry

@@ -22,10 +22,13 @@ import pytest
 from pydantic import SecretStr
 
 from schemas.clinical_note import ClinicalNote
-from streams.embedded import SinkThread, TansuBroker, WorkerProcess, free_port
 from streams.errors import BrokerError
-from streams.kafka_io import client_config, ensure_topics, faust_broker_settings
-from streams.publish import publish_file
+from streams.ingest.publish import publish_file
+from streams.kafka.clients import client_config, ensure_topics, faust_broker_settings
+from streams.runtime.broker import TansuBroker
+from streams.runtime.processes import free_port
+from streams.runtime.sink_thread import SinkThread
+from streams.runtime.workers import WorkerProcess
 from streams.settings import KafkaSecurity, Settings
 from streams.sink.backend import ChdbBackend
 from tests.conftest import wait_for_final

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from agents.plots import data_efficiency
+from agents.learning.plots import data_efficiency
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from schemas.extraction import TaskKind
-from streams.querying import Reader
+from streams.query.reader import Reader
 from streams.sink.backend import tuple_field
 
 ExportFormat = Literal["jsonl", "prodigy", "labelstudio"]

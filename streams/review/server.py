@@ -32,13 +32,13 @@ from agents.model_dir import output_labels
 from schemas.codec import Codecs, validation_summary
 from schemas.review_decision import ReviewDecision
 from streams.errors import SinkError
-from streams.kafka_io import producer as make_producer
-from streams.querying import Reader
+from streams.kafka.clients import producer as make_producer
+from streams.kafka.schema_registry import build_codecs
+from streams.query.reader import Reader
 from streams.review.accounts import Accounts, LockedOut, Session
 from streams.review.decisions import DecisionInvalid, DecisionRequest, build_decision
 from streams.review.leases import Lease, LeaseBook, LeaseConflict
 from streams.review.store import QueueFilter, ReviewStore, StoredNote
-from streams.schema_registry import build_codecs
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.extraction import DocumentLabel, Entity, TaskKind, TaskResult
-from streams.querying import Reader
+from streams.query.reader import Reader
 from streams.sink.backend import tuple_field
 
 _FILTER = (

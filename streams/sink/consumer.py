@@ -25,8 +25,8 @@ from schemas.extraction import Extraction
 from schemas.review_decision import ReviewDecision
 from schemas.review_task import ReviewTask
 from streams.errors import SinkBackpressureError, SinkError
-from streams.kafka_io import consumer as make_consumer
-from streams.kafka_io import producer as make_producer
+from streams.kafka.clients import consumer as make_consumer
+from streams.kafka.clients import producer as make_producer
 from streams.metrics import DEAD_LETTERS, SINK_RETRIES, SINK_ROWS, STAGE_SECONDS
 from streams.settings import Settings
 from streams.sink.backend import ClickHouseBackend

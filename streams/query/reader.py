@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from streams.errors import SinkError
+from streams.query.endpoint import check_read_only, remote_query, running_endpoint
 from streams.settings import Settings
 from streams.sink.backend import ClickHouseBackend, QueryResult, open_backend
-from streams.sink.query_server import check_read_only, remote_query, running_endpoint
 
 
 class Reader(Protocol):

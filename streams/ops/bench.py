@@ -34,9 +34,12 @@ from pydantic import SecretStr
 from agents.config import TaskSettings
 from schemas.clinical_note import ClinicalNote
 from schemas.extraction import TaskKind
-from streams.embedded import EMBEDDED_TIMEOUTS, SinkThread, TansuBroker, WorkerPool, free_port, worker_plan
-from streams.kafka_io import ensure_topics, producer
-from streams.schema_registry import build_codecs
+from streams.kafka.clients import ensure_topics, producer
+from streams.kafka.schema_registry import build_codecs
+from streams.runtime.broker import EMBEDDED_TIMEOUTS, TansuBroker
+from streams.runtime.processes import free_port
+from streams.runtime.sink_thread import SinkThread
+from streams.runtime.workers import WorkerPool, worker_plan
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,7 @@ class BenchResult:
 
 def bench_texts(n: int, datasets: Path) -> list[str]:
     """Realistic notes: medical abstracts (the train split; no scores are computed), repeated to ``n``."""
-    from agents.datasets import read_medical_abstracts
+    from agents.learning.datasets import read_medical_abstracts
 
     source = datasets / "medical_abstracts" / "train.csv"
     if source.exists():
@@ -112,7 +115,7 @@ def raw_throughput(settings: Settings, texts: list[str]) -> tuple[float, dict[st
 
     import torch
 
-    from streams.app import build_runners
+    from streams.worker import build_runners
 
     # the device at its best: torch's default threads, whatever the workers are limited to
     runners = build_runners(settings.model_copy(update={"torch_threads": 0}))

@@ -19,7 +19,7 @@ from typing import Any
 from urllib import request
 
 from streams.errors import QueryRefusedError, SinkError
-from streams.runfiles import live_run_file
+from streams.runtime.runfiles import live_run_file
 from streams.sink.backend import ClickHouseBackend, QueryResult
 
 log = logging.getLogger(__name__)

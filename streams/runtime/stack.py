@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from streams.embedded import EMBEDDED_TIMEOUTS, SinkThread, TansuBroker, WorkerPool, worker_plan
-from streams.kafka_io import ensure_topics
-from streams.lag import monitor_lag
+from streams.kafka.clients import ensure_topics
+from streams.kafka.lag import monitor_lag
 from streams.metrics import serve
-from streams.runfiles import live_run_file
+from streams.runtime.broker import EMBEDDED_TIMEOUTS, TansuBroker
+from streams.runtime.runfiles import live_run_file
+from streams.runtime.sink_thread import SinkThread
+from streams.runtime.workers import WorkerPool, worker_plan
 from streams.settings import ReviewerAccount, Settings
 
 if TYPE_CHECKING:

@@ -15,16 +15,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from agents.llm_labeller import Labelled, LlmLabeller, training_record
+from agents.learning.llm_labeller import Labelled, LlmLabeller, training_record
 from schemas._base import utc_now
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import Codecs
 from schemas.extraction import DocumentLabel, Entity, Extraction, ExtractionStatus, TaskKind, TaskResult
 from schemas.review_task import ReasonKind, ReviewReason, ReviewTask
-from streams.formats.notes import read_records
-from streams.kafka_io import producer as make_producer
-from streams.publish import validate
-from streams.schema_registry import build_codecs
+from streams.ingest.notes import read_records
+from streams.ingest.publish import validate
+from streams.kafka.clients import producer as make_producer
+from streams.kafka.schema_registry import build_codecs
 from streams.settings import Settings
 
 

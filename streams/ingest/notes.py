@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from streams.formats.base import Record
+from streams.ingest.base import Record
 
 
 def read_records(path: Path) -> Iterator[Record]:

@@ -28,13 +28,15 @@ from schemas.clinical_note import ClinicalNote
 from schemas.codec import MARKER, Codecs
 from schemas.dead_letter import DeadLetter
 from schemas.extraction import Extraction, ExtractionStatus
-from streams.embedded import SinkThread, TansuBroker, WorkerPool
-from streams.formats import InputFormat
-from streams.kafka_io import consumer as make_consumer
-from streams.kafka_io import ensure_topics
-from streams.kafka_io import producer as make_producer
-from streams.publish import PublishSummary, read_notes
-from streams.schema_registry import build_codecs
+from streams.ingest import InputFormat
+from streams.ingest.publish import PublishSummary, read_notes
+from streams.kafka.clients import consumer as make_consumer
+from streams.kafka.clients import ensure_topics
+from streams.kafka.clients import producer as make_producer
+from streams.kafka.schema_registry import build_codecs
+from streams.runtime.broker import TansuBroker
+from streams.runtime.sink_thread import SinkThread
+from streams.runtime.workers import WorkerPool
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from agents.pipeline import ExtractionPipeline
 from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
 from schemas.codec import Codecs
-from streams.kafka_io import faust_broker_settings
+from streams.kafka.clients import faust_broker_settings
 from streams.metrics import record_batch
 from streams.settings import Settings
 

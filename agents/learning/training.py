@@ -23,8 +23,8 @@ from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from agents.datasets import ClassificationExample, Example, NerExample, data_hash
 from agents.errors import TrainingDataError
+from agents.learning.datasets import ClassificationExample, Example, NerExample, data_hash
 from agents.model_dir import DEFAULT_BACKBONE, LoadedModel, ModelManifest, resolve_base, write_manifest
 from agents.runners import build_runner
 from agents.runners.base import pick_device
@@ -145,8 +145,8 @@ def seed_everything(seed: int) -> None:
 def evaluate_loaded(
     loaded: LoadedModel, task: str, examples: list[Example], batch_size: int = 32, device: str = "auto", dtype: torch.dtype | None = None
 ) -> dict[str, Any]:
-    """Score a model on labelled examples through the production runner (see ``agents.evaluation``)."""
-    from agents.evaluation import Run, report
+    """Score a model on labelled examples through the production runner (see ``agents.learning.evaluation``)."""
+    from agents.learning.evaluation import Run, report
 
     return report(Run.of(build_runner(task, loaded, batch_size=batch_size, device=device, dtype=dtype), examples))
 

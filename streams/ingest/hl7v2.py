@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from streams.formats.base import Record
+from streams.ingest.base import Record
 
 TEXT_TYPES = {"TX", "FT"}
 

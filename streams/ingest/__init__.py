@@ -1,7 +1,7 @@
 """Input formats EHR feeds send notes in: ehrstream's own JSONL/CSV, FHIR R4 and HL7 v2.
 
 Each reader yields ``(position, fields)`` per note, or ``(position, reason)`` for one that cannot be
-a note; ``streams.publish`` validates the fields as a ClinicalNote and accounts for every position.
+a note; ``streams.ingest.publish`` validates the fields as a ClinicalNote and accounts for every position.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from streams.formats.base import Record
-from streams.formats.fhir import read_fhir
-from streams.formats.hl7v2 import read_hl7v2
-from streams.formats.notes import read_records
+from streams.ingest.base import Record
+from streams.ingest.fhir import read_fhir
+from streams.ingest.hl7v2 import read_hl7v2
+from streams.ingest.notes import read_records
 
 InputFormat = Literal["notes", "fhir", "hl7v2"]
 #: the files a directory input contributes, per format

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from streams.formats.base import Record
+from streams.ingest.base import Record
 
 LOINC = "http://loinc.org"
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.datasets import ClassificationExample, Example, NerExample
+from agents.learning.datasets import ClassificationExample, Example, NerExample
 from agents.runners import ModelRunner
 from agents.runners.base import softmax
 from agents.runners.classification import merge_window_probabilities

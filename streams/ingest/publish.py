@@ -2,7 +2,7 @@
 
 Reads ehrstream's own JSONL (one note object per line) or CSV (a header naming the ClinicalNote
 fields; ``meta`` as a JSON object), FHIR R4 (Bundles or DocumentReferences) and HL7 v2 (MDM^T02,
-ORU^R01) through ``streams.formats``; a directory means its files of that format. Each valid
+ORU^R01) through ``streams.ingest``; a directory means its files of that format. Each valid
 note is sent as Avro single-object encoding (or JSON with ``wire="json"``), keyed by
 ``note_id`` so a note's versions stay in order. Rejected records are reported by position
 (line, Bundle note or message number) and reason, never by content.
@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import Codecs, validation_summary
-from streams.formats import InputFormat, input_files, read_format
-from streams.kafka_io import producer as make_producer
-from streams.schema_registry import build_codecs
+from streams.ingest import InputFormat, input_files, read_format
+from streams.kafka.clients import producer as make_producer
+from streams.kafka.schema_registry import build_codecs
 from streams.settings import Settings
 
 Wire = Literal["avro", "json"]

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agents.datasets import ClassificationExample, Example, NerExample
 from agents.errors import TrainingDataError
+from agents.learning.datasets import ClassificationExample, Example, NerExample
 from schemas.extraction import TaskKind
-from streams.querying import run_query
+from streams.query.reader import run_query
 from streams.settings import Settings
 from streams.sink.backend import tuple_field
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from kafka import KafkaConsumer, TopicPartition
 
-from streams.kafka_io import admin, client_config
+from streams.kafka.clients import admin, client_config
 from streams.metrics import CONSUMER_LAG
 from streams.settings import Settings
 

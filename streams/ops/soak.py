@@ -21,8 +21,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from streams.bench import BenchStack, bench_texts
-from streams.embedded import EMBEDDED_TIMEOUTS, worker_plan
+from streams.ops.bench import BenchStack, bench_texts
+from streams.runtime.broker import EMBEDDED_TIMEOUTS
+from streams.runtime.workers import worker_plan
 from streams.settings import Settings
 
 #: growth between the second and the last quarter of the run, above which memory is called "still growing"

@@ -1,0 +1,1 @@
+"""The offline ML lifecycle: datasets, training (LoRA or full), evaluation, calibration, plots, LLM pre-labelling."""

@@ -1,0 +1,1 @@
+"""Kafka around the agent: the clients (TLS/SASL once for both libraries), consumer lag, the schema registry."""

@@ -1,0 +1,1 @@
+"""Operating commands: the demo, the benchmark and the soak, each on the embedded stack."""

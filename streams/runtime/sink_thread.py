@@ -1,0 +1,74 @@
+"""The sink on a thread of this process (it owns chdb), with the query endpoint for other processes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from schemas.codec import Codecs
+from streams.settings import Settings
+from streams.sink.backend import ClickHouseBackend
+
+log = logging.getLogger(__name__)
+
+
+class SinkThread:
+    """The sink in this process (it owns chdb), with the query endpoint for other processes."""
+
+    def __init__(self, settings: Settings, bootstrap: str, backend: ClickHouseBackend | None = None, codecs: Codecs | None = None) -> None:
+        from streams.kafka.schema_registry import build_codecs
+        from streams.query.endpoint import QueryServer
+        from streams.sink.backend import open_backend
+        from streams.sink.consumer import ClickHouseSink
+        from streams.sink.migrations import migrate
+
+        self._owns_backend = backend is None
+        self.backend = backend if backend is not None else open_backend(settings)
+        self.migrated = False
+        if settings.embedded_clickhouse:
+            migrate(self.backend)  # chdb is in this process: a failure here is a real error, not an outage
+            self.migrated = True
+        self.sink = ClickHouseSink(settings, bootstrap, self.backend, codecs or build_codecs(settings))
+        self.query_server = QueryServer(self.backend, settings.data_dir) if settings.embedded_clickhouse else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sink", daemon=True)
+        self.error: BaseException | None = None
+
+    def _migrate_with_retry(self) -> bool:
+        """A ClickHouse server that is down at start is waited for (with backoff), like one that goes down later:
+        nothing is consumed, so nothing is committed, until the tables exist."""
+        from streams.errors import SinkError
+        from streams.sink.migrations import migrate
+
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                migrate(self.backend)
+                self.migrated = True
+                return True
+            except SinkError as exc:
+                log.error("ClickHouse not ready (%s: %s); retrying in %.1f s", exc.operation, exc.reason, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+        return False
+
+    def _run(self) -> None:
+        try:
+            if self.migrated or self._migrate_with_retry():
+                self.sink.run(self._stop)
+        except BaseException as exc:  # reported by the owner
+            self.error = exc
+            log.exception("sink stopped with an error")
+
+    def start(self) -> None:
+        if self.query_server is not None:
+            self.query_server.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if self.query_server is not None:
+            self.query_server.stop()
+        if self._owns_backend:
+            self.backend.close()
