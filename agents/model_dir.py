@@ -19,6 +19,8 @@ import hashlib
 import importlib
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -79,8 +81,21 @@ def resolve_base(base: str, relative_to: Path | None = None) -> Path:
     return path
 
 
-def _auto_class(kind: TaskKind) -> Any:
+def auto_model_class(kind: TaskKind) -> Any:
+    """The one place that chooses the HF model class for a task kind (token or sequence classification)."""
     return AutoModelForTokenClassification if kind is TaskKind.ner else AutoModelForSequenceClassification
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' logging at ERROR while a model loads: a head replaced by the adapter's copy (or trained anew)
+    is not worth a "newly initialised" warning; the previous verbosity is restored."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _dir_fingerprint(path: Path) -> str:
@@ -122,45 +137,42 @@ def load_model(path: Path | str, kind: TaskKind, max_length: int | None = None, 
     if not path.is_dir():
         raise ModelLoadError(path, "no such directory")
     manifest = read_manifest(path)
-    auto = _auto_class(kind)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # the head is replaced by the adapter's copy; skip the "newly initialised" warning
+    auto = auto_model_class(kind)
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
-        if manifest is None:
-            if not (path / "config.json").exists():
-                raise ModelLoadError(path, f"neither {MANIFEST} nor config.json found")
-            model = auto.from_pretrained(path, dtype=torch.float32)
-            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            name, version = path.name, _dir_fingerprint(path)
-            window, overlap = max_length or min(512, int(getattr(model.config, "max_position_embeddings", 512))), stride or 64
-        else:
-            if manifest.kind is not kind:
-                raise ModelLoadError(path, f"model is for {manifest.kind.value}, task is configured as {kind.value}")
-            base = resolve_base(manifest.base, relative_to=path)
-            labels = list(manifest.labels)
-            label_maps: dict[str, Any] = {
-                "num_labels": len(labels),
-                "id2label": dict(enumerate(labels)),
-                "label2id": {label: i for i, label in enumerate(labels)},
-            }
-            if manifest.format == "lora":
-                from peft import PeftModel
-
-                backbone = auto.from_pretrained(base, dtype=torch.float32, **label_maps)
-                model = PeftModel.from_pretrained(backbone, path).merge_and_unload()
-            else:
+        with quiet_transformers():
+            if manifest is None:
+                if not (path / "config.json").exists():
+                    raise ModelLoadError(path, f"neither {MANIFEST} nor config.json found")
                 model = auto.from_pretrained(path, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(path if (path / "tokenizer.json").exists() else base)
-            name, version = manifest.name, manifest.version
-            window, overlap = max_length or manifest.max_length, stride or manifest.stride
+                labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+                tokenizer = AutoTokenizer.from_pretrained(path)
+                name, version = path.name, _dir_fingerprint(path)
+                window, overlap = max_length or min(512, int(getattr(model.config, "max_position_embeddings", 512))), stride or 64
+            else:
+                if manifest.kind is not kind:
+                    raise ModelLoadError(path, f"model is for {manifest.kind.value}, task is configured as {kind.value}")
+                base = resolve_base(manifest.base, relative_to=path)
+                labels = list(manifest.labels)
+                label_maps: dict[str, Any] = {
+                    "num_labels": len(labels),
+                    "id2label": dict(enumerate(labels)),
+                    "label2id": {label: i for i, label in enumerate(labels)},
+                }
+                if manifest.format == "lora":
+                    from peft import PeftModel
+
+                    backbone = auto.from_pretrained(base, dtype=torch.float32, **label_maps)
+                    model = PeftModel.from_pretrained(backbone, path).merge_and_unload()
+                else:
+                    model = auto.from_pretrained(path, dtype=torch.float32)
+                tokenizer = AutoTokenizer.from_pretrained(path if (path / "tokenizer.json").exists() else base)
+                name, version = manifest.name, manifest.version
+                window, overlap = max_length or manifest.max_length, stride or manifest.stride
     except ModelLoadError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(path, f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        hf_logging.set_verbosity(verbosity)
     if not tokenizer.is_fast:
         raise ModelLoadError(path, "a fast tokenizer is needed for character offsets")
     if overlap >= window // 2:

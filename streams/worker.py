@@ -1,4 +1,4 @@
-"""The Faust app: settings in, an app with its topics and the extraction agent wired.
+"""The stream processor: the Faust app with its topics and the extraction agent wired, and `ehrstream worker`.
 
 Every record is moved as raw bytes; the codecs in ``schemas`` own the wire format, so a
 bad record reaches our code (and the dead-letter topic) instead of failing inside Faust.
@@ -65,3 +65,19 @@ def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequ
     config = AgentConfig(settings.topics, settings.topic_partitions, settings.batch_max_notes, settings.batch_max_seconds)
     register_extraction_agent(app, config, pipeline, on_batch=record_batch)
     return app
+
+
+def run_worker(settings: Settings, bootstrap: str) -> None:
+    """``ehrstream worker``: metrics, consumer lag, then Faust's worker until it is stopped."""
+    from faust.worker import Worker
+
+    from streams.kafka.lag import monitor_lag
+    from streams.kafka.schema_registry import build_codecs
+    from streams.metrics import register_gpu_metrics, serve
+
+    serve(settings.metrics_port)
+    if settings.metrics_port:
+        register_gpu_metrics(settings.device)
+    monitor_lag(settings, bootstrap, settings.worker_group, [settings.topics.notes])
+    app = create_app(settings, bootstrap, build_codecs(settings))
+    Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False).execute_from_commandline()

@@ -5,6 +5,7 @@ Each test gets its own topics, consumer groups and ClickHouse database (uuid-nam
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from schemas.extraction import TaskKind
 from streams.runtime.broker import TansuBroker
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
+from streams.waiting import poll_until
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -129,12 +131,14 @@ def tiny_settings(tmp_path: Path, topics: TopicSettings, tiny_ner_dir: Path, tin
 def wait_for_final(database: ChdbBackend, n: int, worker: Any, log: Path, timeout_s: float = 120.0) -> int:
     """Poll ``extractions_final`` until it holds ``n`` notes (or the time is up) while the worker subprocess lives;
     returns the count, for the caller to assert."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
     stored = 0
-    while time.monotonic() < deadline and stored < n:
+
+    def done() -> bool:
+        nonlocal stored
         assert worker.alive(), log.read_text()[-3000:]
         stored = int(database.query(f"SELECT count() FROM {database.database}.extractions_final").scalar())
-        time.sleep(0.5)
+        return stored >= n
+
+    with contextlib.suppress(TimeoutError):
+        poll_until(done, timeout_s, f"{n} notes in extractions_final", interval_s=0.5)
     return stored

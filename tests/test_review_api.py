@@ -18,7 +18,9 @@ from schemas.review_decision import ChangeAction, ReviewDecision
 from streams.kafka.clients import ensure_topics
 from streams.logs import CLIENT_LOGGERS, cap_client_loggers
 from streams.review.accounts import hash_password, verify_password
-from streams.review.server import DecisionPublisher, ReviewApp, ReviewServer
+from streams.review.publisher import DecisionPublisher
+from streams.review.server import ReviewApp
+from streams.review.serving import ReviewServer
 from streams.runtime.broker import TansuBroker
 from streams.runtime.sink_thread import SinkThread
 from streams.settings import Settings

@@ -30,7 +30,7 @@ from schemas.extraction import TaskKind
 from streams.kafka.clients import ensure_topics, producer
 from streams.learning.training_data import examples_from_clickhouse
 from streams.query.endpoint import QueryServer
-from streams.review.server import start_review_server
+from streams.review.serving import start_review_server
 from streams.runtime.broker import TansuBroker
 from streams.runtime.sink_thread import SinkThread
 from streams.runtime.workers import WorkerProcess

@@ -20,12 +20,19 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from tqdm import tqdm
-from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
-from transformers.utils import logging as hf_logging
+from transformers import AutoTokenizer
 
 from agents.errors import TrainingDataError
 from agents.learning.datasets import ClassificationExample, Example, NerExample, data_hash
-from agents.model_dir import DEFAULT_BACKBONE, LoadedModel, ModelManifest, resolve_base, write_manifest
+from agents.model_dir import (
+    DEFAULT_BACKBONE,
+    LoadedModel,
+    ModelManifest,
+    auto_model_class,
+    quiet_transformers,
+    resolve_base,
+    write_manifest,
+)
 from agents.runners import build_runner
 from agents.runners.base import pick_device
 from agents.runners.windows import make_windows
@@ -165,19 +172,14 @@ def train(
         raise TrainingDataError(config.task, f"need at least two labels, found {labels}")
     base_dir = resolve_base(config.base)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    auto = AutoModelForTokenClassification if config.kind is TaskKind.ner else AutoModelForSequenceClassification
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    try:
-        model: Any = auto.from_pretrained(
+    with quiet_transformers():
+        model: Any = auto_model_class(config.kind).from_pretrained(
             base_dir,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
             dtype=torch.float32,
         )
-    finally:
-        hf_logging.set_verbosity(verbosity)
     if config.method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 

@@ -19,6 +19,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.errors import BrokerError
 from streams.settings import KafkaSecurity, Settings
+from streams.waiting import backoff
 
 
 def security(settings: Settings) -> KafkaSecurity:
@@ -110,14 +111,12 @@ def admin(settings: Settings, bootstrap: str, timeout_s: float = 10.0) -> KafkaA
 def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 30.0) -> list[str]:
     """Create the project's topics if missing; return the broker's topic list."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            client = admin(settings, bootstrap, timeout_s=max(1.0, min(10.0, deadline - time.monotonic())))
-            break
-        except KafkaError as exc:
-            if time.monotonic() > deadline:
-                raise BrokerError(bootstrap, f"unreachable: {type(exc).__name__}") from exc
-            time.sleep(0.5)
+    try:
+        for attempt in backoff(KafkaError, first_s=0.5, max_s=2.0, give_up_after_s=timeout_s):
+            with attempt:
+                client = admin(settings, bootstrap, timeout_s=max(1.0, min(10.0, deadline - time.monotonic())))
+    except KafkaError as exc:
+        raise BrokerError(bootstrap, f"unreachable: {type(exc).__name__}") from exc
     try:
         existing = set(client.list_topics())
         missing = [name for name in settings.topics.all() if name not in existing]

@@ -20,26 +20,18 @@ import os
 import statistics
 import tempfile
 import time
-import urllib.request
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from agents.config import TaskSettings
-from schemas.clinical_note import ClinicalNote
 from schemas.extraction import TaskKind
-from streams.kafka.clients import ensure_topics, producer
-from streams.kafka.schema_registry import build_codecs
-from streams.runtime.broker import EMBEDDED_TIMEOUTS, TansuBroker
-from streams.runtime.processes import free_port
-from streams.runtime.sink_thread import SinkThread
-from streams.runtime.workers import WorkerPool, worker_plan
+from streams.ops.bench_stack import BenchStack, insert_seconds, scrape_stage_metrics
+from streams.runtime.broker import EMBEDDED_TIMEOUTS
+from streams.runtime.workers import worker_plan
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -141,109 +133,6 @@ def raw_throughput(settings: Settings, texts: list[str]) -> tuple[float, dict[st
     return len(texts) / total, by_task
 
 
-def _scrape(ports: Iterable[int]) -> dict[str, float]:
-    """The workers' stage totals (``cpu:STAGE``, ``wall:STAGE`` seconds) and records, summed over their /metrics."""
-    out: dict[str, float] = defaultdict(float)
-    for port in ports:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "ehrstream_stage_cpu_seconds_total":
-                    out["cpu:" + sample.labels["stage"]] += sample.value
-                elif sample.name == "ehrstream_stage_seconds_sum":
-                    out["wall:" + sample.labels["stage"]] += sample.value
-                elif sample.name == "ehrstream_worker_records_in_total":
-                    out["records"] += sample.value
-    return out
-
-
-def _insert_seconds() -> float:
-    value = REGISTRY.get_sample_value("ehrstream_stage_seconds_sum", {"stage": "insert"})
-    return float(value or 0.0)
-
-
-class BenchStack:
-    """The embedded stack for the bench: broker, sink (this process) and worker subprocesses."""
-
-    def __init__(self, settings: Settings, workers: int, data_dir: Path) -> None:
-        self.settings = settings
-        self.data_dir = data_dir
-        self.broker = TansuBroker(log_file=data_dir / "tansu.log").start()
-        ensure_topics(settings, self.broker.bootstrap)
-        self.sink = SinkThread(settings, self.broker.bootstrap)
-        self.sink.start()
-        self.metrics_ports = [free_port() for _ in range(workers)]
-        self.pool = WorkerPool(settings, self.broker.bootstrap, data_dir, metrics_ports=self.metrics_ports)
-        self.pool.start()
-        self._written = 0
-        self.producer = producer(settings, self.broker.bootstrap, linger_ms=20, batch_size=1 << 20, max_request_size=4 << 20)
-        self.codec = build_codecs(settings).of(ClinicalNote)
-
-    def publish(self, phase: str, texts: list[str], pace: Callable[[int], None] | None = None, first_index: int = 0) -> dict[str, float]:
-        sent: dict[str, float] = {}
-        now = datetime.now(UTC)
-        for i, text in enumerate(texts):
-            if pace is not None:
-                pace(i)
-            note_id = f"{phase}-{first_index + i:07d}"
-            note = ClinicalNote(note_id=note_id, patient_id="bench", note_type="abstract", created_at=now, text=text, source="bench")
-            sent[note_id] = time.time()
-            self.producer.send(self.settings.topics.notes, key=note_id.encode(), value=self.codec.encode(note))
-            if pace is not None:
-                self.producer.flush()
-        self.producer.flush()
-        return sent
-
-    def stored_rows(self) -> int:
-        """Extraction rows the sink wrote since the last completed ``wait_for`` (its counter; no query)."""
-        return self.sink.sink.stats.rows["extractions"] - self._written
-
-    def stored(self, phase: str) -> int:
-        db = self.settings.clickhouse_database
-        result = self.sink.backend.query(
-            f"SELECT uniqExact(note_id) FROM {db}.extractions WHERE startsWith(note_id, {{p:String}})",  # noqa: S608
-            {"p": phase + "-"},
-        )
-        return int(result.scalar() or 0)
-
-    def wait_for(self, phase: str, n: int, timeout_s: float) -> float:
-        """Wall time at which ``n`` more extraction rows were written (the sink's own counter, read every 20 ms, so
-        the bench does not load ClickHouse while measuring), then checked once against ClickHouse itself."""
-        target = self._written + n
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.pool.all_alive():
-                raise RuntimeError(f"a worker exited; see {self.data_dir}/worker*.log")
-            if self.sink.error is not None:
-                raise RuntimeError(f"the sink stopped: {self.sink.error}")
-            if self.sink.sink.stats.rows["extractions"] >= target:
-                done = time.time()
-                self._written = target
-                stored = self.stored(phase)
-                if stored != n:
-                    raise RuntimeError(f"{phase}: {stored} distinct notes in ClickHouse, expected {n}")
-                return done
-            time.sleep(0.02)
-        raise TimeoutError(f"{phase}: only {self.stored(phase)} of {n} notes reached ClickHouse in {timeout_s:.0f} s")
-
-    def arrival_times(self, phase: str) -> dict[str, tuple[float, float]]:
-        """Per note: when the worker built its extraction (``processed_at``) and when ClickHouse stored it."""
-        db = self.settings.clickhouse_database
-        rows = self.sink.backend.query(
-            f"SELECT note_id, toUnixTimestamp64Milli(min(processed_at)), toUnixTimestamp64Milli(min(inserted_at)) "  # noqa: S608
-            f"FROM {db}.extractions WHERE startsWith(note_id, {{p:String}}) GROUP BY note_id",
-            {"p": phase + "-"},
-        ).rows
-        return {str(r[0]): (int(r[1]) / 1000, int(r[2]) / 1000) for r in rows}
-
-    def close(self) -> None:
-        self.producer.close(timeout=5)
-        self.pool.stop()
-        self.sink.stop()
-        self.broker.stop()
-
-
 def run_bench(
     settings: Settings,
     *,
@@ -284,14 +173,14 @@ def run_bench(
         warm = texts[: max(2 * settings.batch_max_notes * workers, 16)]
         stack.publish("warmup", warm)
         stack.wait_for("warmup", len(warm), timeout_s=600 + 20 * len(warm) / max(raw_before, 0.1))
-        before, insert_before = _scrape(stack.metrics_ports), _insert_seconds()
+        before, insert_before = scrape_stage_metrics(stack.metrics_ports), insert_seconds()
         echo("warm-up done; measuring peak")
 
         sent = stack.publish("peak", texts)
         started = min(sent.values())
         finished = stack.wait_for("peak", len(texts), timeout_s=600 + 20 * len(texts) / max(raw_before, 0.1))
         e2e = len(texts) / (finished - started)
-        after, insert_after = _scrape(stack.metrics_ports), _insert_seconds()
+        after, insert_after = scrape_stage_metrics(stack.metrics_ports), insert_seconds()
         echo(f"end to end: {e2e:.1f} notes/s ({e2e / raw_before:.2f} x raw before)")
 
         records = max(1.0, after["records"] - before["records"])

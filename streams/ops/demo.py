@@ -38,6 +38,7 @@ from streams.runtime.broker import TansuBroker
 from streams.runtime.sink_thread import SinkThread
 from streams.runtime.workers import WorkerPool
 from streams.settings import Settings
+from streams.waiting import poll_until
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +153,6 @@ def count_topics(settings: Settings, bootstrap: str, codecs: Codecs) -> TopicCou
         consumer.close()
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(poll_s)
-
-
 def input_records(
     path: Path, fmt: InputFormat, echo: Callable[[str], None], codecs: Codecs
 ) -> tuple[list[tuple[bytes, bytes]], PublishSummary]:
@@ -227,14 +220,14 @@ def run_demo(
                 return counts.extracted + counts.dead_lettered >= n
 
             try:
-                wait_for(all_accounted, 120 + n * 0.5, "every record to be extracted or dead-lettered", poll_s=2.0)
+                poll_until(all_accounted, 120 + n * 0.5, "every record to be extracted or dead-lettered", interval_s=2.0)
             finally:
                 bar.close()
 
             def in_clickhouse() -> bool:
                 return clickhouse_notes(sink) >= counts.extracted
 
-            wait_for(in_clickhouse, 60, "the sink to write every extraction")
+            poll_until(in_clickhouse, 60, "the sink to write every extraction")
             stored = clickhouse_notes(sink)
         finally:
             workers.stop()

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from streams.ops.bench import BenchStack, bench_texts
+from streams.ops.bench import bench_texts
+from streams.ops.bench_stack import BenchStack
 from streams.runtime.broker import EMBEDDED_TIMEOUTS
 from streams.runtime.workers import worker_plan
 from streams.settings import Settings

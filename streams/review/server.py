@@ -15,7 +15,6 @@ import hmac
 import json
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,19 +24,17 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from pydantic import ValidationError
 
 from agents.model_dir import output_labels
-from schemas.codec import Codecs, validation_summary
-from schemas.review_decision import ReviewDecision
+from schemas.codec import validation_summary
 from streams.errors import SinkError
-from streams.kafka.clients import producer as make_producer
-from streams.kafka.schema_registry import build_codecs
 from streams.query.reader import Reader
 from streams.review.accounts import Accounts, LockedOut, Session
 from streams.review.decisions import DecisionInvalid, DecisionRequest, build_decision
-from streams.review.leases import Lease, LeaseBook, LeaseConflict
+from streams.review.leases import LeaseBook, LeaseConflict
+from streams.review.publisher import DecisionPublisher
+from streams.review.responses import error_response, lease_json, static_page
 from streams.review.store import QueueFilter, ReviewStore, StoredNote
 from streams.settings import Settings
 
@@ -53,49 +50,6 @@ PAGE_ROUTES = {"index", "health_page"}
 SUBMITTED_TTL_S = 900.0
 T = TypeVar("T")
 SESSION = web.RequestKey("session", Session)
-
-
-class DecisionPublisher:
-    """Produces decisions to the review-decisions topic and waits for the broker's acknowledgement."""
-
-    def __init__(self, settings: Settings, bootstrap: str, codecs: Codecs) -> None:
-        self.topic = settings.topics.review_decisions
-        self._producer = make_producer(settings, bootstrap)
-        self._codec = codecs.of(ReviewDecision)
-
-    def send(self, decision: ReviewDecision, timeout_s: float = 15.0) -> None:
-        future = self._producer.send(self.topic, key=decision.note_id.encode("utf-8"), value=self._codec.encode(decision))
-        future.get(timeout=timeout_s)
-
-    def close(self) -> None:
-        self._producer.close(timeout=5)
-
-
-class RouteAccessLogger(AbstractAccessLogger):
-    """One line per request with the route pattern (``/api/notes/{note_id}``), not the path it matched."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        match_info = getattr(request, "match_info", None)
-        resource = match_info.route.resource if match_info is not None else None
-        route = resource.canonical if resource is not None else "-"
-        self.logger.info("%s %s %d %.1fms", request.method, route, response.status, time * 1000)
-
-
-def _error(status: int, message: str, problems: list[str] | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if problems:
-        body["problems"] = problems
-    return web.json_response(body, status=status)
-
-
-def _lease_json(lease: Lease | None) -> dict[str, Any] | None:
-    if lease is None:
-        return None
-    return {"lease_id": lease.lease_id, "reviewer_id": lease.reviewer_id, "expires_at": lease.expires_at}
-
-
-def _page(name: str) -> str:
-    return resources.files("streams.review").joinpath("static", name).read_text(encoding="utf-8")
 
 
 class ReviewApp:
@@ -157,7 +111,7 @@ class ReviewApp:
             return await handler(request)
         except SinkError as exc:
             log.error("ClickHouse read failed: %s", exc.reason)
-            return _error(503, "the review store (ClickHouse) is unavailable; try again")
+            return error_response(503, "the review store (ClickHouse) is unavailable; try again")
 
     @staticmethod
     async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -183,13 +137,13 @@ class ReviewApp:
         if session is None:
             if route_name in PAGE_ROUTES and request.method in SAFE_METHODS:
                 raise web.HTTPFound("/login")
-            return _error(401, "sign in first (POST /api/login, or the page at /login)")
+            return error_response(401, "sign in first (POST /api/login, or the page at /login)")
         if via_cookie and request.method not in SAFE_METHODS:
             origin = request.headers.get("Origin")
             if origin is not None and urlsplit(origin).netloc != request.host:
-                return _error(403, "cross-origin request refused")
+                return error_response(403, "cross-origin request refused")
             if not self.accounts.csrf_ok(session, request.headers.get("X-CSRF-Token")):
-                return _error(403, "missing or wrong X-CSRF-Token header (GET /api/session gives it)")
+                return error_response(403, "missing or wrong X-CSRF-Token header (GET /api/session gives it)")
         request[SESSION] = session
         return await handler(request)
 
@@ -203,7 +157,7 @@ class ReviewApp:
 
     def _login_html(self, token: str, error: str = "") -> str:
         message = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
-        return _page("login.html").replace("{{csrf}}", escape(token)).replace("{{error}}", message)
+        return static_page("login.html").replace("{{csrf}}", escape(token)).replace("{{error}}", message)
 
     async def login_page(self, request: web.Request) -> web.Response:
         # keep an existing form token: a second tab (or a stray request) must not invalidate the first form
@@ -216,10 +170,10 @@ class ReviewApp:
         try:
             session = await self._io(self.accounts.sign_in, reviewer_id, password)
         except LockedOut as exc:
-            return _error(429, str(exc))
+            return error_response(429, str(exc))
         if session is None:
             log.warning("failed sign-in")
-            return _error(401, "unknown reviewer or wrong password")
+            return error_response(401, "unknown reviewer or wrong password")
         log.info("reviewer %s signed in", session.reviewer_id)
         return session
 
@@ -252,7 +206,7 @@ class ReviewApp:
             return body
         reviewer, password = body.get("reviewer"), body.get("password")
         if not isinstance(reviewer, str) or not isinstance(password, str):
-            return _error(422, 'expected {"reviewer": str, "password": str}')
+            return error_response(422, 'expected {"reviewer": str, "password": str}')
         result = await self._sign_in(reviewer, password)
         if isinstance(result, web.Response):
             return result
@@ -268,10 +222,10 @@ class ReviewApp:
     # --- pages ------------------------------------------------------------------------------
 
     async def index(self, _request: web.Request) -> web.Response:
-        return web.Response(text=_page("index.html"), content_type="text/html")
+        return web.Response(text=static_page("index.html"), content_type="text/html")
 
     async def health_page(self, _request: web.Request) -> web.Response:
-        return web.Response(text=_page("health.html"), content_type="text/html")
+        return web.Response(text=static_page("health.html"), content_type="text/html")
 
     # --- API --------------------------------------------------------------------------------
 
@@ -299,14 +253,12 @@ class ReviewApp:
         try:
             limit = max(1, min(500, int(request.query.get("limit", "100"))))
         except ValueError:
-            return _error(400, "limit must be an integer")
+            return error_response(400, "limit must be an integer")
         tasks = await self._io(self.store.queue, filters, limit + len(self._submitted))
         total = await self._io(self.store.queue_size, filters)
         facets = await self._io(self.store.facets)
         leases = self.leases.live()
-        out = [{**t.__dict__, "lease": _lease_json(leases.get(t.note_id))} for t in tasks if not self._recently_submitted(t.note_id)][
-            :limit
-        ]
+        out = [{**t.__dict__, "lease": lease_json(leases.get(t.note_id))} for t in tasks if not self._recently_submitted(t.note_id)][:limit]
         hidden = sum(1 for t in tasks if self._recently_submitted(t.note_id))
         return web.json_response({"tasks": out, "total": max(0, total - hidden), "facets": facets})
 
@@ -318,7 +270,7 @@ class ReviewApp:
         filters = self._filters(body)
         skipped = body.get("skip") or []
         if not isinstance(skipped, list) or len(skipped) > 1000 or not all(isinstance(x, str) for x in skipped):
-            return _error(422, "skip must be a list of at most 1000 note ids")
+            return error_response(422, "skip must be a list of at most 1000 note ids")
         leases = self.leases.live()
         candidates = await self._io(self.store.queue, filters, 50 + len(leases) + len(self._submitted) + len(skipped))
         for task in candidates:
@@ -328,17 +280,17 @@ class ReviewApp:
                 lease = self.leases.claim(task.note_id, session.reviewer_id)
             except LeaseConflict:
                 continue
-            return web.json_response({"note_id": task.note_id, "lease": _lease_json(lease)})
-        return _error(404, "the queue is empty (for these filters)")
+            return web.json_response({"note_id": task.note_id, "lease": lease_json(lease)})
+        return error_response(404, "the queue is empty (for these filters)")
 
     async def _pending_note(self, note_id: str) -> StoredNote | web.Response:
         note = await self._io(self.store.note, note_id)
         if note is None:
-            return _error(404, "no such note")
+            return error_response(404, "no such note")
         if self._recently_submitted(note_id):
-            return _error(409, "a decision on this note was just submitted")
+            return error_response(409, "a decision on this note was just submitted")
         if note.status != "pending_review":
-            return _error(409, f"the note is not waiting for review (status {note.status})")
+            return error_response(409, f"the note is not waiting for review (status {note.status})")
         return note
 
     async def api_claim(self, request: web.Request) -> web.Response:
@@ -349,8 +301,8 @@ class ReviewApp:
         try:
             lease = self.leases.claim(note.note_id, session.reviewer_id)
         except LeaseConflict as exc:
-            return _error(409, f"claimed by {exc.holder.reviewer_id}", [f"expires_at {exc.holder.expires_at:.0f}"])
-        return web.json_response({"note_id": note.note_id, "lease": _lease_json(lease)})
+            return error_response(409, f"claimed by {exc.holder.reviewer_id}", [f"expires_at {exc.holder.expires_at:.0f}"])
+        return web.json_response({"note_id": note.note_id, "lease": lease_json(lease)})
 
     async def api_release(self, request: web.Request) -> web.Response:
         session = request[SESSION]
@@ -360,7 +312,7 @@ class ReviewApp:
     async def api_note(self, request: web.Request) -> web.Response:
         note = await self._io(self.store.note, request.match_info["note_id"])
         if note is None:
-            return _error(404, "no such note")
+            return error_response(404, "no such note")
         return web.json_response(
             {
                 "note_id": note.note_id,
@@ -372,14 +324,14 @@ class ReviewApp:
                 "results": [r.model_dump(mode="json") for r in note.results],
                 "reasons": note.reasons,
                 "labels": {r.task: self.labels.get(r.task, []) for r in note.results},
-                "lease": _lease_json(self.leases.holder(note.note_id)),
+                "lease": lease_json(self.leases.holder(note.note_id)),
             }
         )
 
     async def api_history(self, request: web.Request) -> web.Response:
         history = await self._io(self.store.history, request.match_info["note_id"])
         if not history["revisions"]:
-            return _error(404, "no such note")
+            return error_response(404, "no such note")
         return web.json_response(history)
 
     async def api_decide(self, request: web.Request) -> web.Response:
@@ -391,21 +343,21 @@ class ReviewApp:
         try:
             decision_request = DecisionRequest.model_validate(body)
         except ValidationError as exc:
-            return _error(422, "malformed decision", validation_summary(exc).split("; "))
+            return error_response(422, "malformed decision", validation_summary(exc).split("; "))
         if not self.leases.held_by(note_id, session.reviewer_id, decision_request.lease_id):
-            return _error(409, "you do not hold a live lease on this task (it expired or was never claimed); claim it again")
+            return error_response(409, "you do not hold a live lease on this task (it expired or was never claimed); claim it again")
         note = await self._pending_note(note_id)
         if isinstance(note, web.Response):
             return note
         try:
             decision = build_decision(decision_request, note, session.reviewer_id, self.labels)
         except DecisionInvalid as exc:
-            return _error(422, "decision does not fit the note", exc.problems)
+            return error_response(422, "decision does not fit the note", exc.problems)
         try:
             await self._io(self.publisher.send, decision)
         except Exception as exc:  # the broker did not acknowledge: nothing was written, the reviewer can retry
             log.error("could not publish a decision: %s", type(exc).__name__)
-            return _error(503, "the decision could not be published (broker unavailable); nothing was saved, try again")
+            return error_response(503, "the decision could not be published (broker unavailable); nothing was saved, try again")
         now = time.time()
         self._submitted = {k: at for k, at in self._submitted.items() if now - at <= SUBMITTED_TTL_S}
         self._submitted[note_id] = now
@@ -432,71 +384,7 @@ class ReviewApp:
         try:
             body = json.loads(raw)
         except ValueError:
-            return _error(400, "the body is not JSON")
+            return error_response(400, "the body is not JSON")
         if not isinstance(body, dict):
-            return _error(400, "the body must be a JSON object")
+            return error_response(400, "the body must be a JSON object")
         return body
-
-
-class ReviewServer:
-    """Runs the review app on its own thread and event loop (so it can sit beside the sink)."""
-
-    def __init__(self, app: ReviewApp, host: str, port: int) -> None:
-        self.app = app
-        self.host = host
-        self.port = port
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="review-ui", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._serve())
-        except BaseException as exc:
-            self._error = exc
-            self._started.set()
-            return
-        self._started.set()
-        self._loop.run_forever()
-
-    async def _serve(self) -> None:
-        runner = web.AppRunner(
-            self.app.web_app(), access_log_class=RouteAccessLogger, access_log=logging.getLogger("streams.review.access")
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        self._runner = runner
-        if runner.addresses:
-            self.port = int(runner.addresses[0][1])  # the real port when 0 was asked for
-
-    def start(self, timeout_s: float = 15.0) -> None:
-        self._thread.start()
-        if not self._started.wait(timeout_s):
-            raise RuntimeError("review app did not start")
-        if self._error is not None:
-            raise self._error
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self.app.publisher.close()
-
-
-def start_review_server(
-    settings: Settings, reader: Reader, bootstrap: str, host: str | None = None, port: int | None = None, codecs: Codecs | None = None
-) -> ReviewServer:
-    """The review app, started on its own thread; ``host``/``port`` default to the settings, ``codecs`` to theirs."""
-    app = ReviewApp(settings, reader, DecisionPublisher(settings, bootstrap, codecs or build_codecs(settings)))
-    server = ReviewServer(app, host or settings.review.host, settings.review.port if port is None else port)
-    server.start()
-    return server

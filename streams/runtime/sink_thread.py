@@ -39,18 +39,19 @@ class SinkThread:
         nothing is consumed, so nothing is committed, until the tables exist."""
         from streams.errors import SinkError
         from streams.sink.migrations import migrate
+        from streams.waiting import backoff
 
-        delay = 0.5
-        while not self._stop.is_set():
-            try:
-                migrate(self.backend)
-                self.migrated = True
-                return True
-            except SinkError as exc:
-                log.error("ClickHouse not ready (%s: %s); retrying in %.1f s", exc.operation, exc.reason, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
-        return False
+        def on_retry(error: BaseException, _waited: float, delay: float) -> None:
+            log.error("ClickHouse not ready (%s); retrying in %.1f s", getattr(error, "reason", type(error).__name__), delay)
+
+        try:
+            for attempt in backoff(SinkError, first_s=0.5, stop=self._stop, on_retry=on_retry):
+                with attempt:
+                    migrate(self.backend)
+        except SinkError:
+            return False  # stopped while waiting
+        self.migrated = True
+        return True
 
     def _run(self) -> None:
         try:
@@ -72,3 +73,26 @@ class SinkThread:
             self.query_server.stop()
         if self._owns_backend:
             self.backend.close()
+
+
+def run_sink(settings: Settings, bootstrap: str) -> None:
+    """``ehrstream sink``: the sink (and, on embedded chdb, the query endpoint) until SIGTERM/SIGINT; a sink that
+    stopped with an error raises it, for the supervisor to restart the process."""
+    from streams.kafka.lag import monitor_lag
+    from streams.metrics import serve
+    from streams.waiting import run_until_signalled
+
+    serve(settings.metrics_port)
+    runner = SinkThread(settings, bootstrap)
+    monitor_lag(settings, bootstrap, settings.sink_group, settings.topics.results())
+    runner.start()
+
+    def healthy() -> bool:
+        if runner.error is not None:
+            raise runner.error
+        return True
+
+    try:
+        run_until_signalled(healthy)
+    finally:
+        runner.stop()

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,9 +23,10 @@ from streams.runtime.runfiles import live_run_file
 from streams.runtime.sink_thread import SinkThread
 from streams.runtime.workers import WorkerPool, worker_plan
 from streams.settings import ReviewerAccount, Settings
+from streams.waiting import run_until_signalled
 
 if TYPE_CHECKING:
-    from streams.review.server import ReviewServer
+    from streams.review.serving import ReviewServer
 
 STACK_FILE = "stack.json"
 LOGIN_FILE = "review-login.txt"
@@ -56,9 +55,6 @@ def running_stack(data_dir: Path) -> dict[str, Any] | None:
 def run_stack(settings: Settings, echo: Callable[[str], None]) -> None:
     settings = settings.model_copy(update=EMBEDDED_TIMEOUTS) if settings.embedded_kafka else settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     with TansuBroker(log_file=settings.data_dir / "tansu.log") as broker:
         ensure_topics(settings, broker.bootstrap)
         serve(settings.metrics_port)  # this process: the sink and the review app; workers serve the next ports
@@ -74,14 +70,18 @@ def run_stack(settings: Settings, echo: Callable[[str], None]) -> None:
         stack_file.write_text(json.dumps({"bootstrap": broker.bootstrap, "pid": os.getpid()}))
         echo(f"embedded stack up: Kafka {broker.bootstrap}, ClickHouse (chdb) {settings.data_dir / 'chdb'}")
         echo(f"publish with: ehrstream --data-dir {settings.data_dir} publish FILE   (Ctrl-C stops)")
+
+        def supervise() -> bool:
+            restarted = workers.restart_dead()
+            if restarted:
+                echo(f"{restarted} worker(s) exited; restarted")
+            if sink.error is not None:
+                echo(f"sink stopped: {sink.error}")
+                return False
+            return True
+
         try:
-            while not stop.wait(1.0):
-                restarted = workers.restart_dead()
-                if restarted:
-                    echo(f"{restarted} worker(s) exited; restarted")
-                if sink.error is not None:
-                    echo(f"sink stopped: {sink.error}")
-                    break
+            run_until_signalled(supervise)
         finally:
             stack_file.unlink(missing_ok=True)
             if review is not None:
@@ -92,7 +92,7 @@ def run_stack(settings: Settings, echo: Callable[[str], None]) -> None:
 
 def _start_review(settings: Settings, sink: SinkThread, bootstrap: str, echo: Callable[[str], None]) -> ReviewServer | None:
     """The review app beside the sink, reading the chdb the sink owns."""
-    from streams.review.server import start_review_server
+    from streams.review.serving import start_review_server
 
     if not settings.review.reviewers:
         if settings.environment == "production":

@@ -32,6 +32,7 @@ from streams.settings import Settings
 from streams.sink.backend import ClickHouseBackend
 from streams.sink.reviews import PendingDecision, base_rows, reviewed_revision
 from streams.sink.rows import TABLE_COLUMNS, dead_letter_row, extraction_row, json_each_row, review_decision_row, review_task_row
+from streams.waiting import backoff
 
 log = logging.getLogger(__name__)
 
@@ -152,34 +153,42 @@ class ClickHouseSink:
         pending.clear()
 
     def _flush(self, consumer: KafkaConsumer, producer: KafkaProducer, stop: threading.Event) -> bool:
-        """Write the batch, retrying with backoff while ClickHouse refuses. Returns False if stopped first."""
-        delay = 0.2
-        started = time.monotonic()
+        """Write the batch, retrying with backoff (0.2 s doubling to 10 s) while ClickHouse refuses, consumption paused.
+        Returns False if stopped first; past ``sink_retry_max_seconds`` raises :class:`SinkBackpressureError`."""
         paused = False
+
+        def wait_paused(seconds: float) -> None:
+            nonlocal paused
+            if not paused:
+                consumer.pause(*consumer.assignment())
+                paused = True
+            end = time.monotonic() + seconds
+            while time.monotonic() < end and not stop.is_set():
+                consumer.poll(timeout_ms=100)  # paused: returns nothing, keeps the group membership
+
+        def on_retry(error: BaseException, waited: float, _next: float) -> None:
+            self.stats.retries += 1
+            SINK_RETRIES.inc()
+            code, reason = getattr(error, "code", None), getattr(error, "reason", str(error))
+            log.error("ClickHouse write failed (code %s, %.0f s so far), retrying: %s", code, waited, reason)
+
+        retrying = backoff(
+            SinkError, first_s=0.2, give_up_after_s=self.settings.sink_retry_max_seconds, stop=stop, sleep=wait_paused, on_retry=on_retry
+        )
         try:
-            while True:
-                try:
+            for attempt in retrying:
+                with attempt:
                     self._write(producer)
-                    self.stats.batches += 1
-                    return True
-                except SinkError as exc:
-                    self.stats.retries += 1
-                    SINK_RETRIES.inc()
-                    waited = time.monotonic() - started
-                    log.error("ClickHouse write failed (code %s, %.0f s so far), retrying: %s", exc.code, waited, exc.reason)
-                    if waited > self.settings.sink_retry_max_seconds:
-                        raise SinkBackpressureError(
-                            exc.operation, f"still failing after {waited:.0f} s: {exc.reason}", exc.code, exc.table
-                        ) from exc
-                    if not paused:
-                        consumer.pause(*consumer.assignment())
-                        paused = True
-                    end = time.monotonic() + delay
-                    while time.monotonic() < end:
-                        if stop.is_set():
-                            return False
-                        consumer.poll(timeout_ms=100)  # paused: returns nothing, keeps the group membership
-                    delay = min(delay * 2, 10.0)
+            self.stats.batches += 1
+            return True
+        except SinkError as exc:
+            if stop.is_set():
+                return False
+            self.stats.retries += 1
+            SINK_RETRIES.inc()
+            raise SinkBackpressureError(
+                exc.operation, f"still failing after {self.settings.sink_retry_max_seconds:.0f} s: {exc.reason}", exc.code, exc.table
+            ) from exc
         finally:
             if paused:
                 consumer.resume(*consumer.assignment())

@@ -1,0 +1,97 @@
+"""Evaluate and calibrate a configured task's model: what `ehrstream evaluate` and `ehrstream calibrate` run.
+
+Both read a labelled file, run the production runner over it, and either score it (P/R/F1, calibration, the review
+trade-off at the configured threshold, optional plots) or fit a temperature and the least-review thresholds that
+reach a target precision (written into the model directory and the config file).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from agents.config import TaskSettings
+
+
+def evaluate_task(
+    task: TaskSettings, model: Path | None, data: Path, device: str, plots: Path | None = None, threshold: float | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary, full report) of the task's model (or ``model``) on ``data``; PNG plots and report.json in ``plots``."""
+    from agents.learning import plots as charts
+    from agents.learning.datasets import read_examples
+    from agents.learning.evaluation import Run, report
+    from agents.model_dir import load_model
+    from agents.runners import build_runner
+
+    loaded = load_model(model or task.model_dir, task.kind)
+    examples = read_examples(data, task.kind.value)
+    result = report(Run.of(build_runner(task.name, loaded, device=device), examples), guard=task.possible_entity_threshold)
+    chosen = threshold if threshold is not None else task.threshold
+    at = min(result["tradeoff"], key=lambda r: abs(r["threshold"] - chosen))
+    summary: dict[str, Any] = {
+        "task": task.name,
+        "model": loaded.name,
+        "version": loaded.version,
+        "temperature": loaded.temperature,
+        "data": str(data),
+        "n": result["n"],
+        "f1": result["f1"],
+        "precision": result["precision"],
+        "recall": result["recall"],
+        **({"accuracy": result["accuracy"]} if "accuracy" in result else {"overlap_f1": result["overlap"]["f1"]}),
+        "macro_f1": result["macro"]["f1"],
+        "ece": result["calibration"]["ece"],
+        "threshold": chosen,
+        "review_share": at["review_share"],
+        "auto_precision": at["auto_precision"],
+    }
+    if plots is not None:
+        title = f"{task.name} ({loaded.name} {loaded.version}) on {data.name}"
+        plots.mkdir(parents=True, exist_ok=True)
+        (plots / "report.json").write_text(json.dumps({**summary, "report": result}, indent=2) + "\n")
+        charts.reliability_diagram(result, plots / "reliability.png", title)
+        charts.confusion_matrix(result, plots / "confusion.png", title)
+        charts.tradeoff_curve(result, plots / "tradeoff.png", title, chosen)
+        summary["plots"] = str(plots)
+    return summary, result
+
+
+def format_evaluation(summary: dict[str, Any], result: dict[str, Any]) -> str:
+    lines = [f"{key:>15}: {value:.4f}" if isinstance(value, float) else f"{key:>15}: {value}" for key, value in summary.items()]
+    for label, scores in result.get("per_label", {}).items():
+        row = scores.get("strict", scores)
+        lines.append(f"  {label:<35} P {row['precision']:.3f}  R {row['recall']:.3f}  F1 {row['f1']:.3f}")
+    return "\n".join(lines)
+
+
+def calibrate_task(
+    task: TaskSettings, model: Path | None, data: Path, target_precision: float, config_file: Path, device: str
+) -> dict[str, Any]:
+    """Fit temperature scaling on ``data`` (a dev split), write it into the model directory, and write the
+    least-review thresholds that reach ``target_precision`` into ``config_file``; returns what was chosen."""
+    from agents.learning.calibration import write_temperature, write_thresholds
+    from agents.learning.datasets import read_examples
+    from agents.learning.evaluation import Run, choose_thresholds, fit_temperature
+    from agents.model_dir import load_model
+    from agents.runners import build_runner
+
+    model_dir = model or task.model_dir
+    loaded = load_model(model_dir, task.kind)
+    run = Run.of(build_runner(task.name, loaded, device=device), read_examples(data, task.kind.value))
+    before = run.nll(1.0)
+    temperature = fit_temperature(run)
+    chosen = choose_thresholds(run, target_precision, temperature, guard=task.possible_entity_threshold)
+    write_temperature(model_dir, temperature)
+    write_thresholds(config_file, task.name, task.kind.value, model_dir, chosen["threshold"], chosen["label_thresholds"])
+    return {
+        "task": task.name,
+        "model": str(model_dir),
+        "data": str(data),
+        "temperature": temperature,
+        "nll_before": round(before, 4),
+        "nll_after": round(run.nll(temperature), 4),
+        "target_precision": target_precision,
+        **chosen,
+        "config": str(config_file),
+    }
