@@ -17,7 +17,6 @@ from agents.learning.datasets import ClassificationExample, Example, NerExample
 from schemas.extraction import TaskKind
 from streams.query.reader import run_query
 from streams.settings import Settings
-from streams.sink.backend import tuple_field
 
 
 @dataclass(frozen=True)
@@ -48,14 +47,14 @@ def examples_from_clickhouse(settings: Settings, task: str, kind: TaskKind, floo
             if not is_reviewed and _probability(top) < floor:
                 dropped += 1
                 continue
-            examples.append(ClassificationExample(text, tuple_field(top, "label", 1)))
+            examples.append(ClassificationExample(text, top["label"]))
         else:
             parsed = [
                 (
-                    int(tuple_field(s, "start", 2)),
-                    int(tuple_field(s, "end", 3)),
-                    str(tuple_field(s, "label", 1)),
-                    float(tuple_field(s, "confidence", 5)),
+                    int(s["start"]),
+                    int(s["end"]),
+                    str(s["label"]),
+                    float(s["confidence"]),
                 )
                 for s in spans
             ]
@@ -71,4 +70,4 @@ def examples_from_clickhouse(settings: Settings, task: str, kind: TaskKind, floo
 
 
 def _probability(value: Any) -> float:
-    return float(tuple_field(value, "probability", 2))
+    return float(value["probability"])

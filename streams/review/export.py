@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 from schemas.extraction import TaskKind
 from streams.query.reader import Reader
-from streams.sink.backend import tuple_field
 
 ExportFormat = Literal["jsonl", "prodigy", "labelstudio"]
 FORMATS: tuple[ExportFormat, ...] = ("jsonl", "prodigy", "labelstudio")
@@ -46,14 +45,14 @@ def reviewed_notes(reader: Reader, task: str, kind: TaskKind) -> list[ReviewedNo
     ).rows
     out = []
     for note_id, revision, text, labels, entities in rows:
-        top = max(labels, key=lambda x: float(tuple_field(x, "probability", 2))) if labels else None
+        top = max(labels, key=lambda x: float(x["probability"])) if labels else None
         out.append(
             ReviewedNote(
                 note_id=str(note_id),
                 revision=int(revision),
                 text=str(text),
-                label=str(tuple_field(top, "label", 1)) if kind is TaskKind.classification and top is not None else None,
-                spans=[(int(tuple_field(e, "start", 2)), int(tuple_field(e, "end", 3)), str(tuple_field(e, "label", 1))) for e in entities],
+                label=str(top["label"]) if kind is TaskKind.classification and top is not None else None,
+                spans=[(int(e["start"]), int(e["end"]), str(e["label"])) for e in entities],
             )
         )
     return [n for n in out if kind is TaskKind.ner or n.label is not None]

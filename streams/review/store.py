@@ -12,7 +12,6 @@ from typing import Any
 
 from schemas.extraction import DocumentLabel, Entity, TaskKind, TaskResult
 from streams.query.reader import Reader
-from streams.sink.backend import tuple_field
 
 _FILTER = (
     "({task:String} = '' OR arrayExists(r -> r.task = {task:String}, reasons)) "
@@ -68,7 +67,7 @@ class StoredNote:
 
 def _reason(value: Any) -> dict[str, Any]:
     names = ("task", "kind", "label", "start", "end", "confidence", "threshold")
-    return {name: tuple_field(value, name, i) for i, name in enumerate(names)}
+    return {name: value[name] for name in names}
 
 
 class ReviewStore:
@@ -129,20 +128,18 @@ class ReviewStore:
         for task, model in sorted(models.items()):
             name, _, version = model.rpartition("@")
             labels = [
-                DocumentLabel(label=tuple_field(x, "label", 1), probability=min(1.0, float(tuple_field(x, "probability", 2))))
-                for x in doc_labels
-                if tuple_field(x, "task", 0) == task
+                DocumentLabel(label=x["label"], probability=min(1.0, float(x["probability"]))) for x in doc_labels if x["task"] == task
             ]
             spans = [
                 Entity(
-                    label=tuple_field(x, "label", 1),
-                    start=int(tuple_field(x, "start", 2)),
-                    end=int(tuple_field(x, "end", 3)),
-                    text=tuple_field(x, "text", 4),
-                    confidence=min(1.0, float(tuple_field(x, "confidence", 5))),
+                    label=x["label"],
+                    start=int(x["start"]),
+                    end=int(x["end"]),
+                    text=x["text"],
+                    confidence=min(1.0, float(x["confidence"])),
                 )
                 for x in entities
-                if tuple_field(x, "task", 0) == task
+                if x["task"] == task
             ]
             kind = self.task_kinds.get(task, TaskKind.classification if labels else TaskKind.ner)
             out.append(TaskResult(task=task, kind=kind, model_name=name, model_version=version, labels=labels, entities=spans))
@@ -169,7 +166,7 @@ class ReviewStore:
                     "base_revision": int(d[1]),
                     "reviewer_id": d[2],
                     "decided_at": iso(d[3]),
-                    "changes": [{n: tuple_field(c, n, i) for i, n in enumerate(change_names)} for c in d[4]],
+                    "changes": [{n: c[n] for n in change_names} for c in d[4]],
                     "comment": d[5],
                 }
                 for d in decisions

@@ -31,9 +31,15 @@ class QueryResult:
         return self.rows[0][0] if self.rows else None
 
 
-def tuple_field(value: Any, name: str, index: int) -> Any:
-    """An element of a named Tuple as a row returns it: a dict (chdb's JSON) or a tuple (clickhouse-connect)."""
-    return value[name] if isinstance(value, dict) else value[index]
+def _plain(value: Any, ch_type: Any) -> Any:
+    """A clickhouse-connect value in the shape chdb's JSON gives it: a named Tuple as a dict (arrays of them too), so
+    callers read ``entity["start"]`` whichever engine answered. Rows are normalised here, once."""
+    kind = type(ch_type).__name__
+    if kind == "Tuple" and getattr(ch_type, "element_names", None) and isinstance(value, tuple | list):
+        return {n: _plain(v, t) for n, v, t in zip(ch_type.element_names, value, ch_type.element_types, strict=True)}
+    if kind == "Array" and isinstance(value, list | tuple):
+        return [_plain(v, ch_type.element_type) for v in value]
+    return value
 
 
 class ClickHouseBackend(Protocol):
@@ -181,7 +187,8 @@ class ServerBackend:
             res = client.query(sql, parameters=parameters)
         except Exception as exc:
             raise SinkError("query", _reason(exc), _error_code(exc)) from None
-        return QueryResult(list(res.column_names), [list(r) for r in res.result_rows])
+        types = list(res.column_types)
+        return QueryResult(list(res.column_names), [[_plain(v, t) for v, t in zip(r, types, strict=True)] for r in res.result_rows])
 
     def insert_json(self, table: str, columns: list[str], payload: bytes) -> int:
         client = self._connected()
