@@ -6,7 +6,7 @@ a topic name) must reach an embedded worker subprocess, and a stale environment 
 
 from __future__ import annotations
 
-import time
+import contextlib
 import tomllib
 import uuid
 from pathlib import Path
@@ -22,6 +22,7 @@ from streams.runtime.sink_thread import SinkThread
 from streams.runtime.workers import WorkerProcess
 from streams.settings import KafkaSecurity, Settings, write_child_config
 from streams.sink.backend import ChdbBackend
+from streams.waiting import poll_until
 
 
 def test_child_config_carries_every_setting_but_the_secrets(tmp_path: Path, tiny_settings: Settings) -> None:
@@ -96,15 +97,17 @@ def test_settings_changed_in_the_parent_reach_an_embedded_worker(
         p.flush()
         p.close()
         db = database.database
-        deadline = time.monotonic() + 120
         rows: list[list[object]] = []
-        while time.monotonic() < deadline:
+
+        def all_in() -> bool:
+            nonlocal rows
             assert worker.alive(), log.read_text()[-3000:]
             rows = database.query(f"SELECT status, count() FROM {db}.extractions_final GROUP BY status").rows
             dead = int(database.query(f"SELECT count() FROM {db}.dead_letters").scalar())
-            if sum(int(str(r[1])) for r in rows) == 6 and dead == 1:
-                break
-            time.sleep(0.5)
+            return sum(int(str(r[1])) for r in rows) == 6 and dead == 1
+
+        with contextlib.suppress(TimeoutError):
+            poll_until(all_in, 120, "6 notes and 1 dead letter", 0.5)
         assert rows == [["auto_accepted", 6]]
         kinds = database.query(f"SELECT error_kind FROM {db}.dead_letters").rows
         assert kinds == [["oversized"]]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from streams.runtime.sink_thread import SinkThread
 from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
+from streams.waiting import poll_until
 from tests.conftest import DATASETS, REPO
 
 PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
@@ -81,15 +82,17 @@ def test_notes_flow_to_clickhouse_and_bad_records_to_the_dead_letter_topic(
         raw.close()
 
         db = database.database
-        deadline = time.monotonic() + 180
         stored = dead = 0
-        while time.monotonic() < deadline:
+
+        def all_in() -> bool:
+            nonlocal stored, dead
             assert worker.alive(), (tmp_path / "worker.log").read_text()[-3000:]
             stored = database.query(f"SELECT count() FROM {db}.extractions_final").scalar()
             dead = database.query(f"SELECT count() FROM {db}.dead_letters").scalar()
-            if stored == 40 and dead == 3:
-                break
-            time.sleep(1)
+            return bool(stored == 40 and dead == 3)
+
+        with contextlib.suppress(TimeoutError):
+            poll_until(all_in, 180, "40 notes and 3 dead letters")
         assert (stored, dead) == (40, 3)
         rows = database.query(
             f"SELECT note_id, length(doc_labels), mapKeys(models) FROM {db}.extractions_final WHERE note_id = {{id:String}}",

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,21 +28,13 @@ from streams.runtime.sink_thread import SinkThread
 from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings, write_child_config
 from streams.sink.backend import ChdbBackend
+from streams.waiting import poll_until
 from tests.conftest import REPO
 from tests.test_sink import extraction
 
 PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 
 pytestmark = [pytest.mark.slow]
-
-
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def _publish_notes(settings: Settings, bootstrap: str, n: int, prefix: str) -> list[str]:
@@ -93,16 +85,17 @@ def test_kill_9_worker_mid_batch_then_restart_stores_every_note_exactly_once(
             assert first.alive(), (tmp_path / "worker-1.log").read_text()[-2000:]
             return int(database.query(f"SELECT count() FROM {db}.extractions").scalar()) >= 30
 
-        _wait(some_stored, 120, "the first worker's first batches")
+        poll_until(some_stored, 120, "the first worker's first batches", interval_s=0.25)
         first.kill()  # mid-run: batches in flight, offsets of processed records not yet committed
         stored_at_kill = int(database.query(f"SELECT uniqExact(note_id) FROM {db}.extractions").scalar())
         assert stored_at_kill < len(ids), "the worker finished before it was killed; the test needs more notes"
 
         second.start()
-        _wait(
+        poll_until(
             lambda: int(database.query(f"SELECT count() FROM {db}.extractions_final").scalar()) >= len(ids),
             180,
             "the restarted worker to catch up",
+            interval_s=0.25,
         )
         time.sleep(1.5)  # anything still in flight would show up as an extra note now
         stored = [r[0] for r in database.query(f"SELECT note_id FROM {db}.extractions_final").rows]
@@ -111,10 +104,11 @@ def test_kill_9_worker_mid_batch_then_restart_stores_every_note_exactly_once(
         assert raw >= len(ids)  # replays (if the kill left any) are collapsed by the final view
         assert int(database.query(f"SELECT count() FROM {db}.dead_letters").scalar()) == 0
         # the restarted worker committed its progress: nothing left for a third one to redo
-        _wait(
+        poll_until(
             lambda: _committed(settings, broker.bootstrap, settings.worker_group, settings.topics.notes) == len(ids),
             30,
             "the worker group's commit",
+            interval_s=0.25,
         )
     finally:
         first.kill()
@@ -179,20 +173,26 @@ def test_kill_9_sink_mid_insert_then_restart_stores_every_record_exactly_once(
     first = _sink_process(settings, broker.bootstrap, config, tmp_path / "sink-1.log")
     second: subprocess.Popen[bytes] | None = None
     try:
-        _wait(lambda: _count(settings, "SELECT count() FROM {db}.extractions") > 0, 120, "the sink's first insert", poll_s=0.05)
+        poll_until(lambda: _count(settings, "SELECT count() FROM {db}.extractions") > 0, 120, "the sink's first insert", interval_s=0.05)
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert _committed(settings, broker.bootstrap, settings.sink_group, settings.topics.extractions) < n
 
         second = _sink_process(settings, broker.bootstrap, config, tmp_path / "sink-2.log")
-        _wait(lambda: _count(settings, "SELECT count() FROM {db}.extractions_final") >= n, 180, "the restarted sink to catch up")
+        poll_until(
+            lambda: _count(settings, "SELECT count() FROM {db}.extractions_final") >= n,
+            180,
+            "the restarted sink to catch up",
+            interval_s=0.25,
+        )
         assert _count(settings, "SELECT count() FROM {db}.extractions_final") == n
         assert _count(settings, "SELECT uniqExact(note_id) FROM {db}.extractions_final") == n
         assert _count(settings, "SELECT count() FROM {db}.dead_letters") == 0
-        _wait(
+        poll_until(
             lambda: _committed(settings, broker.bootstrap, settings.sink_group, settings.topics.extractions) == n,
             30,
             "the restarted sink's commit",
+            interval_s=0.25,
         )
     finally:
         for proc in (first, second):
@@ -221,18 +221,35 @@ def test_clickhouse_outage_pauses_without_committing_and_catches_up(
     sink.start()
     try:
         send("before-", 30)
-        _wait(lambda: int(database.query(f"SELECT count() FROM {db}.extractions_final").scalar()) == 30, 60, "the first 30 rows")
-        _wait(lambda: _committed(settings, broker.bootstrap, settings.sink_group, settings.topics.extractions) == 30, 30, "commit")
+        poll_until(
+            lambda: int(database.query(f"SELECT count() FROM {db}.extractions_final").scalar()) == 30,
+            60,
+            "the first 30 rows",
+            interval_s=0.25,
+        )
+        poll_until(
+            lambda: _committed(settings, broker.bootstrap, settings.sink_group, settings.topics.extractions) == 30,
+            30,
+            "commit",
+            interval_s=0.25,
+        )
 
         database.command(f"DETACH TABLE {db}.extractions")
         send("during-", 30)
-        _wait(lambda: sink.sink.stats.retries >= 3, 60, "the sink to retry")
+        poll_until(lambda: sink.sink.stats.retries >= 3, 60, "the sink to retry", interval_s=0.25)
         assert sink.error is None  # still running, not crashed
         assert _committed(settings, broker.bootstrap, settings.sink_group, settings.topics.extractions) == 30
 
         database.command(f"ATTACH TABLE {db}.extractions")
-        _wait(lambda: int(database.query(f"SELECT count() FROM {db}.extractions_final").scalar()) == 60, 60, "the catch-up")
-        _wait(lambda: _committed(settings, broker.bootstrap, settings.sink_group, settings.topics.extractions) == 60, 30, "commit")
+        poll_until(
+            lambda: int(database.query(f"SELECT count() FROM {db}.extractions_final").scalar()) == 60, 60, "the catch-up", interval_s=0.25
+        )
+        poll_until(
+            lambda: _committed(settings, broker.bootstrap, settings.sink_group, settings.topics.extractions) == 60,
+            30,
+            "commit",
+            interval_s=0.25,
+        )
         ids = {r[0] for r in database.query(f"SELECT note_id FROM {db}.extractions_final").rows}
         assert ids == {f"before-{i}" for i in range(30)} | {f"during-{i}" for i in range(30)}
     finally:
@@ -260,7 +277,7 @@ def test_unreachable_clickhouse_server_is_retried_and_nothing_is_committed(
     log = tmp_path / "sink.log"
     proc = _sink_process(settings, broker.bootstrap, config, log, {"CLICKHOUSE_URL": url, "EHRSTREAM_LOG_LEVEL": "DEBUG"})
     try:
-        _wait(lambda: log.read_text().count("retrying in") >= 3, 60, "three retries")
+        poll_until(lambda: log.read_text().count("retrying in") >= 3, 60, "three retries", interval_s=0.25)
         assert proc.poll() is None, log.read_text()[-2000:]
         assert _committed(settings, broker.bootstrap, settings.sink_group, settings.topics.extractions) == 0
         delays = [float(line.rsplit("retrying in ", 1)[1].split()[0]) for line in log.read_text().splitlines() if "retrying in" in line]

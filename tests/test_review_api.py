@@ -25,6 +25,7 @@ from streams.runtime.broker import TansuBroker
 from streams.runtime.sink_thread import SinkThread
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
+from streams.waiting import poll_until
 from tests.review_helpers import NOTE_TEXT, PASSWORDS, Client, pending_note, review_settings, store_pending
 
 PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
@@ -232,9 +233,7 @@ def test_a_decision_closes_the_loop_into_clickhouse(
     sink.start()
     db = database.database
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not database.query(f"SELECT count() FROM {db}.review_decisions").scalar():
-            time.sleep(0.3)
+        poll_until(lambda: bool(database.query(f"SELECT count() FROM {db}.review_decisions").scalar()), 60, "the decision row", 0.3)
     finally:
         sink.stop()
     row = database.query(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from streams.runtime.sink_thread import SinkThread
 from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
+from streams.waiting import poll_until
 from tests.review_helpers import NOTE_TEXT, PASSWORDS, review_settings
 
 PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
@@ -118,10 +118,12 @@ def test_reviewer_fixes_a_note_in_the_browser_and_the_loop_closes(
         p.send(settings.topics.notes, key=b"ui-1", value=PLAIN.of(ClinicalNote).encode(note))
         p.flush()
         p.close()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not database.query(f"SELECT count() FROM {db}.review_queue").scalar():
+
+        def queued() -> bool:
             assert worker.alive(), (tmp_path / "worker.log").read_text()[-3000:]
-            time.sleep(0.5)
+            return bool(database.query(f"SELECT count() FROM {db}.review_queue").scalar())
+
+        poll_until(queued, 120, "the note in the review queue", 0.5)
         assert database.query(f"SELECT note_id FROM {db}.review_queue").rows == [["ui-1"]]
         model_spans = database.query(f"SELECT length(entities) FROM {db}.extractions_final WHERE note_id = 'ui-1'").scalar()
 
@@ -155,9 +157,7 @@ def test_reviewer_fixes_a_note_in_the_browser_and_the_loop_closes(
         wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Saved: revision 1"))
         (tmp_path / "review.png").write_bytes(chrome.get_screenshot_as_png())
 
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not database.query(f"SELECT count() FROM {db}.review_decisions").scalar():
-            time.sleep(0.3)
+        poll_until(lambda: bool(database.query(f"SELECT count() FROM {db}.review_decisions").scalar()), 60, "the decision row", 0.3)
         row = database.query(
             f"SELECT revision, status, arrayMap(e -> (e.label, e.start, e.end, e.text), entities), arrayMap(d -> d.label, doc_labels) "
             f"FROM {db}.extractions_final WHERE note_id = 'ui-1'"
