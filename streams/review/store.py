@@ -7,11 +7,12 @@ newest), filled by the sink from the review topic. Every value is a bound parame
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from schemas.extraction import DocumentLabel, Entity, TaskKind, TaskResult
 from streams.query.reader import Reader
+from streams.sink.backend import as_utc
 
 _FILTER = (
     "({task:String} = '' OR arrayExists(r -> r.task = {task:String}, reasons)) "
@@ -22,11 +23,7 @@ _FILTER = (
 
 def iso(value: Any) -> str:
     """A ClickHouse DateTime64 (text from chdb, datetime from clickhouse-connect) as ISO 8601 UTC."""
-    if isinstance(value, datetime):
-        stamp = value if value.tzinfo else value.replace(tzinfo=UTC)
-    else:
-        stamp = datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return as_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +41,14 @@ def _plain(value: Any, ch_type: Any) -> Any:
     if kind == "Array" and isinstance(value, list | tuple):
         return [_plain(v, ch_type.element_type) for v in value]
     return value
+
+
+def as_utc(value: Any) -> datetime:
+    """A ClickHouse DateTime64 as either engine returns it (text from chdb, a datetime from clickhouse-connect) as an
+    aware UTC datetime: the one place datetimes from ClickHouse are normalised."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
 
 class ClickHouseBackend(Protocol):

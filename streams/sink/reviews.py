@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from schemas.dead_letter import ErrorKind
 from schemas.errors import RecordError
 from schemas.extraction import Extraction, ExtractionStatus
 from schemas.review_decision import ReviewDecision
-from streams.sink.backend import ClickHouseBackend
+from streams.sink.backend import ClickHouseBackend, as_utc
 
 _BASE_COLUMNS = "note_id, revision, patient_id, encounter_id, note_type, source, created_at, text"
 
@@ -30,12 +29,6 @@ class PendingDecision:
     offset: int
     raw: bytes
     key: bytes | None
-
-
-def _timestamp(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
 
 def base_rows(backend: ClickHouseBackend, note_ids: Sequence[str]) -> dict[tuple[str, int], list[Any]]:
@@ -70,7 +63,7 @@ def reviewed_revision(base: list[Any] | None, decision: ReviewDecision) -> Extra
         encounter_id=encounter_id,
         note_type=note_type,
         source=source,
-        created_at=_timestamp(created_at),
+        created_at=as_utc(created_at),
         text=text,
         status=ExtractionStatus.reviewed,
         results=decision.results,
