@@ -17,6 +17,7 @@ from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
 from schemas.codec import Codecs
 from streams.kafka.clients import faust_broker_settings
+from streams.kafka.faust_app import ReadCommittedApp
 from streams.metrics import record_batch
 from streams.settings import Settings
 
@@ -41,7 +42,7 @@ def build_runners(settings: Settings) -> list[ModelRunner]:
 
 def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequence[ModelRunner] | None = None) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates its datadir, but not the parents
-    app = faust.App(
+    app = ReadCommittedApp(
         settings.worker_group,
         value_serializer="raw",
         key_serializer="raw",

@@ -14,6 +14,7 @@ from confluent_kafka import Producer
 from kafka import KafkaConsumer, TopicPartition
 
 from schemas.clinical_note import ClinicalNote
+from schemas.codec import Codecs
 from streams.kafka.clients import ensure_topics
 from streams.runtime.broker import TansuBroker
 from streams.runtime.sink_thread import SinkThread
@@ -25,6 +26,7 @@ from tests.conftest import wait_for_final
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CODECS = ("gzip", "snappy", "lz4", "zstd")
+PLAIN = Codecs()
 PER_CODEC = 10
 
 
@@ -103,3 +105,26 @@ def test_notes_compressed_with_every_codec_reach_clickhouse(
         worker.stop()
         sink.stop()
     assert "UnsupportedCodecError" not in log.read_text()
+
+
+def test_every_consumer_reads_committed_records_only(broker: TansuBroker, tiny_settings: Settings) -> None:
+    """Aborted transactions must never be extracted: the worker's aiokafka consumer (built by Faust) and every
+    kafka-python consumer ask the broker for committed records only (``isolation_level=read_committed``)."""
+    import asyncio
+
+    from streams.kafka.clients import consumer
+    from streams.worker import create_app
+
+    kafka_python = consumer(tiny_settings, broker.bootstrap, tiny_settings.topics.notes, group_id=None)
+    try:
+        assert kafka_python.config["isolation_level"] == "read_committed"
+    finally:
+        kafka_python.close()
+
+    async def worker_consumer_isolation() -> str:
+        app = create_app(tiny_settings, broker.bootstrap, PLAIN, runners=[])
+        thread = app.consumer._new_consumer_thread()
+        built = thread._create_worker_consumer(app.transport)
+        return str(built._isolation_level)
+
+    assert asyncio.run(worker_consumer_isolation()) == "read_committed"

@@ -18,6 +18,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.errors import BrokerError
+from streams.kafka.faust_app import ISOLATION_LEVEL
 from streams.settings import KafkaSecurity, Settings
 from streams.waiting import backoff
 
@@ -88,7 +89,8 @@ def producer(settings: Settings, bootstrap: str, **extra: Any) -> KafkaProducer:
 
 
 def consumer(settings: Settings, bootstrap: str, *topics: str, group_id: str | None, **extra: Any) -> KafkaConsumer:
-    """A manually committing consumer. Tansu holds a group's first join for about half the session timeout."""
+    """A manually committing consumer that reads committed records only. Tansu holds a group's first join for about
+    half the session timeout."""
     session_ms = int(settings.session_timeout_s * 1000)
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
@@ -97,6 +99,7 @@ def consumer(settings: Settings, bootstrap: str, *topics: str, group_id: str | N
         "auto_offset_reset": "earliest",
         "session_timeout_ms": session_ms,
         "heartbeat_interval_ms": max(500, session_ms // 4),
+        "isolation_level": ISOLATION_LEVEL,  # an aborted transaction's records are never read
         **client_config(settings),
         **extra,
     }

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from kafka import KafkaConsumer, TopicPartition
 
 from streams.kafka.clients import admin, client_config
+from streams.kafka.faust_app import ISOLATION_LEVEL
 from streams.metrics import CONSUMER_LAG
 from streams.settings import Settings
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 def group_lag(settings: Settings, bootstrap: str, group: str, topics: Sequence[str]) -> dict[TopicPartition, int]:
     """Per partition: end offset minus the group's committed offset (the whole partition when nothing is committed)."""
     client = admin(settings, bootstrap)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **client_config(settings))
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level=ISOLATION_LEVEL, **client_config(settings))
     try:
         committed = client.list_group_offsets(group).get(group, {})
         parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
