@@ -20,7 +20,7 @@ from urllib import request
 
 from streams.errors import QueryRefusedError, SinkError
 from streams.runtime.runfiles import live_run_file
-from streams.sink.backend import ClickHouseBackend, QueryResult
+from streams.sink.backend import READONLY_CODE, ClickHouseBackend, QueryResult
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,16 @@ class QueryServer:
                 try:
                     body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
                     sql, params = str(body["sql"]), body.get("parameters") or None
-                    if not body.get("allow_writes"):
+                    read_only = not body.get("allow_writes")
+                    if read_only:
                         check_read_only(sql)
-                    result = server.backend.query(sql, params)
+                    result = server.backend.query(sql, params, read_only=read_only)
                     self._reply(200, {"columns": result.columns, "rows": result.rows})
                 except QueryRefusedError as exc:
                     self._reply(403, {"error": exc.reason})
                 except SinkError as exc:
-                    self._reply(400, {"error": exc.reason, "code": exc.code})
+                    status = 403 if exc.code == READONLY_CODE else 400
+                    self._reply(status, {"error": exc.reason, "code": exc.code})
                 except (ValueError, KeyError) as exc:
                     self._reply(400, {"error": f"bad request: {type(exc).__name__}"})
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from streams.errors import SinkError
+from streams.errors import QueryRefusedError, SinkError
 from streams.query.endpoint import check_read_only, remote_query, running_endpoint
 from streams.settings import Settings
-from streams.sink.backend import ClickHouseBackend, QueryResult, open_backend
+from streams.sink.backend import READONLY_CODE, ClickHouseBackend, QueryResult, open_backend
 
 
 class Reader(Protocol):
@@ -15,7 +15,7 @@ class Reader(Protocol):
 
     database: str
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult: ...
+    def query(self, sql: str, parameters: dict[str, Any] | None = None, read_only: bool = False) -> QueryResult: ...
 
     def close(self) -> None: ...
 
@@ -27,8 +27,8 @@ class EndpointReader:
         self.endpoint = endpoint
         self.database = database
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult:
-        return remote_query(self.endpoint, sql, parameters)
+    def query(self, sql: str, parameters: dict[str, Any] | None = None, read_only: bool = True) -> QueryResult:
+        return remote_query(self.endpoint, sql, parameters, allow_writes=not read_only)
 
     def close(self) -> None:
         """Nothing to release: each query is one HTTP request."""
@@ -49,14 +49,18 @@ def open_reader(settings: Settings, direct_ok: bool = False) -> Reader | ClickHo
 
 
 def run_query(settings: Settings, sql: str, parameters: dict[str, Any] | None, allow_writes: bool = False) -> QueryResult:
-    """Server mode: clickhouse-connect. Embedded: the running sink's endpoint, else chdb opened here."""
+    """Server mode: clickhouse-connect. Embedded: the running sink's endpoint, else chdb opened here. Without
+    ``allow_writes`` ClickHouse runs the statement read-only (its ``readonly`` setting), after a first-word check
+    that gives the clearer message."""
     if not allow_writes:
         check_read_only(sql)
     reader = open_reader(settings, direct_ok=True)
-    if isinstance(reader, EndpointReader):
-        return remote_query(reader.endpoint, sql, parameters, allow_writes)
     try:
-        return reader.query(sql, parameters)
+        return reader.query(sql, parameters, read_only=not allow_writes)
+    except SinkError as exc:
+        if exc.code == READONLY_CODE:
+            raise QueryRefusedError(f"ClickHouse refused it in read-only mode ({exc.reason}); pass --allow-writes to run it") from None
+        raise
     finally:
         reader.close()
 

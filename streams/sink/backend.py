@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from streams.errors import SinkError
+from streams.errors import QueryRefusedError, SinkError
 from streams.settings import Settings
 
 
@@ -51,12 +51,28 @@ def as_utc(value: Any) -> datetime:
     return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
 
+_LITERALS_AND_COMMENTS = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`\\]|\\.)*`|--[^\n]*|/\*.*?(?:\*/|$)", re.S)
+
+
+def _statement_count(sql: str) -> int:
+    """Statements in ``sql``: the parts between semicolons outside string literals, quoted names and comments."""
+    code = _LITERALS_AND_COMMENTS.sub(" ", sql)
+    return sum(1 for part in code.split(";") if part.strip())
+
+
+#: ClickHouse's error code for a statement refused in readonly mode
+READONLY_CODE = 164
+
+
 class ClickHouseBackend(Protocol):
     database: str
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None: ...
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult: ...
+    def query(self, sql: str, parameters: dict[str, Any] | None = None, read_only: bool = False) -> QueryResult:
+        """``read_only``: ClickHouse itself refuses anything but reads (its ``readonly = 1`` setting for this query:
+        no writes, no DDL, no settings changes, no table functions that reach files, URLs or other servers)."""
+        ...
 
     def insert_json(self, table: str, columns: list[str], payload: bytes) -> int: ...
 
@@ -121,7 +137,14 @@ class ChdbBackend:
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
         self._run(sql, parameters, "CSV")
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult:
+    def query(self, sql: str, parameters: dict[str, Any] | None = None, read_only: bool = False) -> QueryResult:
+        if read_only:
+            # chdb runs every statement of a multi-statement text, and the setting below binds only the last one
+            if _statement_count(sql) != 1:
+                raise QueryRefusedError("one statement at a time in read-only mode")
+            # on its own line, so a trailing `--` comment in the statement cannot swallow it; a statement that has its
+            # own SETTINGS clause is refused by the parser
+            sql = sql.rstrip().rstrip(";") + "\nSETTINGS readonly = 1"
         out = self._run(sql, parameters, "JSONCompact")
         if not out.strip():
             return QueryResult([], [])
@@ -190,10 +213,10 @@ class ServerBackend:
         except Exception as exc:
             raise SinkError("command", _reason(exc), _error_code(exc)) from None
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> QueryResult:
+    def query(self, sql: str, parameters: dict[str, Any] | None = None, read_only: bool = False) -> QueryResult:
         client = self._connected()
         try:
-            res = client.query(sql, parameters=parameters)
+            res = client.query(sql, parameters=parameters, settings={"readonly": 1} if read_only else None)
         except Exception as exc:
             raise SinkError("query", _reason(exc), _error_code(exc)) from None
         types = list(res.column_types)
