@@ -10,10 +10,11 @@ import csv
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from agents.errors import TrainingDataError
 
@@ -159,20 +160,57 @@ def read_jsonl(path: Path, kind: str) -> list[Example]:
     return out
 
 
-def read_examples(path: Path, kind: str) -> list[Example]:
-    """Pick the reader by file name: ``*.conll*``, ``*.csv`` (medical_abstracts layout), else JSONL."""
+#: the labelled-data formats ``read_examples`` reads
+DataFormat = Literal["conll", "pubtator", "jsonl", "csv"]
+DATA_FORMATS: tuple[DataFormat, ...] = ("conll", "pubtator", "jsonl", "csv")
+_BIO_TAG = re.compile(r"^(O|[BI]-\S+)$")
+
+
+def infer_format(path: Path) -> DataFormat | None:
+    """The format a file's name says (``*.conll*``, ``*.pubtator*``, ``*.jsonl``/``*.json``, ``*.csv``), else what its
+    first line looks like; None when neither tells."""
+    name = path.name.lower()
+    for fmt, marks in (("conll", (".conll",)), ("pubtator", (".pubtator",)), ("jsonl", (".jsonl", ".json")), ("csv", (".csv",))):
+        if any(mark in name for mark in marks):
+            return cast(DataFormat, fmt)
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        first = next((line.strip() for line in fh if line.strip()), "")
+    if first.startswith("{"):
+        return "jsonl"
+    if re.match(r"^\d+\|[ta]\|", first):
+        return "pubtator"
+    if "\t" in first and _BIO_TAG.match(first.split("\t")[-1]):
+        return "conll"
+    if "," in first and "medical_abstract" in first:
+        return "csv"
+    return None
+
+
+def read_examples(path: Path, kind: str, fmt: DataFormat | None = None) -> list[Example]:
+    """Labelled examples from ``path`` in ``fmt`` (default: :func:`infer_format`). A file that does not parse says
+    which format was tried and what to pass instead."""
     if not path.exists():
         raise TrainingDataError(str(path), "no such file")
-    if ".conll" in path.name:
-        examples: Sequence[Example] = read_conll(path)
-    elif ".pubtator" in path.name:
-        examples = read_pubtator(path)
-    elif path.suffix == ".csv":
-        examples = read_medical_abstracts(path)
-    else:
-        examples = read_jsonl(path, kind)
+    chosen = fmt or infer_format(path)
+    if chosen is None:
+        raise TrainingDataError(str(path), f"cannot tell its format from its name or first line; pass --format {'|'.join(DATA_FORMATS)}")
+    readers: dict[str, Callable[[Path], Sequence[Example]]] = {
+        "conll": read_conll,
+        "pubtator": read_pubtator,
+        "csv": read_medical_abstracts,
+        "jsonl": lambda p: read_jsonl(p, kind),
+    }
+    try:
+        examples = readers[chosen](path)
+    except (TrainingDataError, ValueError, KeyError, IndexError, UnicodeDecodeError) as exc:
+        reason = exc.reason if isinstance(exc, TrainingDataError) else f"{type(exc).__name__}: {exc}"
+        others = "|".join(f for f in DATA_FORMATS if f != chosen)
+        how = "as given by --format" if fmt else "inferred from the file"
+        raise TrainingDataError(
+            str(path), f"read as {chosen} ({how}) but {reason}; if it is another format pass --format {others}"
+        ) from None
     if not examples:
-        raise TrainingDataError(str(path), "no examples")
+        raise TrainingDataError(str(path), f"no examples (read as {chosen})")
     wanted = ClassificationExample if kind == "classification" else NerExample
     if not isinstance(examples[0], wanted):
         raise TrainingDataError(str(path), f"holds {type(examples[0]).__name__}s, task kind is {kind}")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from streams.cli.options import CliContext, configured_task, option, task_model_data
+from agents.learning.datasets import DataFormat
+from streams.cli.options import CliContext, configured_task, data_format_option, option, task_model_data
 
 
 @click.command()
@@ -18,6 +19,7 @@ from streams.cli.options import CliContext, configured_task, option, task_model_
     required=True,
     help="Training file (CoNLL, medical_abstracts CSV or ehrstream JSONL), or 'clickhouse' for reviewed + confident rows.",
 )
+@data_format_option("TRAIN")
 @option(
     "--confidence-floor",
     envvar="EHRSTREAM_TRAIN_CONFIDENCE_FLOOR",
@@ -74,6 +76,7 @@ def train(
     obj: CliContext,
     task: str,
     data: str,
+    data_format: DataFormat | None,
     confidence_floor: float,
     dev: Path | None,
     out: Path | None,
@@ -112,7 +115,7 @@ def train(
         device=device,
     )
     result = train_task(
-        obj.settings(), task_settings, data, dev, out, config, confidence_floor, echo=lambda line: click.echo(line, err=True)
+        obj.settings(), task_settings, data, dev, out, config, confidence_floor, data_format, echo=lambda line: click.echo(line, err=True)
     )
     click.echo(json.dumps(result))
 
@@ -132,12 +135,20 @@ def train(
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the scores.")
 @click.pass_obj
 def evaluate(
-    obj: CliContext, task: str, model: Path | None, data: Path, plots: Path | None, threshold: float | None, device: str, as_json: bool
+    obj: CliContext,
+    task: str,
+    model: Path | None,
+    data: Path,
+    data_format: DataFormat | None,
+    plots: Path | None,
+    threshold: float | None,
+    device: str,
+    as_json: bool,
 ) -> None:
     """Score a model: P/R/F1 (micro, macro, per label; strict and overlap spans for NER), confusion, ECE, review trade-off."""
     from streams.learning.model_checks import evaluate_task, format_evaluation
 
-    summary, result = evaluate_task(configured_task(obj, task), model, data, device, plots, threshold)
+    summary, result = evaluate_task(configured_task(obj, task), model, data, device, plots, threshold, data_format)
     click.echo(json.dumps(summary) if as_json else format_evaluation(summary, result))
 
 
@@ -165,6 +176,7 @@ def calibrate(
     task: str,
     model: Path | None,
     data: Path,
+    data_format: DataFormat | None,
     target_precision: float,
     write_config: Path | None,
     device: str,
@@ -174,7 +186,7 @@ def calibrate(
     from streams.learning.model_checks import calibrate_task
 
     config_file = write_config or obj.config or Path("ehrstream.toml")
-    result = calibrate_task(configured_task(obj, task), model, data, target_precision, config_file, device)
+    result = calibrate_task(configured_task(obj, task), model, data, target_precision, config_file, device, data_format)
     if not result["reached_target"]:
         click.echo(f"warning: no threshold reaches precision {target_precision} on {data.name}; using the strictest", err=True)
     click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>17}: {v}" for k, v in result.items()))

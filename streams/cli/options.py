@@ -32,8 +32,22 @@ def datasets_option(help_text: str) -> Callable[[F], F]:
     )
 
 
+def data_format_option(prefix: str) -> Callable[[F], F]:
+    """--format of a labelled data file (EHRSTREAM_<prefix>_FORMAT); inferred from its name or first line when absent."""
+    from agents.learning.datasets import DATA_FORMATS
+
+    return option(
+        "--format",
+        "data_format",
+        envvar=f"EHRSTREAM_{prefix}_FORMAT",
+        type=click.Choice(DATA_FORMATS),
+        default=None,
+        help="Format of --data (conll: token<TAB>tag; pubtator; jsonl: ehrstream JSONL; csv: medical_abstracts) [default: from the name].",
+    )
+
+
 def task_model_data(prefix: str, data_help: str) -> Callable[[F], F]:
-    """--task, --model and --data, as `evaluate` and `calibrate` share them (env vars EHRSTREAM_<prefix>_...)."""
+    """--task, --model, --data and --format, as `evaluate` and `calibrate` share them (env vars EHRSTREAM_<prefix>_...)."""
     options = [
         option("--task", envvar=f"EHRSTREAM_{prefix}_TASK", required=True, help="Task name, as configured."),
         option(
@@ -49,6 +63,7 @@ def task_model_data(prefix: str, data_help: str) -> Callable[[F], F]:
             type=click.Path(path_type=Path, exists=True, dir_okay=False),
             help=data_help,
         ),
+        data_format_option(prefix),
     ]
 
     def apply(command: F) -> F:

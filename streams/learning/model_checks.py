@@ -12,10 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from agents.config import TaskSettings
+from agents.learning.datasets import DataFormat
 
 
 def evaluate_task(
-    task: TaskSettings, model: Path | None, data: Path, device: str, plots: Path | None = None, threshold: float | None = None
+    task: TaskSettings,
+    model: Path | None,
+    data: Path,
+    device: str,
+    plots: Path | None = None,
+    threshold: float | None = None,
+    data_format: DataFormat | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary, full report) of the task's model (or ``model``) on ``data``; PNG plots and report.json in ``plots``."""
     from agents.learning import plots as charts
@@ -25,7 +32,7 @@ def evaluate_task(
     from agents.runners import build_runner
 
     loaded = load_model(model or task.model_dir, task.kind)
-    examples = read_examples(data, task.kind.value)
+    examples = read_examples(data, task.kind.value, data_format)
     result = report(Run.of(build_runner(task.name, loaded, device=device), examples), guard=task.possible_entity_threshold)
     chosen = threshold if threshold is not None else task.threshold
     at = min(result["tradeoff"], key=lambda r: abs(r["threshold"] - chosen))
@@ -66,7 +73,13 @@ def format_evaluation(summary: dict[str, Any], result: dict[str, Any]) -> str:
 
 
 def calibrate_task(
-    task: TaskSettings, model: Path | None, data: Path, target_precision: float, config_file: Path, device: str
+    task: TaskSettings,
+    model: Path | None,
+    data: Path,
+    target_precision: float,
+    config_file: Path,
+    device: str,
+    data_format: DataFormat | None = None,
 ) -> dict[str, Any]:
     """Fit temperature scaling on ``data`` (a dev split), write it into the model directory, and write the
     least-review thresholds that reach ``target_precision`` into ``config_file``; returns what was chosen."""
@@ -78,7 +91,7 @@ def calibrate_task(
 
     model_dir = model or task.model_dir
     loaded = load_model(model_dir, task.kind)
-    run = Run.of(build_runner(task.name, loaded, device=device), read_examples(data, task.kind.value))
+    run = Run.of(build_runner(task.name, loaded, device=device), read_examples(data, task.kind.value, data_format))
     before = run.nll(1.0)
     temperature = fit_temperature(run)
     chosen = choose_thresholds(run, target_precision, temperature, guard=task.possible_entity_threshold)

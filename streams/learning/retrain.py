@@ -8,6 +8,7 @@ from typing import Any
 
 from agents.config import TaskSettings
 from agents.errors import TrainingDataError
+from agents.learning.datasets import DataFormat
 from agents.learning.training import TrainConfig
 from streams.settings import Settings
 
@@ -20,6 +21,7 @@ def train_task(
     out: Path | None,
     config: TrainConfig,
     confidence_floor: float,
+    data_format: DataFormat | None,
     echo: Callable[[str], None],
 ) -> dict[str, Any]:
     """``data`` is a file (CoNLL, medical_abstracts CSV, ehrstream JSONL) or ``clickhouse``: reviewed rows plus
@@ -37,7 +39,7 @@ def train_task(
         )
         examples = source.examples
     elif Path(data).is_file():
-        examples = read_examples(Path(data), task.kind.value)
+        examples = read_examples(Path(data), task.kind.value, data_format)
     else:
         raise TrainingDataError(data, "no such file (pass a labelled file or 'clickhouse')")
     dev_examples = read_examples(dev, task.kind.value) if dev else []
