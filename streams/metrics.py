@@ -30,6 +30,9 @@ SINK_RETRIES = Counter("ehrstream_sink_retries", "ClickHouse writes retried")
 CONSUMER_LAG = Gauge(
     "ehrstream_consumer_lag", "Records on the topic not yet committed by this process's consumer group", ["group", "topic", "partition"]
 )
+REVIEW_BACKLOG = Gauge("ehrstream_review_backlog", "Review tasks waiting, by task (the review_backlog view)", ["task"])
+REVIEW_OLDEST_AGE = Gauge("ehrstream_review_oldest_age_seconds", "Age of the oldest waiting review task, by task", ["task"])
+REVIEW_DECISIONS = Counter("ehrstream_review_decisions", "Review decisions published by the review app, by outcome", ["outcome"])
 GPU_MEMORY = Gauge("ehrstream_gpu_memory_bytes", "GPU memory held by this process's tensors", ["device", "kind"])
 GPU_UTILISATION = Gauge("ehrstream_gpu_utilisation_percent", "GPU utilisation as the driver reports it (needs pynvml)", ["device"])
 

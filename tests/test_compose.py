@@ -26,7 +26,7 @@ from tests.registry_server import LoopbackRegistry
 
 COMPOSE = REPO / "docker-compose.yml"
 EHRSTREAM_SERVICES = {"init", "worker", "worker-cpu", "sink", "review"}
-LONG_RUNNING = {"kafka", "clickhouse", "schema-registry", "worker", "worker-cpu", "sink", "review", "prometheus"}
+LONG_RUNNING = {"kafka", "clickhouse", "schema-registry", "worker", "worker-cpu", "sink", "review", "prometheus", "grafana"}
 
 
 def _substitute(value: Any, env: dict[str, str]) -> Any:
@@ -61,7 +61,7 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
 
 def test_every_service_is_there_with_its_image_and_restart_policy(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == EHRSTREAM_SERVICES | {"kafka", "clickhouse", "schema-registry", "prometheus"}
+    assert set(services) == EHRSTREAM_SERVICES | {"kafka", "clickhouse", "schema-registry", "prometheus", "grafana"}
     assert services["kafka"]["image"].startswith("apache/kafka:")  # the official image, KRaft mode
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")

@@ -99,6 +99,15 @@ def test_worker_and_sink_metrics_are_scraped_with_lag_falling_to_zero(
         assert total(sink_m, "ehrstream_stage_seconds_count", stage="insert") >= 1
         lags = [(lab["topic"], v) for lab, v in sink_m["ehrstream_consumer_lag"]]
         assert {t for t, _ in lags} == set(settings.topics.results()) and all(v == 0 for _, v in lags)
+        # the Grafana dashboard's queries name series these processes really export (GPU: only on CUDA; review: the
+        # review app's, checked in test_dashboard.py)
+        from tests.test_dashboard import dashboard_metrics
+
+        wanted = {
+            m for m in dashboard_metrics() if not m.startswith(("ehrstream_gpu_", "ehrstream_review_backlog", "ehrstream_review_oldest"))
+        }
+        wanted -= {"ehrstream_review_decisions_total", "ehrstream_sink_retries_total"}  # no decision made, no retry needed here
+        assert wanted - (set(worker_m) | set(sink_m)) == set()
     finally:
         worker.stop()
         sink.terminate()

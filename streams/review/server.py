@@ -28,7 +28,9 @@ from pydantic import ValidationError
 
 from agents.model_dir import output_labels
 from schemas.codec import validation_summary
+from schemas.review_decision import ChangeAction
 from streams.errors import SinkError
+from streams.metrics import REVIEW_DECISIONS
 from streams.query.reader import Reader
 from streams.review.accounts import Accounts, LockedOut, Session
 from streams.review.decisions import DecisionInvalid, DecisionRequest, build_decision
@@ -358,6 +360,8 @@ class ReviewApp:
         except Exception as exc:  # the broker did not acknowledge: nothing was written, the reviewer can retry
             log.error("could not publish a decision: %s", type(exc).__name__)
             return error_response(503, "the decision could not be published (broker unavailable); nothing was saved, try again")
+        corrected = any(c.action is not ChangeAction.accept for c in decision.changes)
+        REVIEW_DECISIONS.labels("corrected" if corrected else "accepted").inc()
         now = time.time()
         self._submitted = {k: at for k, at in self._submitted.items() if now - at <= SUBMITTED_TTL_S}
         self._submitted[note_id] = now

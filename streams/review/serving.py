@@ -12,6 +12,7 @@ from aiohttp.abc import AbstractAccessLogger
 from schemas.codec import Codecs
 from streams.kafka.schema_registry import build_codecs
 from streams.query.reader import Reader
+from streams.review.backlog import BacklogMonitor
 from streams.review.publisher import DecisionPublisher
 from streams.review.server import ReviewApp
 from streams.settings import Settings
@@ -33,6 +34,7 @@ class ReviewServer:
     """Runs the review app on its own thread and event loop (so it can sit beside the sink)."""
 
     def __init__(self, app: ReviewApp, host: str, port: int) -> None:
+        self.backlog: BacklogMonitor | None = None
         self.app = app
         self.host = host
         self.port = port
@@ -76,6 +78,8 @@ class ReviewServer:
             raise self._error
 
     def stop(self) -> None:
+        if self.backlog is not None:
+            self.backlog.stop()
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -90,4 +94,6 @@ def start_review_server(
     app = ReviewApp(settings, reader, DecisionPublisher(settings, bootstrap, codecs or build_codecs(settings)))
     server = ReviewServer(app, host or settings.review.host, settings.review.port if port is None else port)
     server.start()
+    if settings.metrics_port:
+        server.backlog = BacklogMonitor(app.store, settings.metrics_lag_seconds).start()
     return server

@@ -1,0 +1,43 @@
+"""The review queue as Prometheus gauges: tasks waiting and the oldest one's age, per task, refreshed by a thread
+of the review app (every ``metrics_lag_seconds``) from the ``review_backlog`` view."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from streams.metrics import REVIEW_BACKLOG, REVIEW_OLDEST_AGE
+from streams.review.store import ReviewStore
+
+log = logging.getLogger(__name__)
+
+
+class BacklogMonitor:
+    def __init__(self, store: ReviewStore, interval_s: float) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="review-backlog", daemon=True)
+
+    def refresh(self) -> None:
+        rows = {str(row["task"]): row for row in self.store.health()["backlog"]}
+        for task in set(rows) | {t for t in self.store.task_kinds}:
+            row = rows.get(task)
+            REVIEW_BACKLOG.labels(task).set(float(row["pending"]) if row else 0.0)
+            REVIEW_OLDEST_AGE.labels(task).set(float(row["oldest_age_s"]) if row else 0.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception as exc:  # ClickHouse briefly away: keep the last values, try again
+                log.warning("review backlog not refreshed: %s", type(exc).__name__)
+            self._stop.wait(self.interval_s)
+
+    def start(self) -> BacklogMonitor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
