@@ -25,6 +25,9 @@ REVIEW_REASONS = Counter("ehrstream_review_reasons", "Decisions below threshold,
 BATCH_NOTES = Histogram("ehrstream_worker_batch_notes", "Records per micro-batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 STAGE_SECONDS = Histogram("ehrstream_stage_seconds", "Wall seconds per batch and stage", ["stage"], buckets=_LATENCY_BUCKETS)
 STAGE_CPU_SECONDS = Counter("ehrstream_stage_cpu_seconds", "CPU seconds of the thread running each stage", ["stage"])
+UNDECODABLE_BATCHES = Counter(
+    "ehrstream_undecodable_batches", "Record batches the worker could not read (CRC, unknown codec) and skipped", ["topic"]
+)
 SINK_ROWS = Counter("ehrstream_sink_rows", "Rows written to ClickHouse, by table", ["table"])
 SINK_RETRIES = Counter("ehrstream_sink_retries", "ClickHouse writes retried")
 CONSUMER_LAG = Gauge(

@@ -16,8 +16,9 @@ from agents.pipeline import ExtractionPipeline
 from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
 from schemas.codec import Codecs
+from schemas.dead_letter import DeadLetter, ErrorKind
 from streams.kafka.clients import faust_broker_settings
-from streams.kafka.faust_app import ReadCommittedApp
+from streams.kafka.worker_consumer import WorkerApp
 from streams.metrics import record_batch
 from streams.settings import Settings
 
@@ -42,7 +43,7 @@ def build_runners(settings: Settings) -> list[ModelRunner]:
 
 def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequence[ModelRunner] | None = None) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates its datadir, but not the parents
-    app = ReadCommittedApp(
+    app = WorkerApp(
         settings.worker_group,
         value_serializer="raw",
         key_serializer="raw",
@@ -65,7 +66,28 @@ def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequ
     )
     config = AgentConfig(settings.topics, settings.topic_partitions, settings.batch_max_notes, settings.batch_max_seconds)
     register_extraction_agent(app, config, pipeline, on_batch=record_batch)
+    register_undecodable_reports(app, settings, codecs)
     return app
+
+
+def register_undecodable_reports(app: WorkerApp, settings: Settings, codecs: Codecs) -> None:
+    """Each record batch the consumer skipped as unreadable (see ``streams.kafka.worker_consumer``) becomes one dead
+    letter, kind ``undecodable``, naming the batch's first offset and its range; checked every second."""
+    deadletter = app.topic(settings.topics.deadletter, value_serializer="raw", key_serializer="raw")
+    codec = codecs.of(DeadLetter)
+
+    @app.timer(1.0)  # type: ignore[untyped-decorator]
+    async def report_undecodable() -> None:
+        while not app.undecodable.empty():
+            skipped = app.undecodable.get_nowait()
+            message = (
+                f"record batch at offsets {skipped.first_offset}-{skipped.last_offset} could not be read ({skipped.reason}) and was "
+                "skipped; its bytes are still on the topic at those offsets"
+            )
+            letter = DeadLetter.of_record(
+                b"", None, skipped.topic, skipped.partition, skipped.first_offset, ErrorKind.undecodable, message, "worker", 0
+            )
+            await deadletter.send(value=codec.encode(letter))
 
 
 def run_worker(settings: Settings, bootstrap: str) -> None:

@@ -21,6 +21,7 @@ from streams.runtime.sink_thread import SinkThread
 from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
+from streams.waiting import poll_until
 from tests.conftest import wait_for_final
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -40,14 +41,14 @@ def _produce(bootstrap: str, topic: str, codec: str, values: list[bytes]) -> Non
     assert producer.flush(30) == 0
 
 
-def _note(codec: str, i: int) -> bytes:
+def _note(batch: str, i: int) -> bytes:
     return (
         ClinicalNote(
-            note_id=f"{codec}-{i}",
+            note_id=f"{batch}-{i}",
             patient_id="p-1",
             note_type="progress_note",
             created_at="2026-11-01T08:00:00Z",
-            text=f"Patient seen for asthma and hypertension, visit {i}, batch {codec}.",
+            text=f"Patient seen for asthma and hypertension, visit {i}, batch {batch}.",
             source="compression",
         )
         .model_dump_json()
@@ -128,3 +129,46 @@ def test_every_consumer_reads_committed_records_only(broker: TansuBroker, tiny_s
         return str(built._isolation_level)
 
     assert asyncio.run(worker_consumer_isolation()) == "read_committed"
+
+
+def test_an_undecodable_batch_is_skipped_reported_and_the_notes_after_it_flow(
+    broker: TansuBroker, tiny_settings: Settings, database: ChdbBackend, tmp_path: Path
+) -> None:
+    """A record batch whose CRC does not match sits between good notes on one partition: the worker logs and
+    dead-letters it (its offset range, no content) and every note before and after it reaches ClickHouse."""
+    from streams.kafka.clients import producer
+    from tests.kafka_raw import corrupt_batch, produce_batch
+
+    settings = tiny_settings
+    ensure_topics(settings, broker.bootstrap)
+    topic = settings.topics.notes
+    log = tmp_path / "worker.log"
+    sink = SinkThread(settings, broker.bootstrap, backend=database)
+    worker = WorkerProcess(settings, broker.bootstrap, log)
+    sink.start()
+    worker.start()
+    try:
+        p = producer(settings, broker.bootstrap)
+        for i in range(5):
+            p.send(topic, partition=0, value=_note("before", i)).get(10)
+        assert produce_batch(broker.bootstrap, topic, 0, corrupt_batch([b"Zebulon's secret note"] * 3)) == 0
+        for i in range(5):
+            p.send(topic, partition=0, value=_note("after", i)).get(10)
+        p.close()
+        assert wait_for_final(database, 10, worker, log, timeout_s=120) == 10
+        db = database.database
+
+        def reported() -> bool:
+            return bool(database.query(f"SELECT count() FROM {db}.dead_letters").scalar())
+
+        poll_until(reported, 30, "the dead letter of the skipped batch", 0.5)
+        rows = database.query(f"SELECT error_kind, source_topic, source_partition, source_offset, message FROM {db}.dead_letters").rows
+        assert [r[:4] for r in rows] == [["undecodable", topic, 0, 5]]
+        assert "offsets 5-7" in str(rows[0][4]) and "CRC mismatch" in str(rows[0][4])
+        assert worker.alive()
+    finally:
+        worker.stop()
+        sink.stop()
+    text = log.read_text()
+    assert f"undecodable record batch {topic}[0]@5-7 (CRC mismatch)" in text
+    assert "Zebulon" not in text

@@ -18,9 +18,11 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.errors import BrokerError
-from streams.kafka.faust_app import ISOLATION_LEVEL
 from streams.settings import KafkaSecurity, Settings
 from streams.waiting import backoff
+
+#: every consumer ehrstream opens (Faust's aiokafka in the worker, kafka-python elsewhere) reads committed records only
+ISOLATION_LEVEL = "read_committed"
 
 
 def security(settings: Settings) -> KafkaSecurity:

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 
 from kafka import KafkaConsumer, TopicPartition
 
-from streams.kafka.clients import admin, client_config
-from streams.kafka.faust_app import ISOLATION_LEVEL
+from streams.kafka.clients import ISOLATION_LEVEL, admin, client_config
 from streams.metrics import CONSUMER_LAG
 from streams.settings import Settings
 
