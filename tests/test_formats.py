@@ -168,3 +168,35 @@ def test_demo_runs_fhir_input_through_the_stack_into_clickhouse(tmp_path: Path) 
         "clinic-2031",
         "us-core-discharge-001",
     }
+
+
+@pytest.mark.slow
+def test_a_synthea_bulk_export_publishes_every_note_once(broker: TansuBroker, tmp_path: Path) -> None:
+    """1,009 DocumentReferences of a real FHIR bulk export ($export NDJSON): every one accepted and on the topic
+    once, each with its patient and encounter resolved, none lost."""
+    import uuid
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    from agents.config import TopicSettings
+    from schemas.codec import Codecs
+    from streams.ingest.publish import publish_file
+    from streams.settings import Settings
+    from tests.conftest import DATASETS
+
+    export = DATASETS / "synthea_fhir" / "DocumentReference.ndjson"
+    topic = f"synthea-{uuid.uuid4().hex[:8]}"
+    settings = Settings(topics=TopicSettings(notes=topic))
+    summary = publish_file(export, settings, broker.bootstrap, topic, progress=False, fmt="fhir")
+    assert (summary.accepted, summary.rejected) == (1009, 0)
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, consumer_timeout_ms=3000)
+    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    codec = Codecs().of(ClinicalNote)
+    notes = [codec.decode(m.value) for m in consumer]
+    consumer.close()
+    assert len(notes) == 1009 and len({n.note_id for n in notes}) == 1009
+    patients = {json.loads(line)["id"] for line in (DATASETS / "synthea_fhir" / "Patient.ndjson").read_text().splitlines()}
+    assert {n.patient_id for n in notes} <= patients and all(n.encounter_id for n in notes)
+    assert all(n.text.strip() for n in notes)
