@@ -1,8 +1,9 @@
 # Two commands do all the set-up on a fresh machine (only Python needed):
 #   make demo   - create .venv, install, run the whole path on the embedded stack
 #   make test   - create .venv if missing, lint, check the layers, type-check, run the test suite
+# Another Python: make test PYTHON=python3.13 VENV=.venv313 (3.11, 3.12 and 3.13 are supported; CI tests 3.11 and 3.13)
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DATASETS ?= ../shared/datasets
