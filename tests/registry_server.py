@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from schemas.compat import can_read
 
@@ -44,7 +44,7 @@ class LoopbackRegistry:
                 return json.loads(self.rfile.read(length) or b"{}")  # type: ignore[no-any-return]
 
             def do_GET(self) -> None:
-                parts = [unquote(p) for p in self.path.strip("/").split("/")]
+                parts = [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")]
                 registry.requests[f"GET /{parts[0]}"] += 1
                 with registry._lock:
                     if parts == ["subjects"]:
@@ -57,7 +57,7 @@ class LoopbackRegistry:
                 return self._reply(404, {"error_code": 404, "message": "HTTP 404 Not Found"})
 
             def do_POST(self) -> None:
-                parts = [unquote(p) for p in self.path.strip("/").split("/")]
+                parts = [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")]
                 registry.requests[f"POST /{parts[0]}"] += 1
                 schema = str(self._body().get("schema", ""))
                 try:
