@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     avro_wire: Literal["single-object", "confluent"] = "single-object"
     #: embedded state: chdb's data directory and the running stack's endpoint file
     data_dir: Path = Path(".ehrstream")
+    #: where the embedded broker keeps topics, records and committed offsets: ``disk`` (``<data_dir>/broker``, fsynced:
+    #: a crash of the whole stack loses nothing a publisher was told was stored) or ``memory`` (gone when it stops)
+    embedded_storage: Literal["disk", "memory"] = "disk"
 
     topics: TopicSettings = TopicSettings()
     topic_partitions: int = Field(default=4, ge=1)
@@ -177,6 +180,10 @@ class Settings(BaseSettings):
     embedded_workers: int = Field(default=0, ge=0)
 
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
+
+    def broker_storage_dir(self) -> Path | None:
+        """The embedded broker's storage directory, or None for memory."""
+        return self.data_dir / "broker" if self.embedded_storage == "disk" else None
 
     @property
     def embedded_kafka(self) -> bool:

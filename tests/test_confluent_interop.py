@@ -69,9 +69,7 @@ def test_confluent_avro_in_and_out_through_the_stream(
 
             # out: ehrstream's extractions read back by librdkafka + Confluent's AvroDeserializer
             deserialize = AvroDeserializer(client)
-            consumer = Consumer(
-                {"bootstrap.servers": broker.bootstrap, "group.id": f"cf-{tmp_path.name}", "auto.offset.reset": "earliest"}
-            )
+            consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"cf-{tmp_path.name}", "auto.offset.reset": "earliest"})
             consumer.subscribe([settings.topics.extractions])
             read: dict[str, dict[str, Any]] = {}
             deadline = time.monotonic() + 60

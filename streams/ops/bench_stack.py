@@ -55,7 +55,8 @@ class BenchStack:
     def __init__(self, settings: Settings, workers: int, data_dir: Path) -> None:
         self.settings = settings
         self.data_dir = data_dir
-        self.broker = TansuBroker(log_file=data_dir / "tansu.log").start()
+        storage = data_dir / "broker" if settings.embedded_storage == "disk" else None
+        self.broker = TansuBroker(log_file=data_dir / "tansu.log", storage_dir=storage).start()
         ensure_topics(settings, self.broker.bootstrap)
         self.sink = SinkThread(settings, self.broker.bootstrap)
         self.sink.start()

