@@ -156,6 +156,15 @@ class Settings(BaseSettings):
     #: the largest record ehrstream produces; keep it at or under the broker's message.max.bytes
     max_record_bytes: int = Field(default=1_000_000, ge=4096)
 
+    #: how long every producer (the worker's, publish, the sink's dead letters) waits to fill a batch, and how large a
+    #: batch may grow: fewer, larger batches are fewer requests, and on the durable embedded broker fewer objects
+    producer_linger_seconds: float = Field(default=0.01, ge=0, le=1)
+    producer_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024)
+
+    #: the longest a consumer's fetch waits on the broker for data: Kafka answers as soon as data arrives, while the
+    #: embedded broker on durable storage answers at the end of the wait, so this is its delivery latency
+    consumer_fetch_max_wait_seconds: float = Field(default=0.5, gt=0, le=5)
+
     #: Faust's rebalance timeout; Tansu holds a group's first join for about half of it
     rebalance_timeout_s: float = Field(default=60.0, gt=0)
     session_timeout_s: float = Field(default=60.0, gt=0)

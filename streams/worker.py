@@ -54,6 +54,9 @@ def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequ
         web_enabled=False,
         producer_acks=-1,
         producer_max_request_size=settings.max_record_bytes + 65_536,
+        producer_linger=settings.producer_linger_seconds,
+        fetch_max_wait_s=settings.consumer_fetch_max_wait_seconds,
+        producer_max_batch_size=settings.producer_batch_bytes,
         **faust_broker_settings(settings, bootstrap),
     )
     pipeline = ExtractionPipeline(

@@ -50,10 +50,11 @@ def demo(obj: CliContext, notes: int, datasets: Path, input_path: Path | None, f
 @option(
     "--models",
     envvar="EHRSTREAM_BENCH_MODELS",
-    type=click.Choice(["default", "bert-base"]),
+    type=click.Choice(["default", "bert-base", "tiny"]),
     default="default",
     show_default=True,
-    help="default: the configured tasks' models; bert-base: random-weight BERT-base NER + classifier (speed only).",
+    help="default: the configured tasks' models; bert-base / tiny: random-weight BERT-base or tiny (hidden 32, 2 layers) "
+    "NER + classifier (speed only; tiny shows what everything around the model costs).",
 )
 @option(
     "--workers",

@@ -87,7 +87,8 @@ def faust_broker_settings(settings: Settings, bootstrap: str) -> dict[str, Any]:
 
 
 def producer(settings: Settings, bootstrap: str, **extra: Any) -> KafkaProducer:
-    return KafkaProducer(**{"bootstrap_servers": bootstrap, "acks": "all", "linger_ms": 5, **client_config(settings), **extra})
+    batching = {"linger_ms": int(settings.producer_linger_seconds * 1000), "batch_size": settings.producer_batch_bytes}
+    return KafkaProducer(**{"bootstrap_servers": bootstrap, "acks": "all", **batching, **client_config(settings), **extra})
 
 
 def consumer(settings: Settings, bootstrap: str, *topics: str, group_id: str | None, **extra: Any) -> KafkaConsumer:
@@ -102,6 +103,7 @@ def consumer(settings: Settings, bootstrap: str, *topics: str, group_id: str | N
         "session_timeout_ms": session_ms,
         "heartbeat_interval_ms": max(500, session_ms // 4),
         "isolation_level": ISOLATION_LEVEL,  # an aborted transaction's records are never read
+        "fetch_max_wait_ms": int(settings.consumer_fetch_max_wait_seconds * 1000),
         **client_config(settings),
         **extra,
     }

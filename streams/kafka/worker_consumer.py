@@ -112,7 +112,9 @@ class _CheckingPartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ign
 class _WorkerConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
-        consumer._isolation_level = ISOLATION_LEVEL  # aiokafka builds its fetcher from this when the consumer starts
+        # aiokafka builds its fetcher from these when the consumer starts (Faust fixes the wait at 1.5 s)
+        consumer._isolation_level = ISOLATION_LEVEL
+        consumer._fetch_max_wait_ms = int(getattr(self.app, "fetch_max_wait_s", 1.5) * 1000)
         _CheckingPartitionRecords.reports = getattr(self.app, "undecodable", None)
         aiokafka_fetcher.PartitionRecords = _CheckingPartitionRecords
         return consumer
@@ -131,9 +133,10 @@ class WorkerApp(faust.App):
     """``faust.App`` whose worker consumer reads committed records only and skips (and reports) batches it cannot
     read; ``undecodable`` holds the reports until the worker dead-letters them."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fetch_max_wait_s: float = 1.5, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.undecodable: queue.SimpleQueue[SkippedBatch] = queue.SimpleQueue()
+        self.fetch_max_wait_s = fetch_max_wait_s
 
     def _new_transport(self) -> TransportT:
         return _WorkerTransport(self.conf.broker_consumer, self)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -79,8 +80,13 @@ def bench_texts(n: int, datasets: Path) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
 
-def bert_base_tasks(folder: Path) -> list[TaskSettings]:
-    """Random-weight BERT-base token and document classifiers (speed only), with the backbone's tokenizer."""
+#: the near-free models of ``--models tiny``: what everything around the model costs shows, not the model
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def random_bert_tasks(folder: Path, size: str) -> list[TaskSettings]:
+    """Random-weight BERT token and document classifiers (speed only), with the packaged backbone's tokenizer: a
+    5-class classifier and a 3-tag NER model, the two default task kinds. ``size``: ``bert-base`` or ``tiny``."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification
 
@@ -93,8 +99,14 @@ def bert_base_tasks(folder: Path) -> list[TaskSettings]:
         ("disease", TaskKind.ner, ["O", "B-Disease", "I-Disease"], BertForTokenClassification),
     ):
         torch.manual_seed(0)
-        config = BertConfig(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)})  # type: ignore[call-arg]
-        path = folder / f"bert-base-{name}"
+        shape: dict[str, Any] = dict(TINY_BERT) if size == "tiny" else {}
+        maps: dict[str, Any] = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {x: i for i, x in enumerate(labels)},
+        }
+        config = BertConfig(**shape, **maps)
+        path = folder / f"{size}-{name}"
         cls(config).save_pretrained(path)
         tokenizer.save_pretrained(path)
         tasks.append(TaskSettings(name=name, kind=kind, model_dir=path, threshold=0.9))
@@ -145,8 +157,8 @@ def run_bench(
     echo: Callable[[str], None] = lambda _: None,
 ) -> BenchResult:
     work = Path(tempfile.mkdtemp(prefix="ehrstream-bench-"))
-    if models == "bert-base":
-        settings = settings.model_copy(update={"tasks": bert_base_tasks(work)})
+    if models in ("bert-base", "tiny"):
+        settings = settings.model_copy(update={"tasks": random_bert_tasks(work, models)})
     if workers:
         settings = settings.model_copy(update={"embedded_workers": workers})
     workers, threads = worker_plan(settings)

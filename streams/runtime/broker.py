@@ -19,7 +19,7 @@ from streams.runtime.processes import ListeningProcess, free_port
 log = logging.getLogger(__name__)
 
 #: client timeouts for the embedded broker: a first join then waits ~2-3 s, not ~30 s
-EMBEDDED_TIMEOUTS = {"rebalance_timeout_s": 4.0, "session_timeout_s": 6.0}
+EMBEDDED_TIMEOUTS = {"rebalance_timeout_s": 4.0, "session_timeout_s": 6.0, "consumer_fetch_max_wait_seconds": 0.1}
 
 
 def tansu_binary() -> str:

@@ -33,7 +33,10 @@ class ObjectStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        #: one operation at a time: a compare-and-set's check and write, a read's bytes and ETag, a listing
         self.lock = threading.Lock()
+        #: ETags (MD5 of the content, as S3's) by file, computed once per object and kept while this process lives
+        self._etags: dict[Path, str] = {}
 
     def path(self, bucket: str, key: str) -> Path:
         path = (self.root / bucket / key).resolve()
@@ -41,15 +44,29 @@ class ObjectStore:
             raise PermissionError(key)
         return path
 
-    @staticmethod
-    def etag(data: bytes) -> str:
-        return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+    def etag(self, path: Path, data: bytes | None = None) -> str:
+        """An object's ETag: the MD5 of its content, computed on its first read since start (or given on write)."""
+        etag = self._etags.get(path)
+        if etag is None or data is not None:
+            content = path.read_bytes() if data is None else data
+            etag = self._etags[path] = '"' + hashlib.md5(content, usedforsecurity=False).hexdigest() + '"'
+        return etag
 
-    def read(self, bucket: str, key: str) -> bytes | None:
+    def read(self, bucket: str, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag, or None."""
         path = self.path(bucket, key)
-        return path.read_bytes() if path.is_file() else None
+        with self.lock:  # the bytes and the ETag of one version
+            try:
+                data = path.read_bytes()
+            except (FileNotFoundError, IsADirectoryError):
+                return None
+            return data, self.etag(path, data)
 
-    def write(self, bucket: str, key: str, data: bytes) -> None:
+    def current_etag(self, bucket: str, key: str) -> str | None:
+        path = self.path(bucket, key)
+        return self.etag(path) if path.is_file() else None
+
+    def write(self, bucket: str, key: str, data: bytes) -> str:
         path = self.path(bucket, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -67,26 +84,42 @@ class ObjectStore:
             os.fsync(directory)
         finally:
             os.close(directory)
+        return self.etag(path, data)
 
     def delete(self, bucket: str, key: str) -> None:
-        self.path(bucket, key).unlink(missing_ok=True)
+        path = self.path(bucket, key)
+        path.unlink(missing_ok=True)
+        self._etags.pop(path, None)
 
-    def list(self, bucket: str, prefix: str) -> list[tuple[str, int, float, str]]:
+    def listing(self, bucket: str, prefix: str) -> list[tuple[str, int, float, str]]:
+        with self.lock:
+            return self._list(bucket, prefix)
+
+    def _list(self, bucket: str, prefix: str) -> list[tuple[str, int, float, str]]:
+        """(key, size, mtime, ETag) of the objects whose key starts with ``prefix``: only the directory the prefix
+        names is walked; an object is read only for its first ETag since start."""
         base = self.root / bucket
+        start = self.path(bucket, prefix.rpartition("/")[0]) if "/" in prefix else base
         out = []
-        if base.is_dir():
-            for path in base.rglob("*"):
-                if path.is_file() and not path.name.startswith(".tmp-"):
-                    key = path.relative_to(base).as_posix()
-                    if key.startswith(prefix):
-                        data = path.read_bytes()
-                        out.append((key, len(data), path.stat().st_mtime, self.etag(data)))
+        if start.is_dir():
+            for path in start.rglob("*"):
+                if path.name.startswith(".tmp-"):
+                    continue
+                key = path.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    try:
+                        stat = path.stat()
+                    except FileNotFoundError:
+                        continue
+                    if path.is_file():
+                        out.append((key, stat.st_size, stat.st_mtime, self.etag(path)))
         return sorted(out)
 
 
 def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stalls
 
         def log_message(self, format: str, *args: object) -> None:  # keys are the broker's, but keep the log quiet
             return
@@ -109,10 +142,10 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
             body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{code}</Message></Error>'.encode()
             self._reply(status, body, {"Content-Type": "application/xml"}, head=self.command == "HEAD")
 
-        def _object_headers(self, data: bytes, path: Path) -> dict[str, str]:
+        def _object_headers(self, etag: str, path: Path) -> dict[str, str]:
             modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
             return {
-                "ETag": store.etag(data),
+                "ETag": etag,
                 "Last-Modified": format_datetime(modified, usegmt=True),
                 "Content-Type": "application/octet-stream",
             }
@@ -121,15 +154,15 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
             bucket, key, query = self._target()
             if not key:
                 return self._list(bucket, query)
-            data = store.read(bucket, key)
-            if data is None:
+            found = store.read(bucket, key)
+            if found is None:
                 return self._error(404, "NoSuchKey")
-            etag = store.etag(data)
+            data, etag = found
             if self.headers.get("If-Match") not in (None, etag, "*"):
                 return self._error(412, "PreconditionFailed")
             if self.headers.get("If-None-Match") in (etag, "*"):
                 return self._reply(304, headers={"ETag": etag})
-            self._reply(200, data, self._object_headers(data, store.path(bucket, key)), head=self.command == "HEAD")
+            self._reply(200, data, self._object_headers(etag, store.path(bucket, key)), head=self.command == "HEAD")
 
         def do_HEAD(self) -> None:
             self.do_GET()
@@ -140,19 +173,19 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
                 return self._reply(200)  # CreateBucket: buckets are directories, made on first write
             data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             with store.lock:  # compare-and-set: the check and the write as one step
-                current = store.read(bucket, key)
+                current = store.current_etag(bucket, key)
                 if self.headers.get("If-None-Match") == "*" and current is not None:
                     return self._error(412, "PreconditionFailed")
                 wanted = self.headers.get("If-Match")
-                if wanted is not None and (current is None or wanted not in (store.etag(current), "*")):
+                if wanted is not None and (current is None or wanted not in (current, "*")):
                     return self._error(412, "PreconditionFailed")
-                store.write(bucket, key, data)
-            self._reply(200, headers={"ETag": store.etag(data)})
+                etag = store.write(bucket, key, data)
+            self._reply(200, headers={"ETag": etag})
 
         def do_DELETE(self) -> None:
             bucket, key, _ = self._target()
             with store.lock:
-                store.delete(bucket, key)
+                store.delete(bucket, key)  # (the lock: no write or read of the key in between)
             self._reply(204)
 
         def do_POST(self) -> None:
@@ -160,7 +193,7 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
 
         def _list(self, bucket: str, query: dict[str, list[str]]) -> None:
             prefix = query.get("prefix", [""])[0]
-            items = store.list(bucket, prefix)
+            items = store.listing(bucket, prefix)
             contents = "".join(
                 f"<Contents><Key>{escape(key)}</Key><LastModified>{datetime.fromtimestamp(mtime, UTC).strftime('%Y-%m-%dT%H:%M:%S.000Z')}"
                 f"</LastModified><ETag>{escape(etag)}</ETag><Size>{size}</Size><StorageClass>STANDARD</StorageClass></Contents>"
