@@ -142,3 +142,23 @@ def wait_for_final(database: ChdbBackend, n: int, worker: Any, log: Path, timeou
     with contextlib.suppress(TimeoutError):
         poll_until(done, timeout_s, f"{n} notes in extractions_final", interval_s=0.5)
     return stored
+
+
+@contextlib.contextmanager
+def running_stream(settings: Settings, bootstrap: str, database: ChdbBackend, log: Path) -> Iterator[Any]:
+    """The topics, a sink thread on ``database`` and one worker subprocess (log in ``log``) for the body of a
+    ``with``; both stopped afterwards. Yields the worker, for ``wait_for_final`` and liveness checks."""
+    from streams.kafka.clients import ensure_topics
+    from streams.runtime.sink_thread import SinkThread
+    from streams.runtime.workers import WorkerProcess
+
+    ensure_topics(settings, bootstrap)
+    sink = SinkThread(settings, bootstrap, backend=database)
+    worker = WorkerProcess(settings, bootstrap, log)
+    sink.start()
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        sink.stop()

@@ -16,13 +16,12 @@ from pydantic import SecretStr
 
 from agents.config import TaskSettings
 from schemas.clinical_note import ClinicalNote
-from streams.kafka.clients import ensure_topics, producer
+from streams.kafka.clients import producer
 from streams.runtime.broker import TansuBroker
-from streams.runtime.sink_thread import SinkThread
-from streams.runtime.workers import WorkerProcess
 from streams.settings import KafkaSecurity, Settings, write_child_config
 from streams.sink.backend import ChdbBackend
 from streams.waiting import poll_until
+from tests.conftest import running_stream
 
 
 def test_child_config_carries_every_setting_but_the_secrets(tmp_path: Path, tiny_settings: Settings) -> None:
@@ -83,13 +82,8 @@ def test_settings_changed_in_the_parent_reach_an_embedded_worker(
     zero = [t.model_copy(update={"threshold": 0.0, "possible_entity_threshold": 0.0}) for t in tiny_settings.tasks]
     topics = tiny_settings.topics.model_copy(update={"notes": f"changed-notes-{uuid.uuid4().hex[:8]}"})
     settings = tiny_settings.model_copy(update={"tasks": zero, "max_note_bytes": 2048, "topics": topics})
-    ensure_topics(settings, broker.bootstrap)
     log = tmp_path / "worker.log"
-    sink = SinkThread(settings, broker.bootstrap, backend=database)
-    worker = WorkerProcess(settings, broker.bootstrap, log)
-    sink.start()
-    worker.start()
-    try:
+    with running_stream(settings, broker.bootstrap, database, log) as worker:
         p = producer(settings, broker.bootstrap)
         for i in range(6):
             p.send(settings.topics.notes, key=b"k", value=_note(f"small-{i}", f"Seen for asthma, visit {i}."))
@@ -111,9 +105,6 @@ def test_settings_changed_in_the_parent_reach_an_embedded_worker(
         assert rows == [["auto_accepted", 6]]
         kinds = database.query(f"SELECT error_kind FROM {db}.dead_letters").rows
         assert kinds == [["oversized"]]
-    finally:
-        worker.stop()
-        sink.stop()
     child = tomllib.loads(log.with_suffix(".toml").read_text())  # what the worker was given (the env here says otherwise)
     assert child["max_note_bytes"] == 2048 and child["topics"]["notes"] == topics.notes
     assert [t["threshold"] for t in child["tasks"]] == [0.0, 0.0]

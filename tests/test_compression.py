@@ -15,14 +15,11 @@ from kafka import KafkaConsumer, TopicPartition
 
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import Codecs
-from streams.kafka.clients import ensure_topics
 from streams.runtime.broker import TansuBroker
-from streams.runtime.sink_thread import SinkThread
-from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 from streams.waiting import poll_until
-from tests.conftest import wait_for_final
+from tests.conftest import running_stream, wait_for_final
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -84,13 +81,8 @@ def test_notes_compressed_with_every_codec_reach_clickhouse(
     """Batches of notes compressed with gzip, snappy, lz4 and zstd by librdkafka: the worker neither crashes nor
     restarts, and every note of every batch is in ClickHouse once."""
     settings = tiny_settings
-    ensure_topics(settings, broker.bootstrap)
     log = tmp_path / "worker.log"
-    sink = SinkThread(settings, broker.bootstrap, backend=database)
-    worker = WorkerProcess(settings, broker.bootstrap, log)
-    sink.start()
-    worker.start()
-    try:
+    with running_stream(settings, broker.bootstrap, database, log) as worker:
         for codec in CODECS:
             _produce(broker.bootstrap, settings.topics.notes, codec, [_note(codec, i) for i in range(PER_CODEC)])
         total = PER_CODEC * len(CODECS)
@@ -102,9 +94,6 @@ def test_notes_compressed_with_every_codec_reach_clickhouse(
             "GROUP BY codec ORDER BY codec"
         ).rows
         assert rows == [[codec, PER_CODEC, PER_CODEC] for codec in sorted(CODECS)]
-    finally:
-        worker.stop()
-        sink.stop()
     assert "UnsupportedCodecError" not in log.read_text()
 
 
@@ -140,14 +129,9 @@ def test_an_undecodable_batch_is_skipped_reported_and_the_notes_after_it_flow(
     from tests.kafka_raw import corrupt_batch, produce_batch
 
     settings = tiny_settings
-    ensure_topics(settings, broker.bootstrap)
     topic = settings.topics.notes
     log = tmp_path / "worker.log"
-    sink = SinkThread(settings, broker.bootstrap, backend=database)
-    worker = WorkerProcess(settings, broker.bootstrap, log)
-    sink.start()
-    worker.start()
-    try:
+    with running_stream(settings, broker.bootstrap, database, log) as worker:
         p = producer(settings, broker.bootstrap)
         for i in range(5):
             p.send(topic, partition=0, value=_note("before", i)).get(10)
@@ -166,9 +150,6 @@ def test_an_undecodable_batch_is_skipped_reported_and_the_notes_after_it_flow(
         assert [r[:4] for r in rows] == [["undecodable", topic, 0, 5]]
         assert "offsets 5-7" in str(rows[0][4]) and "CRC mismatch" in str(rows[0][4])
         assert worker.alive()
-    finally:
-        worker.stop()
-        sink.stop()
     text = log.read_text()
     assert f"undecodable record batch {topic}[0]@5-7 (CRC mismatch)" in text
     assert "Zebulon" not in text

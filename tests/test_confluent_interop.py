@@ -16,13 +16,10 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import schema_text
-from streams.kafka.clients import ensure_topics
 from streams.runtime.broker import TansuBroker
-from streams.runtime.sink_thread import SinkThread
-from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
-from tests.conftest import wait_for_final
+from tests.conftest import running_stream, wait_for_final
 from tests.registry_server import LoopbackRegistry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -47,14 +44,9 @@ def test_confluent_avro_in_and_out_through_the_stream(
 ) -> None:
     with LoopbackRegistry() as registry:
         settings = tiny_settings.model_copy(update={"schema_registry_url": registry.url, "avro_wire": "confluent"})
-        ensure_topics(settings, broker.bootstrap)
         client = SchemaRegistryClient({"url": registry.url})
         log = tmp_path / "worker.log"
-        sink = SinkThread(settings, broker.bootstrap, backend=database)
-        worker = WorkerProcess(settings, broker.bootstrap, log)
-        sink.start()
-        worker.start()
-        try:
+        with running_stream(settings, broker.bootstrap, database, log) as worker:
             # in: librdkafka + Confluent's AvroSerializer, as a feed would produce; subject <topic>-value
             serialize = AvroSerializer(client, schema_text("clinical_note.avsc"), lambda note, _ctx: note.model_dump())
             producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True, "compression.type": "zstd"})
@@ -80,9 +72,6 @@ def test_confluent_avro_in_and_out_through_the_stream(
                 record = deserialize(message.value(), SerializationContext(message.topic(), MessageField.VALUE))
                 read[record["note_id"]] = record
             consumer.close()
-        finally:
-            worker.stop()
-            sink.stop()
     assert set(read) == {f"cf-{i}" for i in range(N)}
     sample = read["cf-3"]
     assert sample["encounter_id"] == "e-3" and sample["text"].startswith("Follow-up for asthma")
