@@ -55,8 +55,7 @@ class BenchStack:
     def __init__(self, settings: Settings, workers: int, data_dir: Path) -> None:
         self.settings = settings
         self.data_dir = data_dir
-        storage = data_dir / "broker" if settings.embedded_storage == "disk" else None
-        self.broker = TansuBroker(log_file=data_dir / "tansu.log", storage_dir=storage).start()
+        self.broker = TansuBroker(log_file=data_dir / "tansu.log", storage_dir=settings.broker_storage_dir()).start()
         ensure_topics(settings, self.broker.bootstrap)
         self.sink = SinkThread(settings, self.broker.bootstrap)
         self.sink.start()
