@@ -79,8 +79,33 @@ def test_fhir_rejects_say_why_and_ndjson_is_read(tmp_path: Path) -> None:
     results = list(read_fhir(ndjson))
     assert results[0][0] == 1 and isinstance(results[0][1], dict) and results[0][1]["note_id"] == "us-core-discharge-001"
     reasons = [r.split(":")[0] for _, r in results if isinstance(r, str)]
-    assert reasons == ["fhir_no_text", "invalid_json", "fhir_unsupported"]
+    assert reasons == ["fhir_invalid", "invalid_json", "fhir_unsupported"]
+    assert "content.0.attachment.data: Base64 decoding error" in str(results[1][1])  # fhir.resources checks base64
     assert results[-1][1]["text"] == "Fièvre."  # type: ignore[index]
+
+
+def test_fhir_validation_errors_name_the_position_and_the_paths_never_the_values(tmp_path: Path) -> None:
+    doc = json.loads((FHIR / "us_core_documentreference.json").read_text())
+    bad_date = {**json.loads(json.dumps(doc)), "id": "bad-date", "date": "2026-13-45T99:00:00"}
+    unknown = {**json.loads(json.dumps(doc)), "id": "unknown-field", "extraField": "PHI-VALUE"}
+    no_content = {k: v for k, v in doc.items() if k != "content"}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": {"resourceType": "Patient", "id": "p1"}}, *({"resource": r} for r in (doc, bad_date, unknown, no_content))],
+    }
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(bundle))
+    results = list(read_fhir(path))
+    assert [p for p, _ in results] == [1, 2, 3, 4] and isinstance(results[0][1], dict)
+    reasons = [str(r) for _, r in results[1:]]
+    assert reasons[0].startswith("fhir_invalid: DocumentReference (Bundle entry 2) does not validate as FHIR R4: date:")
+    assert "(Bundle entry 3)" in reasons[1] and "extraField: Extra inputs are not permitted" in reasons[1]
+    assert "(Bundle entry 4)" in reasons[2] and "content: Field required" in reasons[2]
+    assert not any("2026-13-45" in r or "PHI-VALUE" in r for r in reasons)  # paths are named, values never
+    envelope = tmp_path / "envelope.json"
+    envelope.write_text(json.dumps({"resourceType": "Bundle", "entry": [{"resource": doc}]}))  # Bundle.type is required
+    assert [str(r).split(" does")[0] for _, r in read_fhir(envelope)] == ["fhir_invalid: Bundle"]
 
 
 def test_hl7v2_mdm_and_oru_messages_become_notes() -> None:
@@ -116,7 +141,7 @@ def test_hl7v2_line_endings_malformed_messages_and_timestamps(tmp_path: Path) ->
     assert [r.split(":")[0] for _, r in read_hl7v2(bad)] == ["hl7_unsupported", "hl7_bad_timestamp"]  # type: ignore[union-attr]
     assert parse_timestamp("20261107") == "2026-11-07T00:00:00+00:00"
     assert parse_timestamp("202611071030+0130") == "2026-11-07T10:30:00+01:30"
-    assert parse_timestamp("20261107103012.1234") == "2026-11-07T10:30:12+00:00"
+    assert parse_timestamp("20261107103012.1234") == "2026-11-07T10:30:12.123400+00:00"
     assert parse_timestamp("20261341") is None
 
 

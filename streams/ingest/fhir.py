@@ -1,5 +1,11 @@
 """FHIR R4 clinical notes: DocumentReference resources, alone or in Bundles, to ClinicalNote fields.
 
+Resources are validated by ``fhir.resources`` (its R4B models, the R4 technical correction; DocumentReference
+is unchanged between R4 and R4B): a DocumentReference that fails validation is rejected as ``fhir_invalid``
+with the file's note position, the Bundle entry and the first problems' paths (never their values). The
+Bundle's own fields are validated too; its other resources are validated only when a note refers to them
+(a Patient that does not validate is not used to resolve the subject, which then falls back to its reference).
+
 Mapping (FHIR R4 DocumentReference, as US Core and Synthea produce it):
 
 * ``note_id``: the resource's ``id``; else its first ``identifier.value``; else the Bundle entry's ``fullUrl``.
@@ -12,8 +18,8 @@ Mapping (FHIR R4 DocumentReference, as US Core and Synthea produce it):
   (``Progress note`` -> ``progress_note``), else ``loinc_<code>``; else ``type.text``.
 * ``created_at``: ``date``; else ``context.period.start``; else ``meta.lastUpdated``.
 * ``author``: ``author[0].display`` or its reference.
-* ``text``: every ``content.attachment`` with a ``text/*`` content type and inline base64 ``data``,
-  decoded with its charset (UTF-8 by default), joined by a blank line. Attachments given only by
+* ``text``: every ``content.attachment`` with a ``text/*`` content type and inline base64 ``data``
+  (base64 checked by the model), decoded with its charset (UTF-8 by default), joined by a blank line. Attachments given only by
   ``url`` are not fetched: a resource with no inline text is rejected with that reason.
 * ``meta``: ``fhir_resource``, ``fhir_status``, ``fhir_doc_status``, ``loinc`` when present.
 
@@ -23,21 +29,37 @@ in a Bundle (Patient, Encounter, Observation...) are skipped, not rejected.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
+
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.patient import Patient
+from pydantic import ValidationError
 
 from streams.ingest.base import Record
 
 LOINC = "http://loinc.org"
+#: validation problems named in one rejection
+MAX_PROBLEMS = 3
+
+
+def invalid(kind: str, error: ValidationError, where: str = "") -> str:
+    """A rejection naming the failing paths and what is wrong there, without the values (they may be PHI)."""
+    problems = [
+        f"{'.'.join(str(p) for p in e['loc']) or '(resource)'}: {e['msg'].splitlines()[0]}"
+        for e in error.errors(include_input=False, include_url=False, include_context=False)
+    ]
+    more = f" (+{len(problems) - MAX_PROBLEMS} more)" if len(problems) > MAX_PROBLEMS else ""
+    return f"fhir_invalid: {kind}{where} does not validate as FHIR R4: {'; '.join(problems[:MAX_PROBLEMS])}{more}"
 
 
 class _Bundle:
-    """Resources of one Bundle by the references that may point at them."""
+    """Resources of one Bundle (raw JSON) by the references that may point at them."""
 
     def __init__(self, entries: list[dict[str, Any]]) -> None:
         self.by_ref: dict[str, dict[str, Any]] = {}
@@ -52,52 +74,62 @@ class _Bundle:
         return self.by_ref.get(reference) or self.by_ref.get(reference.split("/_history/")[0])
 
 
-def _patient_id(subject: dict[str, Any], bundle: _Bundle) -> str | None:
-    reference = str(subject.get("reference") or "")
-    patient = bundle.resolve(reference) if reference else None
-    if patient is not None:
-        identifiers = patient.get("identifier") or []
-        for identifier in identifiers:
-            codes = [c.get("code") for c in (identifier.get("type") or {}).get("coding") or []]
-            if "MR" in codes and identifier.get("value"):
-                return str(identifier["value"])
-        if identifiers and identifiers[0].get("value"):
-            return str(identifiers[0]["value"])
-        if patient.get("id"):
-            return str(patient["id"])
-    if reference:
-        return reference.rsplit("/", 1)[-1].removeprefix("urn:uuid:") or None
-    value = (subject.get("identifier") or {}).get("value")
-    return str(value) if value else None
+def _last_part(reference: str) -> str | None:
+    return reference.rsplit("/", 1)[-1].removeprefix("urn:uuid:") or None
 
 
-def _encounter_id(context: dict[str, Any], bundle: _Bundle) -> str | None:
-    encounters = context.get("encounter") or []
-    if not encounters:
+def _patient_id(resource: DocumentReference, bundle: _Bundle) -> str | None:
+    subject = resource.subject
+    if subject is None:
         return None
-    reference = str(encounters[0].get("reference") or "")
-    encounter = bundle.resolve(reference) if reference else None
+    reference = str(subject.reference or "")
+    raw = bundle.resolve(reference) if reference else None
+    if raw is not None and raw.get("resourceType") == "Patient":
+        try:
+            patient = Patient.model_validate(raw)
+        except ValidationError:
+            patient = None
+        if patient is not None:
+            identifiers = [i for i in patient.identifier or [] if i.value]
+            for identifier in identifiers:
+                if any(c.code == "MR" for c in (identifier.type.coding or [] if identifier.type else [])):
+                    return str(identifier.value)
+            if identifiers:
+                return str(identifiers[0].value)
+            if patient.id:
+                return str(patient.id)
+    if reference:
+        return _last_part(reference)
+    return str(subject.identifier.value) if subject.identifier and subject.identifier.value else None
+
+
+def _encounter_id(resource: DocumentReference, bundle: _Bundle) -> str | None:
+    encounters = (resource.context.encounter if resource.context else None) or []
+    reference = str(encounters[0].reference or "") if encounters else ""
+    if not reference:
+        return None
+    encounter = bundle.resolve(reference)
     if encounter is not None and encounter.get("id"):
         return str(encounter["id"])
-    return reference.rsplit("/", 1)[-1].removeprefix("urn:uuid:") or None
+    return _last_part(reference)
 
 
 def _snake(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:128]
 
 
-def _note_type(doc_type: dict[str, Any]) -> tuple[str | None, str | None]:
+def _note_type(resource: DocumentReference) -> tuple[str | None, str | None]:
     """(note type, LOINC code) from ``type``."""
-    codings = doc_type.get("coding") or []
-    codings = sorted(codings, key=lambda c: c.get("system") != LOINC)  # LOINC first
+    if resource.type is None:
+        return None, None
+    codings = sorted(resource.type.coding or [], key=lambda c: c.system != LOINC)  # LOINC first
     for coding in codings:
-        loinc = coding.get("code") if coding.get("system") == LOINC else None
-        if coding.get("display"):
-            return _snake(str(coding["display"])), loinc
-        if coding.get("code"):
-            return f"loinc_{coding['code']}" if loinc else _snake(str(coding["code"])), loinc
-    text = doc_type.get("text")
-    return (_snake(str(text)), None) if text else (None, None)
+        loinc = coding.code if coding.system == LOINC else None
+        if coding.display:
+            return _snake(str(coding.display)), loinc
+        if coding.code:
+            return f"loinc_{coding.code}" if loinc else _snake(str(coding.code)), loinc
+    return (_snake(str(resource.type.text)), None) if resource.type.text else (None, None)
 
 
 def _charset(content_type: str) -> str:
@@ -105,57 +137,62 @@ def _charset(content_type: str) -> str:
     return match.group(1) if match else "utf-8"
 
 
-def _text(content: list[dict[str, Any]]) -> str:
+def _text(resource: DocumentReference) -> str:
     """The note text, or raises ValueError with the reason there is none."""
     parts: list[str] = []
     by_url = False
-    for item in content:
-        attachment = item.get("attachment") or {}
-        content_type = str(attachment.get("contentType") or "text/plain")
+    for item in resource.content or []:
+        attachment = item.attachment
+        content_type = str(attachment.contentType or "text/plain")
         if not content_type.lower().startswith("text/"):
             continue
-        if attachment.get("data"):
+        if attachment.data:
             try:
-                raw = base64.b64decode(str(attachment["data"]), validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError("attachment data is not valid base64") from None
-            try:
-                parts.append(raw.decode(_charset(content_type)))
+                parts.append(bytes(attachment.data).decode(_charset(content_type)))
             except (UnicodeDecodeError, LookupError):
                 raise ValueError(f"attachment is not valid {_charset(content_type)} text") from None
-        elif attachment.get("url"):
+        elif attachment.url:
             by_url = True
     if not parts:
         raise ValueError("no inline text attachment (attachments by url are not fetched)" if by_url else "no text/* attachment with data")
     return "\n\n".join(parts)
 
 
-def document_reference(resource: dict[str, Any], bundle: _Bundle, full_url: str | None = None) -> dict[str, Any] | str:
-    """ClinicalNote fields from one DocumentReference, or the reason it cannot be a note."""
-    if resource.get("status") == "entered-in-error":
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, date) else str(value)
+
+
+def document_reference(raw: dict[str, Any], bundle: _Bundle, full_url: str | None = None, where: str = "") -> dict[str, Any] | str:
+    """ClinicalNote fields from one DocumentReference (raw JSON), or the reason it cannot be a note."""
+    try:
+        resource = DocumentReference.model_validate(raw)
+    except ValidationError as exc:
+        return invalid("DocumentReference", exc, where)
+    if resource.status == "entered-in-error":
         return "fhir_entered_in_error: the document was retracted (status entered-in-error)"
     try:
-        text = _text(resource.get("content") or [])
+        text = _text(resource)
     except ValueError as exc:
         return f"fhir_no_text: {exc}"
-    identifiers = resource.get("identifier") or []
-    note_id = resource.get("id") or (identifiers[0].get("value") if identifiers else None) or full_url
-    note_type, loinc = _note_type(resource.get("type") or {})
-    context = resource.get("context") or {}
-    created = resource.get("date") or (context.get("period") or {}).get("start") or (resource.get("meta") or {}).get("lastUpdated")
-    authors = resource.get("author") or []
-    author = (authors[0].get("display") or authors[0].get("reference")) if authors else None
+    identifiers = [i for i in resource.identifier or [] if i.value]
+    note_id = resource.id or (identifiers[0].value if identifiers else None) or full_url
+    note_type, loinc = _note_type(resource)
+    period = resource.context.period if resource.context else None
+    created = resource.date or (period.start if period else None) or (resource.meta.lastUpdated if resource.meta else None)
+    author = (resource.author[0].display or resource.author[0].reference) if resource.author else None
     meta = {"fhir_resource": "DocumentReference"}
-    for key, value in (("fhir_status", resource.get("status")), ("fhir_doc_status", resource.get("docStatus")), ("loinc", loinc)):
+    for key, value in (("fhir_status", resource.status), ("fhir_doc_status", resource.docStatus), ("loinc", loinc)):
         if value:
             meta[key] = str(value)
     fields: dict[str, Any] = {
-        "note_id": note_id,
-        "patient_id": _patient_id(resource.get("subject") or {}, bundle),
-        "encounter_id": _encounter_id(context, bundle),
+        "note_id": str(note_id) if note_id else None,
+        "patient_id": _patient_id(resource, bundle),
+        "encounter_id": _encounter_id(resource, bundle),
         "note_type": note_type,
-        "author": author,
-        "created_at": created,
+        "author": str(author) if author else None,
+        "created_at": _iso(created),
         "text": text,
         "source": "fhir",
         "meta": meta,
@@ -170,11 +207,19 @@ def notes_from_resource(document: dict[str, Any]) -> Iterator[dict[str, Any] | s
         yield document_reference(document, _Bundle([]))
     elif kind == "Bundle":
         entries = document.get("entry") or []
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            yield "fhir_invalid: Bundle does not validate as FHIR R4: entry: must be a list of objects"
+            return
+        try:  # the Bundle's own fields; its resources are validated one by one below
+            Bundle.model_validate({**document, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in entries]})
+        except ValidationError as exc:
+            yield invalid("Bundle", exc)
+            return
         bundle = _Bundle(entries)
-        for entry in entries:
+        for index, entry in enumerate(entries):
             resource = entry.get("resource") or {}
             if resource.get("resourceType") == "DocumentReference":
-                yield document_reference(resource, bundle, entry.get("fullUrl"))
+                yield document_reference(resource, bundle, entry.get("fullUrl"), where=f" (Bundle entry {index})")
     else:
         yield f"fhir_unsupported: resourceType {kind!r} (expected Bundle or DocumentReference)"
 

@@ -1,10 +1,17 @@
 """HL7 v2 clinical notes: MDM^T02 (document notification with content) and ORU^R01 (observation results)
-to ClinicalNote fields.
+to ClinicalNote fields, parsed by python-hl7 (``hl7``).
 
-Parsing follows the v2 encoding rules: segments end with CR (LF and CRLF are accepted too); MSH-1 is the
-field separator and MSH-2 the component, repetition, escape and subcomponent characters; escape
-sequences (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``, and ``\\.br\\`` in FT) are decoded. A file may hold several
-messages, optionally MLLP-framed (``0x0B`` ... ``0x1C 0x0D``).
+python-hl7 does the v2 encoding rules: MSH-1 and MSH-2 give the separators, fields, repetitions, components
+and subcomponents are split by them, and escape sequences (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``, ``\\Xhh..\\``,
+``\\.br\\`` and the other formatting commands of chapter 2.10) are decoded by its ``unescape``. This module
+adds what a file needs before the library sees it: segments end with CR, and LF or CRLF are taken as CR;
+MLLP frames (``0x0B`` ... ``0x1C 0x0D``) and batch envelopes (FHS/BHS/BTS/FTS) are removed; a new message
+starts at every MSH, so one bad message is rejected alone.
+
+Two of the library's defaults are overridden through its application map (``app_map``), not re-implemented:
+``\\Xhh..\\`` is decoded as bytes of the message's character set (UTF-8 unless MSH-18 names another; the
+library maps each byte to one code point, which garbles UTF-8), and line-breaking commands (``\\.br\\``,
+``\\.sp\\``, ``\\.ce\\``) become LF rather than CR, since CR is the segment terminator.
 
 Mapping:
 
@@ -19,155 +26,179 @@ Mapping:
   result interpreter).
 * ``meta``: ``hl7_message_type``, ``hl7_control_id``, ``hl7_sending_facility``.
 
-Timestamps (``YYYYMMDD[HH[MM[SS[.S+]]]][+/-ZZZZ]``) without an offset are taken as UTC.
+Timestamps (``YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]``, python-hl7's ``parse_datetime``) without an offset
+are taken as UTC.
 """
 
 from __future__ import annotations
 
+import codecs
+import logging
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import hl7
+import hl7.util
+from hl7.datatypes import parse_datetime
+from hl7.exceptions import ParseException
 
 from streams.ingest.base import Record
 
 TEXT_TYPES = {"TX", "FT"}
+#: segments of a batch file's envelope (chapter 2.10.3): not part of any message
+ENVELOPE = ("FHS", "BHS", "BTS", "FTS")
+#: MSH-18 values (HL7 table 0211) that name a Python codec other than their own spelling
+CHARSETS = {"UNICODE UTF-8": "utf-8", "UNICODE": "utf-16", "8859/1": "latin-1", "8859/15": "iso8859-15", "ASCII": "ascii"}
+
+
+class _RedactValues(logging.Filter):
+    """python-hl7 logs the field it could not unescape; a field is patient data, so its arguments are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = "python-hl7 reported a problem with a field (its value is withheld)", None
+        return True
+
+
+if not any(isinstance(f, _RedactValues) for f in hl7.util.logger.filters):
+    hl7.util.logger.addFilter(_RedactValues())
+
+
+class _EscapeMap(dict[str, str]):
+    """python-hl7's application map: line breaks as LF, hex escapes decoded in the message's charset."""
+
+    def __init__(self, charset: str) -> None:
+        super().__init__({".br": "\n", ".sp": "\n", ".ce": "\n", "H": "", "N": ""})
+        self.charset = charset
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or (isinstance(key, str) and re.fullmatch(r"X(?:[0-9A-Fa-f]{2})+", key) is not None)
+
+    def __missing__(self, key: str) -> str:
+        return bytes.fromhex(key[1:]).decode(self.charset, errors="replace")
 
 
 class Message:
-    """One parsed message: segments by name, fields by HL7 position (1-based; MSH-1 is the separator)."""
+    """One message parsed by python-hl7, with the lookups the mapping needs ("" for what is absent)."""
 
     def __init__(self, text: str) -> None:
-        segments = [s for s in re.split(r"\r\n|\r|\n", text) if s.strip()]
-        if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 8:
+        if not text.startswith("MSH") or len(text) < 8:
             raise ValueError("message does not start with an MSH segment")
-        self.field_sep = segments[0][3]
-        encoding = segments[0][4:8]
-        self.component, self.repetition, self.escape, self.subcomponent = encoding[0], encoding[1], encoding[2], encoding[3]
-        self.segments: list[tuple[str, list[str]]] = []
-        for segment in segments:
-            parts = segment.split(self.field_sep)
-            if parts[0] == "MSH":
-                parts = ["MSH", self.field_sep, *parts[1:]]  # so MSH-n is parts[n] like every other segment
-            self.segments.append((parts[0], parts))
+        try:
+            self.parsed = hl7.parse(text)
+        except ParseException as exc:
+            raise ValueError(str(exc).split(":")[0]) from None
+        self.escapes = _EscapeMap("utf-8")
+        charset = self.get("MSH.F18") or "UNICODE UTF-8"
+        charset = CHARSETS.get(charset.upper(), charset)
+        try:
+            codecs.lookup(charset)
+        except LookupError:
+            charset = "utf-8"
+        self.escapes = _EscapeMap(charset)
 
-    def all(self, name: str) -> list[list[str]]:
-        return [fields for seg, fields in self.segments if seg == name]
+    def get(self, key: str) -> str:
+        """One leaf value, unescaped, by python-hl7's accessor key (``PID.F3.R1.C1``; absent parts are "").
 
-    def first(self, name: str) -> list[str] | None:
-        found = self.all(name)
-        return found[0] if found else None
+        Walks the parsed tree as the library's ``extract_field`` does (a leaf reached early answers for
+        position 1 below it), but unescapes with this message's escape map."""
+        accessor = hl7.Accessor.parse_key(key)
+        try:
+            node: Any = self.parsed.segments(accessor.segment)(accessor.segment_num or 1)
+        except (KeyError, IndexError):
+            return ""
+        path = [accessor.field_num or 1, accessor.repeat_num or 1, accessor.component_num or 1, accessor.subcomponent_num or 1]
+        if accessor.segment == "MSH" and path[0] in (1, 2):
+            return str(node[path[0]])
+        for depth, index in enumerate(path):
+            if isinstance(node, str):
+                return self.unescape(node) if all(i == 1 for i in path[depth:]) else ""
+            offset = 0 if depth == 0 else 1  # a segment's item 0 is its name; below it positions are 1-based
+            if index - offset >= len(node):
+                return ""
+            node = node[index - offset]
+        return self.unescape(str(node))
 
-    def field(self, name: str, index: int) -> str:
-        segment = self.first(name)
-        return segment[index] if segment is not None and index < len(segment) else ""
-
-    def components(self, value: str) -> list[str]:
-        return value.split(self.component)
-
-    def repetitions(self, value: str) -> list[str]:
-        return value.split(self.repetition) if value else []
+    def repetitions(self, field: Any) -> list[str]:
+        """A field's repetitions as raw (escaped) strings."""
+        if isinstance(field, hl7.Field) and field and isinstance(field[0], hl7.Repetition):
+            return [str(rep) for rep in field]
+        return [str(field)] if str(field) else []
 
     def unescape(self, value: str) -> str:
-        e = re.escape(self.escape)
-        table = {
-            "F": self.field_sep,
-            "S": self.component,
-            "T": self.subcomponent,
-            "R": self.repetition,
-            "E": self.escape,
-            ".br": "\n",
-        }
+        return str(self.parsed.unescape(value, app_map=self.escapes))
 
-        def replace(match: re.Match[str]) -> str:
-            code = match.group(1)
-            if code in table:
-                return table[code]
-            if code.upper().startswith("X") and re.fullmatch(r"[Xx][0-9A-Fa-f]+", code):
-                try:
-                    return bytes.fromhex(code[1:]).decode("utf-8")
-                except (ValueError, UnicodeDecodeError):
-                    return ""
-            return ""  # formatting commands (.sp, .in, \H\, \N\ ...) carry no text
-
-        return re.sub(rf"{e}([^{e}]*){e}", replace, value)
+    def segments(self, name: str) -> list[Any]:
+        try:
+            return list(self.parsed.segments(name))
+        except KeyError:
+            return []
 
 
 def parse_timestamp(value: str) -> str | None:
     """An HL7 DTM as ISO 8601 (UTC when no offset is given), or None."""
-    match = re.fullmatch(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?", value.strip())
-    if not match:
-        return None
-    year, month, day, hour, minute, second, offset = match.groups()
-    tz = UTC
-    if offset:
-        sign = 1 if offset[0] == "+" else -1
-        tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
     try:
-        moment = datetime(int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0), tzinfo=tz)
-    except ValueError:
+        moment = parse_datetime(value.strip())
+    except (ValueError, TypeError):
         return None
-    return moment.isoformat()
+    if not isinstance(moment, datetime):
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
 def _patient_id(message: Message) -> str | None:
-    ids = message.repetitions(message.field("PID", 3))
-    chosen = next((r for r in ids if len(message.components(r)) > 4 and message.components(r)[4] == "MR"), ids[0] if ids else "")
-    value = message.components(chosen)[0] if chosen else ""
-    return message.unescape(value) or None
+    pid = message.segments("PID")
+    count = len(message.repetitions(pid[0][3])) if pid and len(pid[0]) > 3 else 0
+    chosen = next((r for r in range(1, count + 1) if message.get(f"PID.F3.R{r}.C5") == "MR"), 1)
+    return message.get(f"PID.F3.R{chosen}.C1") or None
 
 
-def _name(message: Message, value: str) -> str | None:
-    """An XCN (id^family^given...) as 'given family', else its id."""
-    parts = message.components(value)
-    if len(parts) > 2 and (parts[1] or parts[2]):
-        return message.unescape(" ".join(p for p in (parts[2], parts[1]) if p))
-    return message.unescape(parts[0]) or None
+def _name(message: Message, key: str) -> str | None:
+    """An XCN (id^family^given...) or CNN (id&family&given) as 'given family', else its id."""
+    family, given = message.get(f"{key}2"), message.get(f"{key}3")
+    if family or given:
+        return " ".join(p for p in (given, family) if p)
+    return message.get(f"{key}1") or None
 
 
 def _text(message: Message) -> str:
     lines: list[str] = []
-    for obx in message.all("OBX"):
-        if len(obx) > 5 and obx[2] in TEXT_TYPES:
+    for obx in message.segments("OBX"):
+        if len(obx) > 5 and str(obx[2]) in TEXT_TYPES:
             lines.extend(message.unescape(rep) for rep in message.repetitions(obx[5]))
     return "\n".join(lines)
 
 
 def note_from_message(message: Message) -> dict[str, Any] | str:
     """ClinicalNote fields from one MDM^T02 or ORU^R01 message, or the reason it cannot be a note."""
-    msg_type = message.components(message.field("MSH", 9))
-    kind = "^".join(msg_type[:2])
-    control_id = message.field("MSH", 10)
+    kind = "^".join(p for p in (message.get("MSH.F9.R1.C1"), message.get("MSH.F9.R1.C2")) if p)
+    control_id = message.get("MSH.F10")
     if kind not in ("MDM^T02", "ORU^R01"):
         return f"hl7_unsupported: message type {kind or '(none)'} (expected MDM^T02 or ORU^R01)"
     text = _text(message)
     if not text.strip():
         return "hl7_no_text: no OBX segment of value type TX or FT"
     if kind == "MDM^T02":
-        note_id = message.components(message.field("TXA", 12))[0] or control_id
-        note_type = message.components(message.field("TXA", 2))
-        created = message.field("TXA", 4) or message.field("TXA", 6) or message.field("MSH", 7)
-        author_field = message.repetitions(message.field("TXA", 9))
-        author = _name(message, author_field[0]) if author_field else None
-        type_name = (note_type[1] if len(note_type) > 1 and note_type[1] else note_type[0]) if note_type else ""
+        note_id = message.get("TXA.F12.R1.C1") or control_id
+        type_name = message.get("TXA.F2.R1.C2") or message.get("TXA.F2.R1.C1")
+        created = message.get("TXA.F4") or message.get("TXA.F6") or message.get("MSH.F7")
+        author = _name(message, "TXA.F9.R1.C")
     else:
-        note_id = message.components(message.field("OBR", 3))[0] or message.components(message.field("OBR", 2))[0] or control_id
-        service = message.components(message.field("OBR", 4))
-        type_name = (service[1] if len(service) > 1 and service[1] else service[0]) if service else ""
-        created = message.field("OBR", 7) or message.field("MSH", 7)
-        # OBR-32 (NDL): its first component is a CNN whose subcomponents are id & family & given
-        interpreter = message.components(message.field("OBR", 32))[0].split(message.subcomponent)
-        author = _name(message, message.component.join(interpreter)) if interpreter[0] or len(interpreter) > 1 else None
+        note_id = message.get("OBR.F3.R1.C1") or message.get("OBR.F2.R1.C1") or control_id
+        type_name = message.get("OBR.F4.R1.C2") or message.get("OBR.F4.R1.C1")
+        created = message.get("OBR.F7") or message.get("MSH.F7")
+        author = _name(message, "OBR.F32.R1.C1.S")  # NDL: its first component is a CNN, id & family & given
     meta = {"hl7_message_type": kind, "hl7_control_id": control_id}
-    facility = message.components(message.field("MSH", 4))[0]
+    facility = message.get("MSH.F4.R1.C1")
     if facility:
-        meta["hl7_sending_facility"] = message.unescape(facility)
+        meta["hl7_sending_facility"] = facility
     fields: dict[str, Any] = {
-        "note_id": message.unescape(note_id) or None,
+        "note_id": note_id or None,
         "patient_id": _patient_id(message),
-        "encounter_id": message.unescape(message.components(message.field("PV1", 19))[0]) or None,
-        "note_type": re.sub(r"[^a-z0-9]+", "_", message.unescape(type_name).lower()).strip("_")[:128] or None,
+        "encounter_id": message.get("PV1.F19.R1.C1") or None,
+        "note_type": re.sub(r"[^a-z0-9]+", "_", type_name.lower()).strip("_")[:128] or None,
         "author": author,
         "created_at": parse_timestamp(created) if created else None,
         "text": text,
@@ -180,10 +211,17 @@ def note_from_message(message: Message) -> dict[str, Any] | str:
 
 
 def split_messages(text: str) -> list[str]:
-    """The messages of a file: MLLP frames removed, a new message at every MSH segment."""
-    text = text.replace("\x0b", "").replace("\x1c", "")
-    starts = [m.start() for m in re.finditer(r"(?:^|(?<=[\r\n]))MSH", text)]
-    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+    """The messages of a file as CR-terminated segments: MLLP frames and batch envelopes removed, a new
+    message at every MSH. Segments before the first MSH become a message of their own, to be rejected."""
+    segments = [s.strip() for s in re.split(r"\r\n|\r|\n", text.replace("\x0b", "").replace("\x1c", ""))]
+    messages: list[list[str]] = []
+    for segment in segments:
+        if not segment or segment[:3] in ENVELOPE:
+            continue
+        if segment.startswith("MSH") or not messages:
+            messages.append([])
+        messages[-1].append(segment)
+    return ["\r".join(m) for m in messages]
 
 
 def read_hl7v2(path: Path) -> Iterator[Record]:
