@@ -16,7 +16,7 @@ from agents.pipeline import ExtractionPipeline
 from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
 from schemas.codec import Codecs
-from schemas.dead_letter import DeadLetter, ErrorKind
+from schemas.dead_letter import DeadLetter
 from streams.kafka.clients import faust_broker_settings
 from streams.kafka.worker_consumer import WorkerApp
 from streams.metrics import record_batch
@@ -83,13 +83,7 @@ def register_undecodable_reports(app: WorkerApp, settings: Settings, codecs: Cod
     async def report_undecodable() -> None:
         while not app.undecodable.empty():
             skipped = app.undecodable.get_nowait()
-            message = (
-                f"record batch at offsets {skipped.first_offset}-{skipped.last_offset} could not be read ({skipped.reason}) and was "
-                "skipped; its bytes are still on the topic at those offsets"
-            )
-            letter = DeadLetter.of_record(
-                b"", None, skipped.topic, skipped.partition, skipped.first_offset, ErrorKind.undecodable, message, "worker", 0
-            )
+            letter = skipped.dead_letter("worker")
             await deadletter.send(value=codec.encode(letter))
 
 

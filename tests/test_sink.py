@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient, TopicPartition
 
 from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter, ErrorKind
@@ -22,6 +24,7 @@ from streams.settings import Settings
 from streams.sink.backend import ChdbBackend
 from streams.sink.migrations import migrate
 from streams.sink.rows import TABLE_COLUMNS, extraction_row, json_each_row
+from streams.waiting import poll_until
 
 PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
 
@@ -143,13 +146,59 @@ def test_sink_writes_rows_then_commits_and_dead_letters_what_it_cannot_read(
     finally:
         sink.stop()
     # offsets were committed for everything written
-    from kafka import KafkaAdminClient
-
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     committed = admin.list_group_offsets(settings.sink_group)[settings.sink_group]
     admin.close()
     extraction_offsets = sum(o.offset for tp, o in committed.items() if tp.topic == settings.topics.extractions)
     assert extraction_offsets == 21
+
+
+@pytest.mark.slow
+def test_the_sink_skips_a_batch_it_cannot_read_dead_letters_it_and_commits_past_it(
+    broker: TansuBroker, tiny_settings: Settings, database: ChdbBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CRC-corrupt batch between good extractions on one partition (and one on the dead-letter topic, which the sink
+    also reads): every good row is stored, each bad batch is one dead letter naming its offsets, and the sink neither
+    crashes nor stops the partition. Without the skip, kafka-python raises CorruptRecordError on every poll."""
+    from tests.kafka_raw import corrupt_batch, produce_batch
+
+    settings = tiny_settings
+    ensure_topics(settings, broker.bootstrap)
+    p = producer(settings, broker.bootstrap)
+    codec = PLAIN.of(Extraction)
+    for i in range(4):
+        p.send(settings.topics.extractions, partition=0, value=codec.encode(extraction(f"before{i}"))).get(10)
+    assert produce_batch(broker.bootstrap, settings.topics.extractions, 0, corrupt_batch([b"Zebulon's secret"] * 2)) == 0
+    assert produce_batch(broker.bootstrap, settings.topics.deadletter, 0, corrupt_batch([b"Zebulon's secret"] * 3)) == 0
+    for i in range(4):
+        p.send(settings.topics.extractions, partition=0, value=codec.encode(extraction(f"after{i}"))).get(10)
+    p.close()
+    sink = SinkThread(settings, broker.bootstrap, backend=database)
+    db = database.database
+    with caplog.at_level(logging.INFO):
+        sink.start()
+        try:
+
+            def stored() -> bool:
+                rows = database.query(f"SELECT count() FROM {db}.extractions_final").scalar()
+                return rows == 8 and database.query(f"SELECT count() FROM {db}.dead_letters").scalar() == 2
+
+            poll_until(stored, 60, "8 extractions and 2 dead letters")
+            sql = f"SELECT error_kind, stage, source_topic, source_offset, message FROM {db}.dead_letters"
+            letters = database.query(sql).rows
+            assert sorted(r[:4] for r in letters) == sorted(
+                [["undecodable", "sink", settings.topics.extractions, 4], ["undecodable", "sink", settings.topics.deadletter, 0]]
+            )
+            assert any("offsets 4-5" in str(r[4]) and "CRC mismatch" in str(r[4]) for r in letters)
+            assert sink.error is None
+        finally:
+            sink.stop()
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    committed = admin.list_group_offsets(settings.sink_group)[settings.sink_group]
+    admin.close()
+    assert committed[TopicPartition(settings.topics.extractions, 0)].offset == 10  # 4 + the skipped 2 + 4
+    text = caplog.text
+    assert f"undecodable record batch {settings.topics.extractions}[0]@4-5 (CRC mismatch)" in text and "Zebulon" not in text
 
 
 def test_dead_letter_rows_keep_raw_bytes(database: ChdbBackend) -> None:

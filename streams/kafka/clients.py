@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -18,6 +19,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.errors import BrokerError
+from streams.kafka.undecodable import SkippedBatch, skip_undecodable_batches
 from streams.settings import KafkaSecurity, Settings
 from streams.waiting import backoff
 
@@ -91,9 +93,17 @@ def producer(settings: Settings, bootstrap: str, **extra: Any) -> KafkaProducer:
     return KafkaProducer(**{"bootstrap_servers": bootstrap, "acks": "all", **batching, **client_config(settings), **extra})
 
 
-def consumer(settings: Settings, bootstrap: str, *topics: str, group_id: str | None, **extra: Any) -> KafkaConsumer:
-    """A manually committing consumer that reads committed records only. Tansu holds a group's first join for about
-    half the session timeout."""
+def consumer(
+    settings: Settings,
+    bootstrap: str,
+    *topics: str,
+    group_id: str | None,
+    on_undecodable: Callable[[SkippedBatch], None] | None = None,
+    **extra: Any,
+) -> KafkaConsumer:
+    """A manually committing consumer that reads committed records only and skips the record batches it cannot read
+    (logged, counted and handed to ``on_undecodable``; see ``streams.kafka.undecodable``). Tansu holds a group's first
+    join for about half the session timeout."""
     session_ms = int(settings.session_timeout_s * 1000)
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
@@ -107,7 +117,9 @@ def consumer(settings: Settings, bootstrap: str, *topics: str, group_id: str | N
         **client_config(settings),
         **extra,
     }
-    return KafkaConsumer(*topics, **options)
+    built = KafkaConsumer(*topics, **options)
+    skip_undecodable_batches(built, on_undecodable)
+    return built
 
 
 def admin(settings: Settings, bootstrap: str, timeout_s: float = 10.0) -> KafkaAdminClient:

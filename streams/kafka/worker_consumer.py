@@ -5,13 +5,9 @@ batch that cannot be read stops its partition.
   librdkafka producers) abort some of them, and an aborted note must never be extracted. faust-streaming 0.15 sets
   ``isolation_level=read_committed`` only when the app runs exactly-once itself, so the worker's consumer is built
   here with it set.
-* **Undecodable batches are skipped, reported, and the partition flows on.** A record batch whose CRC does not
-  match, or whose compression codec is not one Kafka defines (none, gzip, snappy, lz4, zstd), would make aiokafka
-  raise on every fetch of that partition, and the worker would crash and restart on the same batch forever. The
-  policy: the batch's whole offset range is skipped; it is logged (topic, partition, offset range, reason; never
-  content), counted (``ehrstream_undecodable_batches_total``) and handed to :attr:`WorkerApp.undecodable`, which the
-  worker turns into a dead letter per batch (kind ``undecodable``; the raw bytes stay on the topic at the offsets the
-  letter names, since aiokafka does not hand them out). aiokafka builds its per-partition record iterators from
+* **Undecodable batches are skipped, reported, and the partition flows on**, by the policy of
+  ``streams.kafka.undecodable``: the reports go to :attr:`WorkerApp.undecodable`, which the worker turns into one
+  dead letter per batch. aiokafka builds its per-partition record iterators from
   ``aiokafka.consumer.fetcher.PartitionRecords``; the worker replaces that one class with a checking subclass when it
   builds its consumer (the only patch of a library in ehrstream, and only in the worker process).
 """
@@ -20,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import queue
-from dataclasses import dataclass
 from typing import Any
 
 import aiokafka
@@ -30,23 +25,9 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
 
 from streams.kafka.clients import ISOLATION_LEVEL
-from streams.metrics import UNDECODABLE_BATCHES
+from streams.kafka.undecodable import SkippedBatch, report, unreadable
 
 log = logging.getLogger(__name__)
-
-#: the compression codecs Kafka defines (attribute bits 0-2 of a record batch)
-KNOWN_CODECS = frozenset({0, 1, 2, 3, 4})
-
-
-@dataclass(frozen=True)
-class SkippedBatch:
-    """A record batch the worker could not read and skipped."""
-
-    topic: str
-    partition: int
-    first_offset: int
-    last_offset: int
-    reason: str
 
 
 class _CheckedBatches:
@@ -61,7 +42,7 @@ class _CheckedBatches:
     def has_next(self) -> bool:
         while self._pending is None and self._records.has_next():
             batch = self._records.next_batch()
-            reason = _unreadable(batch, self._owner.check_crcs)
+            reason = unreadable(batch, self._owner.check_crcs)
             if reason is None:
                 self._pending = batch
             else:
@@ -71,15 +52,6 @@ class _CheckedBatches:
     def next_batch(self) -> Any:
         batch, self._pending = self._pending, None
         return batch
-
-
-def _unreadable(batch: Any, check_crcs: bool) -> str | None:
-    if check_crcs and not batch.validate_crc():
-        return "CRC mismatch"
-    codec = getattr(batch, "compression_type", 0)
-    if codec not in KNOWN_CODECS:
-        return f"unknown compression codec {codec:#04x}"
-    return None
 
 
 class _CheckingPartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc]
@@ -94,19 +66,10 @@ class _CheckingPartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ign
         return bool(self._check_crcs)
 
     def skip(self, batch: Any, reason: str) -> None:
-        report = SkippedBatch(self._tp.topic, self._tp.partition, batch.base_offset, batch.next_offset - 1, reason)
-        log.error(
-            "undecodable record batch %s[%d]@%d-%d (%s): skipped, reported as a dead letter",
-            report.topic,
-            report.partition,
-            report.first_offset,
-            report.last_offset,
-            reason,
-        )
-        UNDECODABLE_BATCHES.labels(report.topic).inc()
+        skipped = report(self._tp.topic, self._tp.partition, batch, reason)
         self.next_fetch_offset: int = max(int(self.next_fetch_offset), int(batch.next_offset))
         if self.reports is not None:
-            self.reports.put(report)
+            self.reports.put(skipped)
 
 
 class _WorkerConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

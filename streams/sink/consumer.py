@@ -4,7 +4,8 @@ Offsets are committed only after the rows they carry are written, so a crash or 
 ClickHouse outage replays records instead of losing them; the tables' keys make the
 replay harmless. While ClickHouse refuses writes the sink pauses its partitions, keeps
 its group membership alive by polling, and retries the same batch with backoff.
-Records it cannot decode go to the dead-letter topic (stage ``sink``).
+Records it cannot decode go to the dead-letter topic (stage ``sink``), and so does a record batch it cannot read
+at all (CRC mismatch, unknown codec), which is skipped (``streams.kafka.undecodable``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 
 from schemas.codec import Codecs
-from schemas.dead_letter import DeadLetter
+from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.errors import RecordError
 from schemas.extraction import Extraction
 from schemas.review_decision import ReviewDecision
@@ -27,6 +28,7 @@ from schemas.review_task import ReviewTask
 from streams.errors import SinkBackpressureError, SinkError
 from streams.kafka.clients import consumer as make_consumer
 from streams.kafka.clients import producer as make_producer
+from streams.kafka.undecodable import SkippedBatch
 from streams.metrics import DEAD_LETTERS, SINK_RETRIES, SINK_ROWS, STAGE_SECONDS
 from streams.settings import Settings
 from streams.sink.backend import ClickHouseBackend
@@ -79,6 +81,7 @@ class ClickHouseSink:
             self.bootstrap,
             *self.topics.results(),
             group_id=self.settings.sink_group,
+            on_undecodable=self._skipped,
             max_poll_records=self.settings.sink_batch_rows,
         )
         producer = make_producer(self.settings, self.bootstrap)
@@ -123,6 +126,17 @@ class ClickHouseSink:
                 batch.rows["dead_letters"].append(dead_letter_row(self._dead.decode(value)))
         except RecordError as exc:
             self._dead_letter(value, message.key, message.topic, message.partition, message.offset, exc)
+
+    def _skipped(self, skipped: SkippedBatch) -> None:
+        """A batch the consumer could not read and skipped (already logged and counted): one dead letter, written with
+        the batch it was skipped in, so the offsets past it are committed only once the letter is stored."""
+        DEAD_LETTERS.labels("sink", ErrorKind.undecodable.value).inc()
+        self._batch.count += 1
+        letter = skipped.dead_letter("sink")
+        if skipped.topic == self.topics.deadletter:
+            self._batch.rows["dead_letters"].append(dead_letter_row(letter))
+        else:
+            self._batch.dead.append((None, self._dead.encode(letter)))
 
     def _dead_letter(self, value: bytes, key: bytes | None, topic: str, partition: int, offset: int, exc: RecordError) -> None:
         log.warning("sink dead-lettered %s[%d]@%d: %s", topic, partition, offset, exc.kind.value)
