@@ -132,6 +132,31 @@ def test_addresses_ports_and_secrets_agree_across_services(compose: dict[str, An
     assert registry["environment"]["SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS"].endswith(advertised)
 
 
+def test_analysts_have_a_read_only_clickhouse_user_limited_to_the_ehrstream_database(compose: dict[str, Any]) -> None:
+    """The server enforces it (readonly = 1 in the user's profile, a SELECT grant on one database), not ehrstream; the
+    password is a compose secret handed to the server's config through the environment, never in the repository."""
+    import xml.etree.ElementTree as ET
+
+    clickhouse = compose["services"]["clickhouse"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in clickhouse["volumes"] if m.startswith("./")}
+    source = mounts["/etc/clickhouse-server/users.d/analyst.xml"]
+    config = ET.parse(REPO / source).getroot()
+    user = config.find("users/analyst")
+    assert user is not None
+    profile = config.find(f"profiles/{user.findtext('profile')}")
+    assert profile is not None and profile.findtext("readonly") == "1"  # 1: no writes, no settings, no outside table functions
+    grants = [q.text for q in user.findall("grants/query")]
+    assert grants == [f"GRANT SELECT ON {Settings().clickhouse_database}.*"]
+    password = user.find("password")
+    assert password is not None and not (password.text or "").strip() and password.get("from_env") == "ANALYST_PASSWORD"
+    secret = "clickhouse_analyst_password"
+    assert secret in clickhouse["secrets"] and compose["secrets"][secret]["file"] == f"./secrets/{secret}"
+    assert f'export ANALYST_PASSWORD="$(cat /run/secrets/{secret})" && exec /entrypoint.sh' in " ".join(clickhouse["entrypoint"]).replace(
+        "$$", "$"
+    )  # Compose's escape
+    assert all(user.find(tag) is None for tag in ("password_sha256_hex", "password_double_sha1_hex", "access_management"))
+
+
 def test_the_compose_environment_is_valid_ehrstream_settings(
     compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
