@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import threading
+from collections import OrderedDict
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,13 +31,15 @@ log = logging.getLogger(__name__)
 class ObjectStore:
     """Objects as files: ``root/<bucket>/<key>`` (keys may hold ``/``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_cached_etags: int = 50_000) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         #: one operation at a time: a compare-and-set's check and write, a read's bytes and ETag, a listing
         self.lock = threading.Lock()
-        #: ETags (MD5 of the content, as S3's) by file, computed once per object and kept while this process lives
-        self._etags: dict[Path, str] = {}
+        #: ETags (MD5 of the content, as S3's) by file, the most recently used ones kept (a miss re-reads the file)
+        self._etags: OrderedDict[Path, str] = OrderedDict()
+        self.max_cached_etags = max_cached_etags
+        self._etag_lock = threading.Lock()
 
     def path(self, bucket: str, key: str) -> Path:
         path = (self.root / bucket / key).resolve()
@@ -45,11 +48,18 @@ class ObjectStore:
         return path
 
     def etag(self, path: Path, data: bytes | None = None) -> str:
-        """An object's ETag: the MD5 of its content, computed on its first read since start (or given on write)."""
-        etag = self._etags.get(path)
+        """An object's ETag: the MD5 of its content, computed when it is not among the cached ones (or given on write),
+        so memory stays bounded however many objects the broker keeps."""
+        with self._etag_lock:
+            etag = self._etags.get(path)
         if etag is None or data is not None:
             content = path.read_bytes() if data is None else data
-            etag = self._etags[path] = '"' + hashlib.md5(content, usedforsecurity=False).hexdigest() + '"'
+            etag = '"' + hashlib.md5(content, usedforsecurity=False).hexdigest() + '"'
+        with self._etag_lock:
+            self._etags[path] = etag
+            self._etags.move_to_end(path)
+            while len(self._etags) > self.max_cached_etags:
+                self._etags.popitem(last=False)
         return etag
 
     def read(self, bucket: str, key: str) -> tuple[bytes, str] | None:
@@ -89,7 +99,8 @@ class ObjectStore:
     def delete(self, bucket: str, key: str) -> None:
         path = self.path(bucket, key)
         path.unlink(missing_ok=True)
-        self._etags.pop(path, None)
+        with self._etag_lock:
+            self._etags.pop(path, None)
 
     def listing(self, bucket: str, prefix: str) -> list[tuple[str, int, float, str]]:
         with self.lock:
