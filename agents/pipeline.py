@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from agents.config import TopicSettings
 from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
+from agents.runners.windows import TokenCache
 from agents.types import BatchResult, InRecord, OutRecord, TaskOutput
 from schemas._base import utc_now
 from schemas.clinical_note import ClinicalNote
@@ -65,13 +66,17 @@ class ExtractionPipeline:
     def _infer(self, result: BatchResult, notes: list[tuple[InRecord, ClinicalNote]]) -> list[list[TaskOutput] | None]:
         """Every task over the batch; a failing batch is retried note by note so one bad note cannot sink the rest."""
         texts = [note.text for _, note in notes]
+        tokens = TokenCache(texts)  # one tokenizer pass per distinct tokenizer, shared by the tasks
         try:
             per_task = []
             for runner in self.runners:
                 with result.timed("tokenise"):
-                    windows = runner.preprocess(texts)
+                    windows = runner.preprocess(texts, tokens)
+                wall, cpu = runner.forward_seconds, runner.forward_cpu_seconds
                 with result.timed("infer"):
                     probs = runner.window_probabilities(windows)
+                result.stage_seconds["forward"] += runner.forward_seconds - wall  # the model alone, within infer
+                result.stage_cpu_seconds["forward"] += runner.forward_cpu_seconds - cpu
                 with result.timed("postprocess"):
                     per_task.append(runner.postprocess(texts, windows, probs))
             outputs: list[list[TaskOutput] | None] = [list(row) for row in zip(*per_task, strict=True)] if per_task else [[] for _ in notes]

@@ -25,7 +25,8 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def build_runners(settings: Settings) -> list[ModelRunner]:
+def build_runners(settings: Settings, reference: bool = False) -> list[ModelRunner]:
+    """The tasks' runners. ``reference``: the plain float32 models, whatever the tasks ask (the bench's baseline)."""
     import torch
 
     from agents.model_dir import load_model

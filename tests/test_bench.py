@@ -34,6 +34,13 @@ def test_bench_reports_raw_e2e_ratio_latency_and_stages(tiny_settings: Settings,
     assert result["latency_notes"] >= 20 and 0 < result["p50_ms"] <= result["p99_ms"]
     assert result["device"].startswith("cpu")
     stages = result["stage_ms_per_note"]
-    assert set(stages) == {"decode", "tokenise", "infer", "postprocess", "encode", "produce", "insert"}
+    assert set(stages) == {"decode", "tokenise", "infer", "postprocess", "encode", "forward", "produce", "insert"}
     assert stages["infer"]["wall"] > 0 and stages["insert"]["wall"] > 0  # scraped from the worker and the sink
+    assert 0 < stages["forward"]["wall"] <= stages["infer"]["wall"]  # the model's own share of infer
+    # every process of the stack, read from /proc, and the model's forward calls taken out of it
+    assert result["raw_reference_notes_per_s"] > 0
+    by_process = result["cpu_ms_per_note_by_process"]
+    assert {"bench (publisher, sink)", "broker", "workers"} <= set(by_process) and all(v >= 0 for v in by_process.values())
+    assert result["total_cpu_ms_per_note"] == pytest.approx(sum(by_process.values()), abs=0.01)
+    assert 0 < result["overhead_cpu_ms_per_note"] < result["total_cpu_ms_per_note"]
     assert "ratio e2e / raw" in proc.stderr  # the table goes to stderr with --json

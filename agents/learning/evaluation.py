@@ -81,7 +81,7 @@ class Run:
         """Mean negative log-likelihood of the gold labels (documents, or words for NER)."""
         probs = [softmax(x / temperature) for x in self.logits]
         if self.runner.loaded.kind is TaskKind.classification:
-            doc = merge_window_probabilities(probs, [len(i) for i in self.windows.input_ids], self.windows.sample, len(self.examples))
+            doc = merge_window_probabilities(probs, self.windows.lengths, self.windows.samples, len(self.examples))
             index = {label: i for i, label in enumerate(self.runner.loaded.labels)}
             gold = [index[ex.label] for ex in self.examples if isinstance(ex, ClassificationExample)]
             return float(-np.log(np.clip(doc[np.arange(len(gold)), gold], 1e-12, 1.0)).mean())

@@ -9,6 +9,7 @@ to float32 before numpy).
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from agents.model_dir import LoadedModel
-from agents.runners.windows import Windows, make_windows
+from agents.runners.windows import TokenCache, Tokenizer, Windows, windows_of
 from agents.types import TaskOutput
 
 
@@ -46,7 +47,19 @@ class ModelRunner(ABC):
         # bf16 on CUDA (tensor cores, half the memory traffic); float32 on CPU, where bf16 is slower here
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.model = loaded.model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
-        self.pad_id = int(loaded.tokenizer.pad_token_id or 0)
+        self.tokenizer = Tokenizer(loaded.tokenizer)
+        #: wall and CPU seconds spent inside the model's forward calls since this runner was built (see
+        #: :meth:`forward_cpu_time` for whose CPU)
+        self.forward_seconds = 0.0
+        self.forward_cpu_seconds = 0.0
+
+    def forward_cpu_time(self) -> float:
+        """The CPU clock a forward call is charged by: the calling thread's when torch computes on it alone (one
+        intra-op thread, or a GPU, where the CPU only launches kernels); the whole process's when torch's intra-op
+        threads share the work (then other threads' work during the call is charged to the model too)."""
+        if self.device.type == "cuda" or torch.get_num_threads() == 1:
+            return time.thread_time()
+        return time.process_time()
 
     def __call__(self, texts: list[str]) -> list[TaskOutput]:
         if not texts:
@@ -54,38 +67,52 @@ class ModelRunner(ABC):
         windows = self.preprocess(texts)
         return self.postprocess(texts, windows, self.window_probabilities(windows))
 
-    def preprocess(self, texts: list[str]) -> Windows:
-        return make_windows(self.loaded.tokenizer, texts, self.loaded.max_length, self.loaded.stride)
+    def preprocess(self, texts: list[str], tokens: TokenCache | None = None) -> Windows:
+        """The texts' windows; ``tokens``: a batch's shared tokenizer passes (tasks with the same tokenizer share one)."""
+        cache = tokens or TokenCache(texts)
+        return windows_of(self.tokenizer, cache.tokens(self.tokenizer), self.loaded.max_length, self.loaded.stride)
 
     def window_probabilities(self, windows: Windows, temperature: float | None = None) -> list[np.ndarray]:
         """Class probabilities per window (per token for NER), float32, in window order.
 
-        Logits are divided by the model's calibrated temperature (1.0 until ``ehrstream calibrate``).
+        Logits are divided by the model's calibrated temperature (1.0 until ``ehrstream calibrate``); the softmax runs
+        per batch on the device.
         """
         t = self.loaded.temperature if temperature is None else temperature
-        return [softmax(logits / t) for logits in self.window_logits(windows)]
+        return self._run(windows, t)
 
     def window_logits(self, windows: Windows, progress: bool = False) -> list[np.ndarray]:
         """Raw logits per window (per token for NER), float32, in window order. ``progress``: a bar on a terminal
         (long offline runs: evaluate, calibrate); the worker never shows one."""
-        order = sorted(range(len(windows)), key=lambda i: len(windows.input_ids[i]))
+        return self._run(windows, None, progress)
+
+    def _run(self, windows: Windows, temperature: float | None, progress: bool = False) -> list[np.ndarray]:
+        """Length-sorted batches of padded windows through the model; the softmax of ``logits / temperature`` on the
+        device when a temperature is given, else the logits; one float32 array per window (its real tokens only)."""
+        lengths = windows.lengths
+        order = np.argsort(lengths, kind="stable")
         out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(windows)
         batches = range(0, len(order), self.batch_size)
         bar = tqdm(batches, desc=f"{self.task}: inference", unit="batch", disable=None if progress else True, leave=False)
         with torch.inference_mode():
             for first in bar:
                 idx = order[first : first + self.batch_size]
-                width = max(len(windows.input_ids[i]) for i in idx)
-                ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    seq = windows.input_ids[i]
-                    ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                    mask[row, : len(seq)] = 1
-                logits = self._forward(ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True))
-                values = logits.float().cpu().numpy()  # upcast (bf16 on CUDA) before numpy
-                for row, i in enumerate(idx):
-                    out[i] = values[row, : len(windows.input_ids[i])] if values.ndim == 3 else values[row]
+                width = int(lengths[idx].max())
+                ids = torch.from_numpy(np.ascontiguousarray(windows.ids[idx, :width]))
+                mask = torch.from_numpy((np.arange(width)[None, :] < lengths[idx, None]).astype(np.int64))
+                wall, cpu = time.perf_counter(), self.forward_cpu_time()
+                logits = self._forward(ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)).float()
+                if temperature is not None:
+                    logits = torch.softmax(logits / temperature, dim=-1)
+                values = logits.cpu().numpy()  # float32 (bf16 on CUDA upcast first); waits for the device
+                self.forward_seconds += time.perf_counter() - wall
+                self.forward_cpu_seconds += self.forward_cpu_time() - cpu
+                if values.ndim == 3:
+                    for row, i in enumerate(idx):
+                        out[i] = values[row, : lengths[i]]
+                else:
+                    for row, i in enumerate(idx):
+                        out[i] = values[row]
         return out
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

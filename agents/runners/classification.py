@@ -11,20 +11,23 @@ from schemas.extraction import DocumentLabel, TaskKind, TaskResult
 from schemas.review_task import ReasonKind
 
 
-def merge_window_probabilities(probs: list[np.ndarray], weights: list[int], sample: list[int], n: int) -> np.ndarray:
+def merge_window_probabilities(
+    probs: list[np.ndarray], weights: np.ndarray | list[int], sample: np.ndarray | list[int], n: int
+) -> np.ndarray:
     """A note's distribution: the mean of its windows' distributions, weighted by window length."""
-    total = np.zeros((n, probs[0].shape[-1]), dtype=np.float64)
-    weight = np.zeros(n, dtype=np.float64)
-    for p, w, s in zip(probs, weights, sample, strict=True):
-        total[s] += w * p
-        weight[s] += w
+    rows = np.stack(probs).astype(np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    s = np.asarray(sample, dtype=np.int64)
+    total = np.zeros((n, rows.shape[-1]), dtype=np.float64)
+    np.add.at(total, s, rows * w[:, None])
+    weight = np.bincount(s, weights=w, minlength=n)
     return (total / weight[:, None]).astype(np.float32)
 
 
 class ClassificationRunner(ModelRunner):
     def postprocess(self, texts: list[str], windows: Windows, probs: list[np.ndarray]) -> list[TaskOutput]:
         labels = self.loaded.labels
-        doc = merge_window_probabilities(probs, [len(ids) for ids in windows.input_ids], windows.sample, len(texts))
+        doc = merge_window_probabilities(probs, windows.lengths, windows.samples, len(texts))
         outputs = []
         for row in doc:
             order = np.argsort(-row, kind="stable")

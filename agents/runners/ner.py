@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from agents.runners.base import ModelRunner
@@ -17,33 +19,35 @@ def word_probabilities(windows: Windows, probs: list[np.ndarray], n_texts: int) 
 
     A word's probabilities are read at its first sub-token. Where windows overlap, the
     same sub-token is seen more than once and its probabilities are averaged. Vectorised
-    per text (one pass of numpy over all its windows' tokens).
+    over the whole batch: one pass of numpy over every window's tokens.
     """
     n_labels = probs[0].shape[-1] if probs else 0
-    by_text: list[list[int]] = [[] for _ in range(n_texts)]
-    for w, text_idx in enumerate(windows.sample):
-        by_text[text_idx].append(w)
-    out: list[tuple[list[int], list[int], np.ndarray]] = []
-    for members in by_text:
-        if not members:
-            out.append(([], [], np.zeros((0, n_labels), dtype=np.float32)))
-            continue
-        word = np.concatenate([np.array([-1 if x is None else x for x in windows.word_ids[w]], dtype=np.int64) for w in members])
-        offsets = np.concatenate([np.asarray(windows.offsets[w], dtype=np.int64).reshape(-1, 2) for w in members])
-        rows = np.concatenate([probs[w] for w in members]).astype(np.float64)
-        valid = word >= 0
-        word, offsets, rows = word[valid], offsets[valid], rows[valid]
-        words, inverse = np.unique(word, return_inverse=True)
-        first = np.full(len(words), np.iinfo(np.int64).max)
-        np.minimum.at(first, inverse, offsets[:, 0])
-        last = np.zeros(len(words), dtype=np.int64)
-        np.maximum.at(last, inverse, offsets[:, 1])
-        at_first = offsets[:, 0] == first[inverse]  # the first sub-token, in every window that saw it
-        sums = np.zeros((len(words), n_labels))
-        np.add.at(sums, inverse[at_first], rows[at_first])
-        counts = np.bincount(inverse[at_first], minlength=len(words))
-        out.append((first.tolist(), last.tolist(), (sums / counts[:, None]).astype(np.float32)))
-    return out
+    empty: tuple[list[int], list[int], np.ndarray] = ([], [], np.zeros((0, n_labels), dtype=np.float32))
+    if not probs:
+        return [empty for _ in range(n_texts)]
+    real = np.arange(windows.words.shape[1])[None, :] < windows.lengths[:, None]
+    word = windows.words[real]  # window by window, token by token: the order of the concatenated probabilities
+    offsets = windows.offsets[real]
+    text = np.repeat(windows.samples, windows.lengths)
+    rows = np.concatenate(probs)
+    valid = word >= 0
+    word, offsets, text, rows = word[valid], offsets[valid], text[valid], rows[valid]
+    if not len(word):
+        return [empty for _ in range(n_texts)]
+    key = text * (int(word.max()) + 1) + word  # (text, word), ordered
+    keys, inverse = np.unique(key, return_inverse=True)
+    first = np.full(len(keys), np.iinfo(np.int64).max)
+    np.minimum.at(first, inverse, offsets[:, 0])
+    last = np.zeros(len(keys), dtype=np.int64)
+    np.maximum.at(last, inverse, offsets[:, 1])
+    at_first = offsets[:, 0] == first[inverse]  # the first sub-token, in every window that saw it
+    counts = np.bincount(inverse[at_first], minlength=len(keys)).astype(np.float64)
+    sums = np.stack([np.bincount(inverse[at_first], weights=rows[at_first, j], minlength=len(keys)) for j in range(n_labels)], axis=1)
+    mean = (sums / counts[:, None]).astype(np.float32)
+    key_text = keys // (int(word.max()) + 1)
+    cuts = np.searchsorted(key_text, np.arange(n_texts + 1))
+    firsts, lasts = first.tolist(), last.tolist()
+    return [(firsts[a:b], lasts[a:b], mean[a:b]) for a, b in itertools.pairwise(cuts.tolist())]
 
 
 class NerRunner(ModelRunner):

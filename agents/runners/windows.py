@@ -1,46 +1,160 @@
-"""Splitting notes into overlapping model windows (the CPU half of inference).
+"""Splitting notes into overlapping model windows (the CPU half of inference), as arrays.
 
-Nothing is truncated: a note longer than the window becomes several windows that
-overlap by ``stride`` tokens, and each window remembers which note it came from.
+Nothing is truncated: a note longer than the window becomes several windows that overlap by ``stride`` tokens, and
+each window remembers which note it came from. The windows are exactly those of a Hugging Face fast tokenizer called
+with ``truncation=True, max_length, stride, return_overflowing_tokens=True`` (``tests/test_windows.py`` checks it on
+random texts), but built batch-wise:
+
+1. :func:`tokenize`: one call of the Rust tokenizer over the whole batch, without special tokens, its ids, character
+   offsets and word ids taken as flat numpy arrays (:class:`Tokens`). Tasks whose models share a tokenizer share this
+   pass (:class:`TokenCache`), whatever their window sizes.
+2. :func:`windows_of`: window bounds computed with numpy (content windows of ``max_length`` minus the special tokens,
+   starting every ``max_length - specials - stride`` tokens, the last one ending at the note's end), then gathered into
+   padded ``[windows, max_length]`` matrices with the tokenizer's special tokens around each window.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
-class Windows:
-    """Token windows over a batch of texts, in text order."""
+class Tokens:
+    """One tokenizer pass over a batch of texts, without special tokens: flat arrays, text ``i`` at
+    ``bounds[i]:bounds[i + 1]``."""
 
-    input_ids: list[list[int]]
-    #: (start, end) character offsets into the text, per token; (0, 0) for special tokens
-    offsets: list[list[tuple[int, int]]]
-    #: word index within the text, per token; None for special tokens
-    word_ids: list[list[int | None]]
+    ids: np.ndarray  # int64 [tokens]
+    offsets: np.ndarray  # int64 [tokens, 2]: character offsets into the text
+    word_ids: np.ndarray  # int64 [tokens]
+    bounds: np.ndarray  # int64 [texts + 1]
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Token windows over a batch of texts, in text order, as padded matrices (``lengths`` says how much of each row
+    is real). Specials and padding have offsets (0, 0) and word id -1."""
+
+    ids: np.ndarray  # int64 [windows, width]
+    offsets: np.ndarray  # int64 [windows, width, 2]
+    words: np.ndarray  # int64 [windows, width]
+    lengths: np.ndarray  # int64 [windows]
     #: index of the text each window belongs to
-    sample: list[int]
+    samples: np.ndarray  # int64 [windows]
+    pad_id: int = 0
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return int(self.lengths.shape[0])
+
+    # the list views, for training and evaluation code that walks windows one by one (not the hot path)
+    @property
+    def input_ids(self) -> list[list[int]]:
+        return [row[:n].tolist() for row, n in zip(self.ids, self.lengths, strict=True)]
+
+    @property
+    def word_ids(self) -> list[list[int | None]]:
+        return [[None if w < 0 else int(w) for w in row[:n]] for row, n in zip(self.words, self.lengths, strict=True)]
+
+    @property
+    def sample(self) -> list[int]:
+        return [int(s) for s in self.samples]
 
 
-def make_windows(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, stride: int) -> Windows:
-    enc = tokenizer(
-        texts,
-        truncation=True,
-        max_length=max_length,
-        stride=stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        padding=False,
-    )
-    n = len(enc["input_ids"])
-    return Windows(
-        input_ids=enc["input_ids"],
-        offsets=[[(int(a), int(b)) for a, b in enc["offset_mapping"][i]] for i in range(n)],
-        word_ids=[enc.word_ids(i) for i in range(n)],
-        sample=[int(s) for s in enc["overflow_to_sample_mapping"]],
-    )
+class Tokenizer:
+    """A model's tokenizer as the windowing needs it: the Rust backend without padding or truncation, and the
+    special tokens its post-processor puts before and after one sequence."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        backend = copy.deepcopy(tokenizer.backend_tokenizer)
+        backend.no_padding()
+        backend.no_truncation()
+        self.backend = backend
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = tokenizer("a")["input_ids"]
+        at = next(i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain)
+        self.prefix = np.asarray(full[:at], dtype=np.int64)
+        self.suffix = np.asarray(full[at + len(plain) :], dtype=np.int64)
+        self.pad_id = int(tokenizer.pad_token_id or 0)
+        #: tokenizers with the same fingerprint tokenise identically, so tasks may share one pass
+        self.fingerprint = hashlib.sha1(backend.to_str().encode(), usedforsecurity=False).hexdigest()
+
+
+def tokenize(tokenizer: Tokenizer, texts: list[str]) -> Tokens:
+    encodings = tokenizer.backend.encode_batch(texts, add_special_tokens=False)
+    counts = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    bounds = np.zeros(len(encodings) + 1, dtype=np.int64)
+    np.cumsum(counts, out=bounds[1:])
+    total = int(bounds[-1])
+    if total == 0:
+        return Tokens(np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0, np.int64), bounds)
+    ids = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
+    offsets = np.concatenate([np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) for e in encodings])
+    words = np.concatenate([np.asarray(e.word_ids, dtype=np.int64) for e in encodings])
+    return Tokens(ids, offsets, words, bounds)
+
+
+def window_bounds(counts: np.ndarray, content: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(text, first token, end token) of every window, in text order: windows of ``content`` tokens starting every
+    ``content - stride`` tokens until one reaches the text's end; a text of at most ``content`` tokens (or none) is
+    one window."""
+    step = content - stride
+    if step <= 0:
+        raise ValueError(f"stride {stride} must be smaller than the window's {content} content tokens")
+    per_text = np.where(counts <= content, 1, 1 + np.ceil(np.maximum(counts - content, 0) / step).astype(np.int64))
+    text = np.repeat(np.arange(len(counts), dtype=np.int64), per_text)
+    first_window = np.repeat(np.cumsum(per_text) - per_text, per_text)
+    start = (np.arange(len(text), dtype=np.int64) - first_window) * step
+    end = np.minimum(start + content, counts[text])
+    return text, start, end
+
+
+def windows_of(tokenizer: Tokenizer, tokens: Tokens, max_length: int, stride: int) -> Windows:
+    """The padded windows of a tokenised batch (see the module's docstring)."""
+    n_prefix, n_suffix = len(tokenizer.prefix), len(tokenizer.suffix)
+    content = max_length - n_prefix - n_suffix
+    counts = np.diff(tokens.bounds)
+    text, start, end = window_bounds(counts, content, stride)
+    sizes = end - start
+    lengths = sizes + n_prefix + n_suffix
+    width = int(lengths.max()) if len(lengths) else n_prefix + n_suffix
+    n = len(text)
+    ids = np.full((n, width), tokenizer.pad_id, dtype=np.int64)
+    offsets = np.zeros((n, width, 2), dtype=np.int64)
+    words = np.full((n, width), -1, dtype=np.int64)
+    ids[:, :n_prefix] = tokenizer.prefix
+    # every content token of every window at once: (window, column) <- flat token index
+    column = np.arange(width - n_prefix, dtype=np.int64)
+    inside = column[None, :] < sizes[:, None]
+    rows, cols = np.nonzero(inside)
+    source = tokens.bounds[text[rows]] + start[rows] + cols
+    ids[rows, cols + n_prefix] = tokens.ids[source]
+    offsets[rows, cols + n_prefix] = tokens.offsets[source]
+    words[rows, cols + n_prefix] = tokens.word_ids[source]
+    if n_suffix:
+        tail = (sizes + n_prefix)[:, None] + np.arange(n_suffix, dtype=np.int64)[None, :]
+        ids[np.arange(n)[:, None], tail] = tokenizer.suffix[None, :]
+    return Windows(ids, offsets, words, lengths, text, tokenizer.pad_id)
+
+
+class TokenCache:
+    """One tokenizer pass per batch and tokenizer fingerprint: tasks that share a tokenizer share the pass."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self._passes: dict[str, Tokens] = {}
+
+    def tokens(self, tokenizer: Tokenizer) -> Tokens:
+        found = self._passes.get(tokenizer.fingerprint)
+        if found is None:
+            found = self._passes[tokenizer.fingerprint] = tokenize(tokenizer, self.texts)
+        return found
+
+
+def make_windows(tokenizer: PreTrainedTokenizerBase | Tokenizer, texts: list[str], max_length: int, stride: int) -> Windows:
+    """The windows of ``texts`` (one tokenizer pass)."""
+    prepared = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer)
+    return windows_of(prepared, tokenize(prepared, texts), max_length, stride)

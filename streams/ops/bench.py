@@ -10,6 +10,12 @@
 4. **stages**: CPU seconds per note of each stage, from the workers' and the sink's
    Prometheus counters over the e2e phase (produce and insert are wall time: their work
    happens in client and ClickHouse threads).
+5. **overhead**: the CPU seconds of every process of the stack over the e2e phase (this process with
+   the publisher and the sink, the broker and its object store, the workers; read from ``/proc``),
+   minus the CPU seconds inside the models' forward calls (the workers' ``forward`` stage), per note:
+   what a GPU host pays on its CPUs for every note (``overhead_cpu_ms_per_note``).
+6. **reference**: ``raw_reference_notes_per_s``, the plain float32 HF forward of the same models over
+   the same windows in the same run, measured as raw is (equal to raw unless a task is quantised).
 """
 
 from __future__ import annotations
@@ -31,13 +37,15 @@ from pydantic import SecretStr
 from agents.config import TaskSettings
 from schemas.extraction import TaskKind
 from streams.ops.bench_stack import BenchStack, insert_seconds, scrape_stage_metrics
+from streams.ops.process_cpu import cpu_by_role, tree_cpu
 from streams.runtime.broker import EMBEDDED_TIMEOUTS
 from streams.runtime.workers import worker_plan
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "tokenise", "infer", "postprocess", "encode", "produce", "insert")
+#: "forward" is the model's own share of "infer" (the rest of infer: padding, the move back, softmax)
+STAGES = ("decode", "tokenise", "infer", "postprocess", "encode", "forward", "produce", "insert")
 
 
 @dataclass
@@ -64,6 +72,14 @@ class BenchResult:
     #: per note; produce and insert are wall only (their work is in client and ClickHouse threads)
     stage_ms_per_note: dict[str, dict[str, float]] = field(default_factory=dict)
     raw_by_task: dict[str, float] = field(default_factory=dict)
+    #: the plain float32 HF forward of the same models (no quantisation), measured like raw, in the same run
+    raw_reference_notes_per_s: float = 0.0
+    #: CPU ms per note of every process of the stack during the e2e phase, minus the models' forward calls
+    overhead_cpu_ms_per_note: float | None = None
+    #: CPU ms per note of every process of the stack during the e2e phase, all included
+    total_cpu_ms_per_note: float | None = None
+    #: the same, per part of the stack: the bench process (publisher and sink), the broker, its object store, the workers
+    cpu_ms_per_note_by_process: dict[str, float] = field(default_factory=dict)
     date: str = ""
 
 
@@ -113,8 +129,9 @@ def random_bert_tasks(folder: Path, size: str) -> list[TaskSettings]:
     return tasks
 
 
-def raw_throughput(settings: Settings, texts: list[str]) -> tuple[float, dict[str, float]]:
-    """Notes/s of the models alone over pre-tokenised windows (all tasks), and per task."""
+def raw_throughput(settings: Settings, texts: list[str], reference: bool = False) -> tuple[float, dict[str, float]]:
+    """Notes/s of the models alone over pre-tokenised windows (all tasks), and per task. ``reference``: the plain
+    float32 HF models, whatever the tasks' quantisation."""
     import gc
 
     import torch
@@ -122,7 +139,7 @@ def raw_throughput(settings: Settings, texts: list[str]) -> tuple[float, dict[st
     from streams.worker import build_runners
 
     # the device at its best: torch's default threads, whatever the workers are limited to
-    runners = build_runners(settings.model_copy(update={"torch_threads": 0}))
+    runners = build_runners(settings.model_copy(update={"torch_threads": 0}), reference=reference)
     total = 0.0
     by_task: dict[str, float] = {}
     for runner in runners:
@@ -179,6 +196,8 @@ def run_bench(
 
     raw_before, raw_by_task = raw_throughput(settings, texts)
     echo(f"raw model throughput: {raw_before:.1f} notes/s {raw_by_task}")
+    reference, _ = raw_throughput(settings, texts, reference=True)
+    echo(f"raw reference (plain float32 HF forward): {reference:.1f} notes/s")
 
     stack = BenchStack(settings, workers, work)
     try:
@@ -188,9 +207,11 @@ def run_bench(
         before, insert_before = scrape_stage_metrics(stack.metrics_ports), insert_seconds()
         echo("warm-up done; measuring peak")
 
+        cpu_before = tree_cpu()
         sent = stack.publish("peak", texts)
         started = min(sent.values())
         finished = stack.wait_for("peak", len(texts), timeout_s=600 + 20 * len(texts) / max(raw_before, 0.1))
+        cpu_after = tree_cpu()
         e2e = len(texts) / (finished - started)
         after, insert_after = scrape_stage_metrics(stack.metrics_ports), insert_seconds()
         echo(f"end to end: {e2e:.1f} notes/s ({e2e / raw_before:.2f} x raw before)")
@@ -200,9 +221,16 @@ def run_bench(
         def per_note(key: str) -> float:
             return round(1000 * (after[key] - before[key]) / records, 3)
 
-        stage_ms = {stage: {"cpu": per_note("cpu:" + stage), "wall": per_note("wall:" + stage)} for stage in STAGES[:5]}
+        stage_ms = {stage: {"cpu": per_note("cpu:" + stage), "wall": per_note("wall:" + stage)} for stage in STAGES[:6]}
         stage_ms["produce"] = {"wall": per_note("wall:produce")}
         stage_ms["insert"] = {"wall": round(1000 * (insert_after - insert_before) / records, 3)}
+        total_ms = overhead_ms = None
+        by_role: dict[str, float] = {}
+        if cpu_before is not None and cpu_after is not None:
+            by_role = {k: round(1000 * v / len(texts), 3) for k, v in sorted(cpu_by_role(cpu_before, cpu_after).items())}
+            total_ms = round(sum(by_role.values()), 3)
+            overhead_ms = round(total_ms - 1000 * (after["cpu:forward"] - before["cpu:forward"]) / len(texts), 3)
+            echo(f"CPU per note, every process: {total_ms:.2f} ms {by_role}; around the model: {overhead_ms:.2f} ms")
 
         rate = e2e / 2
         count = max(20, int(rate * latency_seconds))
@@ -249,6 +277,10 @@ def run_bench(
         },
         stage_ms_per_note=stage_ms,
         raw_by_task=raw_by_task,
+        raw_reference_notes_per_s=round(reference, 2),
+        overhead_cpu_ms_per_note=overhead_ms,
+        total_cpu_ms_per_note=total_ms,
+        cpu_ms_per_note_by_process=by_role,
         date=datetime.now(UTC).strftime("%Y-%m-%d"),
     )
 
@@ -281,11 +313,15 @@ def format_result(result: BenchResult) -> str:
         ("notes (median chars)", f"{result.notes} ({result.median_note_chars})"),
         ("raw model, notes/s", f"{result.raw_notes_per_s:.1f} (before {result.raw_before_after[0]}, after {result.raw_before_after[1]})"),
         ("  per task alone", str(result.raw_by_task)),
+        ("raw reference (float32 HF), notes/s", f"{result.raw_reference_notes_per_s:.1f}"),
         ("end to end, notes/s", f"{result.e2e_notes_per_s:.1f}"),
         ("ratio e2e / raw", f"{result.ratio:.3f}"),
         ("latency at notes/s", f"{result.offered_notes_per_s:.1f} ({result.latency_notes} notes)"),
         ("p50 / p99 ms", f"{result.p50_ms:.0f} / {result.p99_ms:.0f}"),
         ("  p50 split ms", str(result.latency_split_p50_ms)),
+        ("CPU ms per note, all processes", _ms(result.total_cpu_ms_per_note)),
+        ("  around the model (overhead)", _ms(result.overhead_cpu_ms_per_note)),
+        ("  by process", str(result.cpu_ms_per_note_by_process)),
     ]
     rows.append(("stage, ms per note", "cpu (calling thread) / wall"))
     rows += [
@@ -294,6 +330,10 @@ def format_result(result: BenchResult) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a (no /proc)" if value is None else f"{value:.2f}"
 
 
 def as_json(result: BenchResult) -> str:

@@ -1,0 +1,78 @@
+"""The batch-wise windows equal the Hugging Face fast tokenizer's own overflowing windows, token for token, on random
+texts: multi-byte characters, empty and whitespace-only notes, notes of one window and of many, several sizes."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from agents.model_dir import DEFAULT_BACKBONE, resolve_base
+from agents.runners.windows import TokenCache, Tokenizer, make_windows, window_bounds, windows_of
+
+ALPHABET = [*"abcdefghij klmnop  qrs\ttuv\nwxyz.,;:-'()0123456789", "é", "ü", "ß", "中", "文", "😀", "Ω", "ﬁ", "\u00a0"]
+
+
+def _random_texts(rng: random.Random, n: int) -> list[str]:
+    texts = ["", "   ", "x"]
+    for _ in range(n):
+        size = rng.choice([5, 40, 300, 1500])
+        texts.append("".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, size))))
+    return texts
+
+
+def _hf_windows(tokenizer, texts: list[str], max_length: int, stride: int):  # type: ignore[no-untyped-def]
+    enc = tokenizer(
+        texts, truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True
+    )
+    n = len(enc["input_ids"])
+    return (
+        enc["input_ids"],
+        [[(int(a), int(b)) for a, b in enc["offset_mapping"][i]] for i in range(n)],
+        [enc.word_ids(i) for i in range(n)],
+        [int(s) for s in enc["overflow_to_sample_mapping"]],
+    )
+
+
+@pytest.mark.parametrize(("max_length", "stride"), [(128, 32), (256, 64), (16, 4), (12, 0)])
+def test_batch_windows_equal_the_tokenizers_own_overflow(max_length: int, stride: int) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base(DEFAULT_BACKBONE))
+    texts = _random_texts(random.Random(max_length * 31 + stride), 40)
+    ids, offsets, words, sample = _hf_windows(tokenizer, texts, max_length, stride)
+    windows = make_windows(tokenizer, texts, max_length, stride)
+    assert windows.sample == sample
+    assert windows.input_ids == ids
+    assert windows.word_ids == words
+    got_offsets = [[(int(a), int(b)) for a, b in windows.offsets[w][: windows.lengths[w]]] for w in range(len(windows))]
+    assert got_offsets == offsets
+    assert (windows.ids[np.arange(windows.ids.shape[1])[None, :] >= windows.lengths[:, None]] == tokenizer.pad_token_id).all()
+
+
+def test_tasks_with_the_same_tokenizer_share_one_pass() -> None:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base(DEFAULT_BACKBONE))
+    one, two = Tokenizer(tokenizer), Tokenizer(AutoTokenizer.from_pretrained(resolve_base(DEFAULT_BACKBONE)))
+    cache = TokenCache(["Chest pain.", "Crohn's disease"])
+    assert cache.tokens(one) is cache.tokens(two) and one.fingerprint == two.fingerprint
+    small = windows_of(one, cache.tokens(one), 8, 2)
+    assert small.sample == [0, 1] and windows_of(two, cache.tokens(two), 128, 32).sample == [0, 1]
+
+
+def test_window_bounds_cover_every_token_and_refuse_a_stride_as_wide_as_the_window() -> None:
+    text, start, end = window_bounds(np.array([0, 5, 6, 7, 20]), content=6, stride=2)
+    assert text.tolist() == [0, 1, 2, 3, 3, 4, 4, 4, 4, 4]
+    assert list(zip(start.tolist(), end.tolist(), strict=True)) == [
+        (0, 0),  # an empty note is one window of special tokens
+        (0, 5),
+        (0, 6),  # exactly one window's worth
+        (0, 6),
+        (4, 7),  # overlapping by the stride, the last one ending at the note's end
+        (0, 6),
+        (4, 10),
+        (8, 14),
+        (12, 18),
+        (16, 20),
+    ]
+    with pytest.raises(ValueError, match="stride"):
+        window_bounds(np.array([3]), content=4, stride=4)
