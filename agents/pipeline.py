@@ -11,21 +11,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 from agents.config import TopicSettings
 from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
+from agents.runners.columns import TaskColumns
 from agents.runners.windows import TokenCache
-from agents.types import BatchResult, InRecord, OutRecord, TaskOutput
+from agents.types import BatchResult, InRecord, OutRecord
 from schemas._base import utc_now
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter, ErrorKind
 from schemas.errors import RecordError
-from schemas.extraction import Extraction
+from schemas.extraction import Extraction, ExtractionStatus
 from schemas.review_task import ReviewTask
 
 log = logging.getLogger(__name__)
+
+#: a decoded note with the record it came in
+Note = tuple[InRecord, ClinicalNote]
 
 
 class ExtractionPipeline:
@@ -51,7 +58,7 @@ class ExtractionPipeline:
 
     def process(self, records: Sequence[InRecord]) -> BatchResult:
         result = BatchResult()
-        notes: list[tuple[InRecord, ClinicalNote]] = []
+        notes: list[Note] = []
         with result.timed("decode"):
             for record in records:
                 try:
@@ -59,53 +66,100 @@ class ExtractionPipeline:
                 except RecordError as exc:
                     self._dead(result, record, exc.kind, exc.message)
         if notes:
-            outputs = self._infer(result, notes)
-            self._emit(result, notes, outputs)
+            for chunk, columns in self._infer(result, notes):
+                with result.timed("encode"):
+                    self._encode(result, chunk, columns)
         return result
 
-    def _infer(self, result: BatchResult, notes: list[tuple[InRecord, ClinicalNote]]) -> list[list[TaskOutput] | None]:
-        """Every task over the batch; a failing batch is retried note by note so one bad note cannot sink the rest."""
-        texts = [note.text for _, note in notes]
+    def _columns(self, result: BatchResult, texts: list[str]) -> list[TaskColumns]:
         tokens = TokenCache(texts)  # one tokenizer pass per distinct tokenizer, shared by the tasks
+        per_task = []
+        for runner in self.runners:
+            with result.timed("tokenise"):
+                windows = runner.preprocess(texts, tokens)
+            wall, cpu = runner.forward_seconds, runner.forward_cpu_seconds
+            with result.timed("infer"):
+                probs = runner.window_probabilities(windows)
+            result.stage_seconds["forward"] += runner.forward_seconds - wall  # the model alone, within infer
+            result.stage_cpu_seconds["forward"] += runner.forward_cpu_seconds - cpu
+            with result.timed("postprocess"):
+                per_task.append(runner.columns(texts, windows, probs))
+        return per_task
+
+    def _infer(self, result: BatchResult, notes: list[Note]) -> list[tuple[list[Note], list[TaskColumns]]]:
+        """Every task over the batch, as (notes, their columns per task); a failing batch is retried note by note so
+        one bad note cannot sink the rest (a note that fails alone is dead-lettered)."""
         try:
-            per_task = []
-            for runner in self.runners:
-                with result.timed("tokenise"):
-                    windows = runner.preprocess(texts, tokens)
-                wall, cpu = runner.forward_seconds, runner.forward_cpu_seconds
-                with result.timed("infer"):
-                    probs = runner.window_probabilities(windows)
-                result.stage_seconds["forward"] += runner.forward_seconds - wall  # the model alone, within infer
-                result.stage_cpu_seconds["forward"] += runner.forward_cpu_seconds - cpu
-                with result.timed("postprocess"):
-                    per_task.append(runner.postprocess(texts, windows, probs))
-            outputs: list[list[TaskOutput] | None] = [list(row) for row in zip(*per_task, strict=True)] if per_task else [[] for _ in notes]
+            return [(notes, self._columns(result, [note.text for _, note in notes]))]
         except Exception:
             log.exception("inference failed for a batch of %d notes; retrying one by one", len(notes))
-            outputs = []
-            with result.timed("infer"):
-                for record, note in notes:
-                    try:
-                        outputs.append([runner([note.text])[0] for runner in self.runners])
-                    except Exception as exc:
-                        log.error("inference failed for %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
-                        outputs.append(None)
-        return outputs
-
-    def _emit(self, result: BatchResult, notes: list[tuple[InRecord, ClinicalNote]], outputs: list[list[TaskOutput] | None]) -> None:
-        with result.timed("encode"):
-            self._encode(result, notes, outputs)
-
-    def _encode(self, result: BatchResult, notes: list[tuple[InRecord, ClinicalNote]], outputs: list[list[TaskOutput] | None]) -> None:
-        now = utc_now()
-        for (record, note), task_outputs in zip(notes, outputs, strict=True):
-            if task_outputs is None:
+        chunks = []
+        for record, note in notes:
+            try:
+                chunks.append(([(record, note)], self._columns(result, [note.text])))
+            except Exception as exc:
+                log.error("inference failed for %s[%d]@%d: %s", record.topic, record.partition, record.offset, type(exc).__name__)
                 self._dead(result, record, ErrorKind.processing_error, "model inference failed for this note")
-                continue
-            status, reasons = self.policy.route([d for out in task_outputs for d in out.decisions])
-            extraction = Extraction.of_note(note, status, [out.result for out in task_outputs], now)
+        return chunks
+
+    def _reasons(self, result: BatchResult, columns: list[TaskColumns], n_notes: int) -> list[list[dict[str, Any]]]:
+        """Per note, the ReviewReason records of its decisions below threshold, in task and decision order."""
+        reasons: list[list[dict[str, Any]]] = [[] for _ in range(n_notes)]
+        for task in columns:
+            for group in task.decisions():
+                below, thresholds = self.policy.below(task.task, group)
+                picked = np.nonzero(below)[0]
+                if not len(picked):
+                    continue
+                for label, count in zip(*np.unique(group.label[picked], return_counts=True), strict=True):
+                    result.review_reasons[(task.task, group.kind.value, group.labels[int(label)])] += int(count)
+                rows = zip(
+                    group.note[picked].tolist(),
+                    group.label[picked].tolist(),
+                    np.round(group.confidence[picked], 6).tolist(),
+                    thresholds[picked].tolist(),
+                    group.start[picked].tolist(),
+                    group.end[picked].tolist(),
+                    strict=True,
+                )
+                kind, labels = group.kind.value, group.labels
+                for note, label, confidence, threshold, start, end in rows:
+                    reasons[note].append(
+                        {
+                            "task": task.task,
+                            "kind": kind,
+                            "label": labels[label],
+                            "start": None if start < 0 else start,
+                            "end": None if end < 0 else end,
+                            "confidence": confidence,
+                            "threshold": threshold,
+                        }
+                    )
+        return reasons
+
+    def _encode(self, result: BatchResult, notes: list[Note], columns: list[TaskColumns]) -> None:
+        """Each note's Extraction (and ReviewTask) written as Avro straight from the columns."""
+        now = utc_now()
+        texts = [note.text for _, note in notes]
+        results = [task.result_records(texts) for task in columns]
+        reasons = self._reasons(result, columns, len(notes))
+        for i, (record, note) in enumerate(notes):
+            status = ExtractionStatus.pending_review if reasons[i] else ExtractionStatus.auto_accepted
+            extraction = {
+                "note_id": note.note_id,
+                "revision": 0,
+                "patient_id": note.patient_id,
+                "encounter_id": note.encounter_id,
+                "note_type": note.note_type,
+                "source": note.source,
+                "created_at": note.created_at,
+                "text": note.text,
+                "status": status.value,
+                "results": [per_task[i] for per_task in results],
+                "processed_at": now,
+            }
             key = note.note_id.encode("utf-8")
-            encoded = self._extraction_codec.encode(extraction)
+            encoded = self._extraction_codec.encode_record(extraction)
             if len(encoded) > self.max_record_bytes:
                 self._dead(
                     result,
@@ -116,12 +170,10 @@ class ExtractionPipeline:
                 continue
             result.records.append(OutRecord(self.topics.extractions, key, encoded))
             result.extracted += 1
-            if reasons:
-                task = ReviewTask(note_id=note.note_id, revision=0, note_type=note.note_type, created_at=now, reasons=reasons)
-                result.records.append(OutRecord(self.topics.review, key, self._review_codec.encode(task)))
+            if reasons[i]:
+                task = {"note_id": note.note_id, "revision": 0, "note_type": note.note_type, "created_at": now, "reasons": reasons[i]}
+                result.records.append(OutRecord(self.topics.review, key, self._review_codec.encode_record(task)))
                 result.routed_to_review += 1
-                for reason in reasons:
-                    result.review_reasons[(reason.task, reason.kind.value, reason.label)] += 1
             else:
                 result.auto_accepted += 1
 

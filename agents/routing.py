@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from agents.config import TaskSettings
+from agents.runners.columns import DecisionColumns
 from agents.types import Decision
 from schemas.extraction import ExtractionStatus
 from schemas.review_task import ReasonKind, ReviewReason
@@ -24,6 +27,13 @@ class RoutingPolicy:
 
     def threshold(self, task: str, label: str, kind: ReasonKind) -> float:
         return self._tasks[task].threshold_for(label, kind)
+
+    def below(self, task: str, group: DecisionColumns) -> tuple[np.ndarray, np.ndarray]:
+        """For a batch's decisions of one task and kind: which fall below their threshold, and each one's threshold
+        (looked up once per label, compared with numpy)."""
+        per_label = np.array([self.threshold(task, label, group.kind) for label in group.labels], dtype=np.float64)
+        thresholds = per_label[group.label] if len(group.label) else np.zeros(0, dtype=np.float64)
+        return group.confidence < thresholds, thresholds
 
     def route(self, decisions: Sequence[Decision]) -> tuple[ExtractionStatus, list[ReviewReason]]:
         reasons = []

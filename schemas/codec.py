@@ -123,9 +123,14 @@ class AvroCodec(Generic[M]):
         return fastavro.schema.parse_schema(json.loads(text), _write_hint=False)
 
     def encode(self, obj: M) -> bytes:
+        return self.encode_record(obj.model_dump())
+
+    def encode_record(self, record: dict[str, Any]) -> bytes:
+        """A record already in the model's shape (``model_dump()``'s dict): the hot path builds these from arrays
+        without the pydantic objects; fastavro still checks every field against the schema."""
         out = io.BytesIO()
         out.write(self._confluent_header() if self.produce_confluent else self.header)
-        fastavro.schemaless_writer(out, self.schema, obj.model_dump())
+        fastavro.schemaless_writer(out, self.schema, record)
         return out.getvalue()
 
     def _confluent_header(self) -> bytes:

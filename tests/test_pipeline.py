@@ -104,10 +104,15 @@ def test_a_failing_model_dead_letters_only_the_failing_note(tiny_cls_dir: Path, 
     real = pipeline.runners[0]
 
     class Flaky:
-        def __call__(self, texts: list[str]) -> list:
+        """The real runner, except that its results blow up on a batch holding the poisoned note."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def columns(self, texts: list[str], *args: object) -> object:
             if any("POISON" in t for t in texts):
                 raise RuntimeError("model blew up")
-            return real(texts)
+            return real.columns(texts, *args)  # type: ignore[arg-type]
 
     pipeline.runners[0] = Flaky()  # type: ignore[assignment]
     good = ClinicalNote(note_id="ok", patient_id="p", note_type="t", created_at="2026-11-01T00:00:00Z", text="fine", source="s")
@@ -116,3 +121,34 @@ def test_a_failing_model_dead_letters_only_the_failing_note(tiny_cls_dir: Path, 
     assert (result.extracted, result.dead_lettered) == (1, 1)
     (letter,) = [PLAIN.of(DeadLetter).decode(r.value) for r in result.records if r.topic == topics.deadletter]
     assert letter.error_kind is ErrorKind.processing_error and letter.source_offset == 1
+
+
+def test_records_written_from_columns_equal_the_pydantic_path(tiny_cls_dir: Path, tiny_ner_dir: Path) -> None:
+    """The batch path (columns, vectorised routing, dicts to Avro) gives the very records the per-note path gives:
+    TaskResult objects from the runners, ``RoutingPolicy.route`` over their decisions, ``Extraction.of_note``."""
+    import random
+
+    pipeline, topics = _pipeline(tiny_cls_dir, tiny_ner_dir, threshold=0.6)
+    rng = random.Random(7)
+    words = ["fever", "Crohn's", "disease", "naïve", "中文", "😀", "pain", "", "of", "the", "left", "lobe", "-", "(HIES)"]
+    texts = ["x", "   a   ", *(" ".join(rng.choice(words) for _ in range(rng.randint(1, 400))) for _ in range(12))]
+    notes = [
+        ClinicalNote(note_id=f"n{i}", patient_id="p", note_type="t", created_at="2026-11-01T00:00:00Z", text=t, source="s")
+        for i, t in enumerate(texts)
+    ]
+    result = pipeline.process([_record(n.model_dump_json().encode(), i) for i, n in enumerate(notes)])
+    assert result.extracted == len(notes) and result.dead_lettered == 0
+    got = [PLAIN.of(Extraction).decode(r.value) for r in result.records if r.topic == topics.extractions]
+    reviews = {t.note_id: t for t in (PLAIN.of(ReviewTask).decode(r.value) for r in result.records if r.topic == topics.review)}
+    per_task = [runner(texts) for runner in pipeline.runners]
+    for i, note in enumerate(notes):
+        outputs = [task[i] for task in per_task]
+        status, reasons = pipeline.policy.route([d for out in outputs for d in out.decisions])
+        want = Extraction.of_note(note, status, [out.result for out in outputs], got[i].processed_at)
+        assert PLAIN.of(Extraction).encode(got[i]) == PLAIN.of(Extraction).encode(want)
+        assert (note.note_id in reviews) == bool(reasons)
+        if reasons:
+            review = reviews[note.note_id]
+            expected = ReviewTask(note_id=note.note_id, revision=0, note_type="t", created_at=review.created_at, reasons=reasons)
+            assert PLAIN.of(ReviewTask).encode(review) == PLAIN.of(ReviewTask).encode(expected)
+    assert any(reviews.values()) and any(e.entities for x in got for e in x.results)  # both paths exercised

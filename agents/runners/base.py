@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from agents.model_dir import LoadedModel
+from agents.runners.columns import TaskColumns
 from agents.runners.windows import TokenCache, Tokenizer, Windows, windows_of
 from agents.types import TaskOutput
 
@@ -120,4 +121,9 @@ class ModelRunner(ABC):
         return logits
 
     @abstractmethod
-    def postprocess(self, texts: list[str], windows: Windows, probs: list[np.ndarray]) -> list[TaskOutput]: ...
+    def columns(self, texts: list[str], windows: Windows, probs: list[np.ndarray]) -> TaskColumns:
+        """The batch's results as columns (the pipeline's form)."""
+
+    def postprocess(self, texts: list[str], windows: Windows, probs: list[np.ndarray]) -> list[TaskOutput]:
+        """The batch's results per note, as pydantic objects with their decisions (offline callers)."""
+        return self.columns(texts, windows, probs).outputs(texts)

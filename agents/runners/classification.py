@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from agents.runners.base import ModelRunner
+from agents.runners.columns import TaskColumns
 from agents.runners.windows import Windows
-from agents.types import Decision, TaskOutput
-from schemas.extraction import DocumentLabel, TaskKind, TaskResult
-from schemas.review_task import ReasonKind
+from schemas.extraction import TaskKind
 
 
 def merge_window_probabilities(
@@ -25,20 +24,7 @@ def merge_window_probabilities(
 
 
 class ClassificationRunner(ModelRunner):
-    def postprocess(self, texts: list[str], windows: Windows, probs: list[np.ndarray]) -> list[TaskOutput]:
-        labels = self.loaded.labels
+    def columns(self, texts: list[str], windows: Windows, probs: list[np.ndarray]) -> TaskColumns:
         doc = merge_window_probabilities(probs, windows.lengths, windows.samples, len(texts))
-        outputs = []
-        for row in doc:
-            order = np.argsort(-row, kind="stable")
-            ranked = [DocumentLabel(label=labels[i], probability=float(min(1.0, row[i]))) for i in order]
-            result = TaskResult(
-                task=self.task,
-                kind=TaskKind.classification,
-                model_name=self.loaded.name,
-                model_version=self.loaded.version,
-                labels=ranked,
-            )
-            top = ranked[0]
-            outputs.append(TaskOutput(result, [Decision(self.task, ReasonKind.document_label, top.label, top.probability)]))
-        return outputs
+        loaded = self.loaded
+        return TaskColumns(self.task, TaskKind.classification, loaded.name, loaded.version, loaded.labels, len(texts), probs=doc)

@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 
 from agents.runners.base import ModelRunner
-from agents.runners.spans import TagScheme, decode_spans
+from agents.runners.columns import TaskColumns
+from agents.runners.spans import TagScheme, decode_batch
 from agents.runners.windows import Windows
-from agents.types import Decision, TaskOutput
-from schemas.extraction import Entity, TaskKind, TaskResult
-from schemas.review_task import ReasonKind
+from schemas.extraction import TaskKind
 
 
-def word_probabilities(windows: Windows, probs: list[np.ndarray], n_texts: int) -> list[tuple[list[int], list[int], np.ndarray]]:
-    """Per text: word start offsets, word end offsets, and ``[words, labels]`` probabilities.
+@dataclass(frozen=True)
+class Words:
+    """The words of a batch of notes as columns, in note then word order: the note, character offsets, and
+    ``[words, labels]`` probabilities; note ``i``'s words at ``cuts[i]:cuts[i + 1]``."""
 
-    A word's probabilities are read at its first sub-token. Where windows overlap, the
-    same sub-token is seen more than once and its probabilities are averaged. Vectorised
-    over the whole batch: one pass of numpy over every window's tokens.
-    """
+    note: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    probs: np.ndarray
+    cuts: np.ndarray
+
+
+def word_arrays(windows: Windows, probs: list[np.ndarray], n_texts: int) -> Words:
+    """Every word of the batch with its probabilities, read at its first sub-token. Where windows overlap, the same
+    sub-token is seen more than once and its probabilities are averaged. One pass of numpy over every window's tokens."""
     n_labels = probs[0].shape[-1] if probs else 0
-    empty: tuple[list[int], list[int], np.ndarray] = ([], [], np.zeros((0, n_labels), dtype=np.float32))
+    none = np.zeros(0, dtype=np.int64)
+    empty = Words(none, none, none, np.zeros((0, n_labels), dtype=np.float32), np.zeros(n_texts + 1, dtype=np.int64))
     if not probs:
-        return [empty for _ in range(n_texts)]
+        return empty
     real = np.arange(windows.words.shape[1])[None, :] < windows.lengths[:, None]
     word = windows.words[real]  # window by window, token by token: the order of the concatenated probabilities
     offsets = windows.offsets[real]
@@ -33,9 +42,9 @@ def word_probabilities(windows: Windows, probs: list[np.ndarray], n_texts: int) 
     valid = word >= 0
     word, offsets, text, rows = word[valid], offsets[valid], text[valid], rows[valid]
     if not len(word):
-        return [empty for _ in range(n_texts)]
-    key = text * (int(word.max()) + 1) + word  # (text, word), ordered
-    keys, inverse = np.unique(key, return_inverse=True)
+        return empty
+    span = int(word.max()) + 1
+    keys, inverse = np.unique(text * span + word, return_inverse=True)  # (text, word), ordered
     first = np.full(len(keys), np.iinfo(np.int64).max)
     np.minimum.at(first, inverse, offsets[:, 0])
     last = np.zeros(len(keys), dtype=np.int64)
@@ -43,31 +52,29 @@ def word_probabilities(windows: Windows, probs: list[np.ndarray], n_texts: int) 
     at_first = offsets[:, 0] == first[inverse]  # the first sub-token, in every window that saw it
     counts = np.bincount(inverse[at_first], minlength=len(keys)).astype(np.float64)
     sums = np.stack([np.bincount(inverse[at_first], weights=rows[at_first, j], minlength=len(keys)) for j in range(n_labels)], axis=1)
-    mean = (sums / counts[:, None]).astype(np.float32)
-    key_text = keys // (int(word.max()) + 1)
-    cuts = np.searchsorted(key_text, np.arange(n_texts + 1))
-    firsts, lasts = first.tolist(), last.tolist()
-    return [(firsts[a:b], lasts[a:b], mean[a:b]) for a, b in itertools.pairwise(cuts.tolist())]
+    note = keys // span
+    return Words(note, first, last, (sums / counts[:, None]).astype(np.float32), np.searchsorted(note, np.arange(n_texts + 1)))
+
+
+def word_probabilities(windows: Windows, probs: list[np.ndarray], n_texts: int) -> list[tuple[list[int], list[int], np.ndarray]]:
+    """:func:`word_arrays`, per text: word start offsets, word end offsets, ``[words, labels]`` probabilities."""
+    words = word_arrays(windows, probs, n_texts)
+    starts, ends = words.start.tolist(), words.end.tolist()
+    return [(starts[a:b], ends[a:b], words.probs[a:b]) for a, b in itertools.pairwise(words.cuts.tolist())]
 
 
 class NerRunner(ModelRunner):
-    def postprocess(self, texts: list[str], windows: Windows, probs: list[np.ndarray]) -> list[TaskOutput]:
+    def columns(self, texts: list[str], windows: Windows, probs: list[np.ndarray]) -> TaskColumns:
         scheme = TagScheme(self.loaded.labels)
-        outputs = []
-        for text, (starts, ends, word_probs) in zip(texts, word_probabilities(windows, probs, len(texts)), strict=True):
-            spans, possible = decode_spans(starts, ends, word_probs, scheme)
-            entities = [
-                Entity(label=s.label, start=s.start, end=s.end, text=text[s.start : s.end], confidence=min(1.0, s.confidence))
-                for s in spans
-            ]
-            decisions = [Decision(self.task, ReasonKind.entity, s.label, s.confidence, s.start, s.end) for s in spans]
-            decisions += [Decision(self.task, ReasonKind.possible_entity, s.label, s.confidence, s.start, s.end) for s in possible]
-            result = TaskResult(
-                task=self.task,
-                kind=TaskKind.ner,
-                model_name=self.loaded.name,
-                model_version=self.loaded.version,
-                entities=entities,
-            )
-            outputs.append(TaskOutput(result, decisions))
-        return outputs
+        words = word_arrays(windows, probs, len(texts))
+        entities, possible = decode_batch(words.note, words.start, words.end, words.probs, scheme)
+        return TaskColumns(
+            self.task,
+            TaskKind.ner,
+            self.loaded.name,
+            self.loaded.version,
+            scheme.types,
+            len(texts),
+            entities=entities,
+            possible=possible,
+        )

@@ -1,0 +1,119 @@
+"""One task's results for a batch of notes as columns: the hot path's form of :class:`~agents.types.TaskOutput`.
+
+Runners fill these with numpy over the whole batch; the pipeline routes every decision of the batch at once
+(:meth:`agents.routing.RoutingPolicy.below`) and writes each note's Avro record straight from them
+(:meth:`TaskColumns.result_record`). :meth:`TaskColumns.outputs` gives the same results as pydantic objects, for the
+offline callers (evaluation, calibration, the review tools); the tests check both forms agree.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agents.runners.spans import SpanArrays
+from agents.types import Decision, TaskOutput
+from schemas.extraction import DocumentLabel, Entity, TaskKind, TaskResult
+from schemas.review_task import ReasonKind
+
+
+@dataclass(frozen=True)
+class DecisionColumns:
+    """Decisions of one kind for a batch: note, label (index into ``labels``), confidence, character span (-1: none)."""
+
+    kind: ReasonKind
+    labels: list[str]
+    note: np.ndarray
+    label: np.ndarray
+    confidence: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+
+    @classmethod
+    def of_spans(cls, kind: ReasonKind, labels: list[str], spans: SpanArrays) -> DecisionColumns:
+        return cls(kind, labels, spans.note, spans.label, spans.confidence, spans.start, spans.end)
+
+
+@dataclass(frozen=True)
+class TaskColumns:
+    task: str
+    kind: TaskKind
+    model_name: str
+    model_version: str
+    #: entity types (NER) or label names (classification)
+    labels: list[str]
+    n_notes: int
+    #: classification: ``[notes, labels]`` probabilities
+    probs: np.ndarray | None = None
+    #: NER: entity spans and the possible missed entities ("no entity" decisions), in note then text order
+    entities: SpanArrays | None = None
+    possible: SpanArrays | None = None
+
+    def decisions(self) -> list[DecisionColumns]:
+        """Every decision routing compares with a threshold, by kind."""
+        if self.kind is TaskKind.classification:
+            assert self.probs is not None
+            top = self.probs.argmax(axis=1)
+            confidence = np.minimum(1.0, self.probs[np.arange(self.n_notes), top].astype(np.float64))
+            none = np.full(self.n_notes, -1, dtype=np.int64)
+            return [DecisionColumns(ReasonKind.document_label, self.labels, np.arange(self.n_notes), top, confidence, none, none)]
+        assert self.entities is not None and self.possible is not None
+        return [
+            DecisionColumns.of_spans(ReasonKind.entity, self.labels, self.entities),
+            DecisionColumns.of_spans(ReasonKind.possible_entity, self.labels, self.possible),
+        ]
+
+    def _entity_cuts(self) -> np.ndarray:
+        assert self.entities is not None
+        return np.searchsorted(self.entities.note, np.arange(self.n_notes + 1))
+
+    def result_records(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Per note, its TaskResult as the Avro record (the dict ``TaskResult.model_dump()`` gives)."""
+        head = {"task": self.task, "kind": self.kind.value, "model_name": self.model_name, "model_version": self.model_version}
+        if self.kind is TaskKind.classification:
+            assert self.probs is not None
+            order = np.argsort(-self.probs, axis=1, kind="stable")
+            ranked = np.minimum(1.0, np.take_along_axis(self.probs, order, axis=1).astype(np.float64)).tolist()
+            labels = self.labels
+            return [
+                {**head, "labels": [{"label": labels[j], "probability": p} for j, p in zip(row, probs, strict=True)], "entities": []}
+                for row, probs in zip(order.tolist(), ranked, strict=True)
+            ]
+        assert self.entities is not None
+        spans = self.entities
+        label, start, end = spans.label.tolist(), spans.start.tolist(), spans.end.tolist()
+        confidence = np.minimum(1.0, spans.confidence).tolist()
+        types = self.labels
+        out = []
+        for i, (a, b) in enumerate(itertools.pairwise(self._entity_cuts().tolist())):
+            text = texts[i]
+            entities = [
+                {"label": types[label[k]], "start": start[k], "end": end[k], "text": text[start[k] : end[k]], "confidence": confidence[k]}
+                for k in range(a, b)
+            ]
+            out.append({**head, "labels": [], "entities": entities})
+        return out
+
+    def outputs(self, texts: list[str]) -> list[TaskOutput]:
+        """The same results as pydantic objects with their decisions, per note (offline callers)."""
+        decisions: list[list[Decision]] = [[] for _ in range(self.n_notes)]
+        for group in self.decisions():
+            for i, j, c, s, e in zip(
+                group.note.tolist(), group.label.tolist(), group.confidence.tolist(), group.start.tolist(), group.end.tolist(), strict=True
+            ):
+                decisions[i].append(Decision(self.task, group.kind, group.labels[j], c, None if s < 0 else s, None if e < 0 else e))
+        outputs = []
+        for record, decided in zip(self.result_records(texts), decisions, strict=True):
+            result = TaskResult(
+                task=record["task"],
+                kind=TaskKind(record["kind"]),
+                model_name=record["model_name"],
+                model_version=record["model_version"],
+                labels=[DocumentLabel(**d) for d in record["labels"]],
+                entities=[Entity(**e) for e in record["entities"]],
+            )
+            outputs.append(TaskOutput(result, decided))
+        return outputs
