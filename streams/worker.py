@@ -38,7 +38,10 @@ def build_runners(settings: Settings, reference: bool = False) -> list[ModelRunn
     for task in settings.tasks:
         loaded = load_model(task.model_dir, task.kind)
         log.info("task %s: model %s version %s (%s)", task.name, loaded.name, loaded.version, task.kind.value)
-        runners.append(build_runner(task.name, loaded, batch_size=settings.inference_batch_size, device=settings.device))
+        quantization = "none" if reference else task.quantization
+        runners.append(
+            build_runner(task.name, loaded, batch_size=settings.inference_batch_size, device=settings.device, quantization=quantization)
+        )
     return runners
 
 

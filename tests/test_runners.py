@@ -132,3 +132,21 @@ def test_vectorised_word_probabilities_equal_the_plain_definition(tiny_ner_dir: 
     for (s1, e1, p1), (s2, e2, p2) in zip(got, want, strict=True):
         assert (s1, e1) == (s2, e2)
         np.testing.assert_allclose(p1, p2.reshape(p1.shape), rtol=1e-6, atol=1e-7)
+
+
+def test_int8_quantisation_replaces_the_linear_layers_and_keeps_the_results_close(tiny_ner_dir: Path, tiny_cls_dir: Path) -> None:
+    import torch
+
+    texts = ["Short note.", LONG_NOTE[:2000], "Ünïcode: Crohn's disease."]
+    for directory, kind in ((tiny_ner_dir, TaskKind.ner), (tiny_cls_dir, TaskKind.classification)):
+        plain = build_runner("t", load_model(directory, kind), device="cpu")
+        int8 = build_runner("t", load_model(directory, kind), device="cpu", quantization="int8")
+        assert plain.quantization == "none" and int8.quantization == "int8"
+        modules = dict(int8.model.named_modules())
+        linear = [n for n, m in modules.items() if type(m) is torch.nn.Linear]
+        quantized = [n for n, m in modules.items() if "quantized" in type(m).__module__]
+        assert linear == ["classifier"] and len(quantized) >= 6  # every encoder Linear is the quantised one; the head is not
+        a = plain.window_probabilities(plain.preprocess(texts))
+        b = int8.window_probabilities(int8.preprocess(texts))
+        assert max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) < 0.05
+        assert [o.result.kind for o in int8(texts)] == [kind] * len(texts)

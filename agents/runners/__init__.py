@@ -11,10 +11,15 @@ __all__ = ["ClassificationRunner", "ModelRunner", "NerRunner", "build_runner"]
 
 
 def build_runner(
-    task: str, loaded: LoadedModel, batch_size: int = 32, device: str = "auto", dtype: torch.dtype | None = None
+    task: str,
+    loaded: LoadedModel,
+    batch_size: int = 32,
+    device: str = "auto",
+    dtype: torch.dtype | None = None,
+    quantization: str = "none",
 ) -> ModelRunner:
-    """The runner for a loaded model's kind."""
+    """The runner for a loaded model's kind (``quantization``: see ``TaskSettings.quantization``)."""
     from schemas.extraction import TaskKind
 
     cls = NerRunner if loaded.kind is TaskKind.ner else ClassificationRunner
-    return cls(task, loaded, batch_size=batch_size, device=device, dtype=dtype)
+    return cls(task, loaded, batch_size=batch_size, device=device, dtype=dtype, quantization=quantization)

@@ -33,7 +33,8 @@ def evaluate_task(
 
     loaded = load_model(model or task.model_dir, task.kind)
     examples = read_examples(data, task.kind.value, data_format)
-    result = report(Run.of(build_runner(task.name, loaded, device=device), examples), guard=task.possible_entity_threshold)
+    runner = build_runner(task.name, loaded, device=device, quantization=task.quantization)
+    result = report(Run.of(runner, examples), guard=task.possible_entity_threshold)
     chosen = threshold if threshold is not None else task.threshold
     at = min(result["tradeoff"], key=lambda r: abs(r["threshold"] - chosen))
     summary: dict[str, Any] = {
@@ -41,6 +42,7 @@ def evaluate_task(
         "model": loaded.name,
         "version": loaded.version,
         "temperature": loaded.temperature,
+        "quantization": runner.quantization,
         "data": str(data),
         "n": result["n"],
         "f1": result["f1"],
@@ -91,7 +93,8 @@ def calibrate_task(
 
     model_dir = model or task.model_dir
     loaded = load_model(model_dir, task.kind)
-    run = Run.of(build_runner(task.name, loaded, device=device), read_examples(data, task.kind.value, data_format))
+    runner = build_runner(task.name, loaded, device=device, quantization=task.quantization)
+    run = Run.of(runner, read_examples(data, task.kind.value, data_format))
     before = run.nll(1.0)
     temperature = fit_temperature(run)
     chosen = choose_thresholds(run, target_precision, temperature, guard=task.possible_entity_threshold)

@@ -72,11 +72,11 @@ class WorkerProcess:
 def worker_plan(settings: Settings) -> tuple[int, int]:
     """(worker processes, torch threads each) for the embedded stack.
 
-    On CPU: one worker per core (at most 4), each allowed twice its share of the cores. Measured on 2 cores
-    (``ehrstream bench``, 200 abstracts): 1 worker x 2 threads gave 0.75 of the raw model rate (torch's parallel
-    regions stall whenever the broker, the sink or ClickHouse take a core for a moment); 2 x 1 gave 0.88 but a
-    p99 of 2.6 s at half load (each note computed on one core); 2 x 2 gave 0.86 with a p99 of 1.7 s (under load
-    the processes share the cores; a lone note gets them all). On CUDA: one worker.
+    On CPU: one worker per core (at most 4), the cores shared out among them, never more torch threads in all than
+    cores. Measured on 2 cores (``ehrstream bench``, 2026-11-25): with the tiny models, 2 workers x 2 threads gave
+    101.8 notes/s end to end and 19.0 ms of CPU per note in all processes, 2 x 1 gave 184.4 notes/s and 10.1 ms
+    (oversubscribed OpenMP threads spin on a contended CPU: the model's forward cost 12.5 ms of CPU per note instead of
+    4); with the default models 2 x 1 gave 0.85 of the raw rate, as 2 x 2 did (0.86) before. On CUDA: one worker.
     """
     cores = os.cpu_count() or 1
     workers = settings.embedded_workers
@@ -84,7 +84,7 @@ def worker_plan(settings: Settings) -> tuple[int, int]:
         from agents.runners.base import pick_device
 
         workers = 1 if pick_device(settings.device).type == "cuda" else max(1, min(4, cores))
-    threads = settings.torch_threads or max(1, min(cores, 2 * cores // workers))
+    threads = settings.torch_threads or max(1, cores // workers)
     return workers, threads
 
 
