@@ -36,6 +36,8 @@ class RoutingPolicy:
         return group.confidence < thresholds, thresholds
 
     def route(self, decisions: Sequence[Decision]) -> tuple[ExtractionStatus, list[ReviewReason]]:
+        """One note's decisions, one by one: the definition :meth:`below` computes for a whole batch (the pipeline
+        uses that; ``tests/test_pipeline.py`` checks the two agree)."""
         reasons = []
         for d in decisions:
             threshold = self.threshold(d.task, d.label, d.kind)

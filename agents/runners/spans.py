@@ -77,8 +77,10 @@ class SpanArrays:
     def __len__(self) -> int:
         return int(self.note.shape[0])
 
-    def of_note(self, cuts: np.ndarray, i: int) -> slice:
-        return slice(int(cuts[i]), int(cuts[i + 1]))
+    @classmethod
+    def none(cls) -> SpanArrays:
+        ints = np.zeros(0, dtype=np.int64)
+        return cls(ints, ints, ints, ints, np.zeros(0, dtype=np.float64))
 
 
 def decode_batch(
@@ -90,7 +92,7 @@ def decode_batch(
 
     Returns ``(entities, possible)``."""
     types = scheme.types
-    empty = SpanArrays(*(np.zeros(0, dtype=np.int64) for _ in range(4)), np.zeros(0, dtype=np.float64))  # type: ignore[call-arg]
+    empty = SpanArrays.none()
     if probs.shape[0] == 0:
         return empty, empty
     prefixes = [scheme.split(label) for label in scheme.labels]
