@@ -26,6 +26,7 @@ from agents.errors import TrainingDataError
 from agents.learning.datasets import ClassificationExample, Example, NerExample, data_hash
 from agents.model_dir import (
     DEFAULT_BACKBONE,
+    MANIFEST,
     LoadedModel,
     ModelManifest,
     auto_model_class,
@@ -68,6 +69,9 @@ class TrainConfig(BaseModel):
     train_size: int = 0
     #: raise the epoch count so small subsets still get at least this many optimiser steps
     min_steps: int = 0
+    #: continue from this LoRA model directory (same backbone and labels) instead of a fresh adapter: adapting a
+    #: trained model to new text (clinical notes) in a few epochs, keeping what it learned
+    init_from: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -90,26 +94,29 @@ def encode_examples(
     """(input_ids, target) per training window: a label id, or per-token label ids for NER."""
     index = {label: i for i, label in enumerate(labels)}
     windows = make_windows(tokenizer, [ex.text for ex in examples], max_length, stride)
+    # the list views once (each is built from the arrays on every access)
+    input_ids, word_ids, samples = windows.input_ids, windows.word_ids, windows.sample
+    offsets = windows.offsets[:, :, 0].tolist()
     out: list[tuple[list[int], Any]] = []
     if kind is TaskKind.classification:
-        for w, s in enumerate(windows.sample):
+        for w, s in enumerate(samples):
             ex = examples[s]
             assert isinstance(ex, ClassificationExample)
-            out.append((windows.input_ids[w], index[ex.label]))
+            out.append((input_ids[w], index[ex.label]))
         return out
     # a word's first sub-token is the one at the word's smallest start offset, over every window
     first_start: dict[tuple[int, int], int] = {}
-    for w, s in enumerate(windows.sample):
-        for t, word in enumerate(windows.word_ids[w]):
+    for w, s in enumerate(samples):
+        for t, word in enumerate(word_ids[w]):
             if word is not None:
                 key = (s, word)
-                first_start[key] = min(first_start.get(key, 1 << 30), windows.offsets[w][t][0])
-    for w, s in enumerate(windows.sample):
+                first_start[key] = min(first_start.get(key, 1 << 30), offsets[w][t])
+    for w, s in enumerate(samples):
         ex = examples[s]
         assert isinstance(ex, NerExample)
         targets = []
-        for t, word in enumerate(windows.word_ids[w]):
-            start = windows.offsets[w][t][0]
+        for t, word in enumerate(word_ids[w]):
+            start = offsets[w][t]
             if word is None or start != first_start[(s, word)]:
                 targets.append(IGNORE)
                 continue
@@ -122,7 +129,7 @@ def encode_examples(
                     tag = f"I-{label}"
                     break
             targets.append(index[tag])
-        out.append((windows.input_ids[w], targets))
+        out.append((input_ids[w], targets))
     return out
 
 
@@ -168,6 +175,10 @@ def train(
         train_examples = random.Random(config.seed).sample(train_examples, config.train_size)  # noqa: S311 (sampling, not security)
     device = pick_device(config.device)
     labels = label_set(config.kind, train_examples)
+    if config.init_from is not None:
+        start = json.loads((config.init_from / MANIFEST).read_text(encoding="utf-8"))
+        if start["labels"] != labels or start.get("format") != "lora" or config.method != "lora":
+            raise TrainingDataError(config.task, f"--init-from needs a LoRA model with the labels {labels}")
     if len(labels) < 2:
         raise TrainingDataError(config.task, f"need at least two labels, found {labels}")
     base_dir = resolve_base(config.base)
@@ -190,7 +201,12 @@ def train(
             lora_dropout=config.lora_dropout,
             target_modules=["query", "key", "value", "dense"],
         )
-        model = get_peft_model(model, lora)
+        if config.init_from is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(config.init_from), is_trainable=True)
+        else:
+            model = get_peft_model(model, lora)
     model.to(device)
 
     encoded = encode_examples(tokenizer, config.kind, train_examples, labels, config.max_length, config.stride)

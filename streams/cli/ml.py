@@ -70,6 +70,12 @@ from streams.cli.options import CliContext, configured_task, data_format_option,
     show_default=True,
     help="Raise the epochs so a small subset gets this many steps.",
 )
+@option(
+    "--init-from",
+    envvar="EHRSTREAM_TRAIN_INIT_FROM",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Continue from this LoRA model directory (same labels) instead of a fresh adapter.",
+)
 @option("--device", envvar="EHRSTREAM_DEVICE", default="auto", show_default=True)
 @click.pass_obj
 def train(
@@ -90,6 +96,7 @@ def train(
     seed: int,
     train_size: int,
     min_steps: int,
+    init_from: Path | None,
     device: str,
 ) -> None:
     """Fine-tune a task's model and write a versioned model directory."""
@@ -112,6 +119,7 @@ def train(
         seed=seed,
         train_size=train_size,
         min_steps=min_steps,
+        init_from=init_from,
         device=device,
     )
     result = train_task(
