@@ -23,6 +23,34 @@ class TaskKind(StrEnum):
     ner = "ner"
 
 
+class Assertion(StrEnum):
+    """What a mention asserts about the patient (the ConText / i2b2 assertion classes)."""
+
+    #: the condition is there now
+    present = "present"
+    #: negated: "no pneumonia", "denies chest pain"
+    absent = "absent"
+    #: uncertain: "possible pneumonia", "rule out MI", "cannot exclude"
+    possible = "possible"
+    #: conditional or future: "return if fever develops"
+    hypothetical = "hypothetical"
+    #: in the past: "history of MI", a Past Medical History section
+    historical = "historical"
+    #: about someone else: "mother with breast cancer", a Family History section
+    family = "family"
+
+
+class Code(BaseModel):
+    """A candidate code for an entity, from a code system (ICD-10-CM), with the coder's score in [0, 1]."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    system: str
+    code: str
+    display: str
+    score: float = Field(ge=0.0, le=1.0)
+
+
 class DocumentLabel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -40,6 +68,13 @@ class Entity(BaseModel):
     end: int = Field(ge=0)
     text: str
     confidence: float = Field(ge=0.0, le=1.0)
+    assertion: Assertion = Assertion.present
+    #: the phrase that decided the assertion ("denies", "history of"), or the section header it came from
+    assertion_cue: str | None = None
+    #: the canonical section the entity is in (``agents.clinical.sections``), ``None`` before any header
+    section: str | None = None
+    #: code candidates, best first (the first is the entity's code)
+    codes: list[Code] = Field(default_factory=list)
 
 
 class TaskResult(BaseModel):

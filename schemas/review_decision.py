@@ -17,6 +17,10 @@ class ChangeAction(StrEnum):
     add_span = "add_span"
     relabel_span = "relabel_span"
     set_document_label = "set_document_label"
+    #: the reviewer changed a kept span's assertion status
+    set_assertion = "set_assertion"
+    #: the reviewer changed a kept span's code (or removed it)
+    set_code = "set_code"
 
 
 class Change(BaseModel):

@@ -17,6 +17,10 @@ class ReasonKind(StrEnum):
     entity = "entity"
     #: a word tagged O whose probability of O is below the threshold (a possible missed entity)
     possible_entity = "possible_entity"
+    #: an entity's best code scores below the code threshold (the span is the entity's)
+    code = "code"
+    #: cues of more than one status govern an entity, so its assertion is a guess (the span is the entity's)
+    assertion = "assertion"
 
 
 class ReviewReason(BaseModel):

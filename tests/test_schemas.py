@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import types
 import typing
@@ -220,7 +221,7 @@ def test_review_decisions_written_before_results_existed_still_decode() -> None:
     from schemas.codec import schema_history
     from schemas.review_decision import Change, ChangeAction, ReviewDecision
 
-    (v1,) = schema_history("review_decision.avsc")
+    v1, _ = schema_history("review_decision.avsc")
     parsed = AvroCodec._parse(v1)
     old = ReviewDecision(
         decision_id="d1",
@@ -243,3 +244,86 @@ def test_review_decision_results_are_the_extraction_task_result_record() -> None
         return next(f for f in fields if f["name"] == "results")["type"]["items"]
 
     assert task_result("review_decision.avsc") == task_result("extraction.avsc")
+
+
+def _written_with(schema_json: str, record: dict[str, object]) -> bytes:
+    import fastavro.schema
+
+    parsed = AvroCodec._parse(schema_json)
+    out = io.BytesIO()
+    out.write(MARKER + rabin_fingerprint(fastavro.schema.to_parsing_canonical_form(parsed)))
+    fastavro.schemaless_writer(out, parsed, record)
+    return out.getvalue()
+
+
+def test_extractions_written_before_clinical_meaning_existed_still_decode_as_present_uncoded() -> None:
+    """history/extraction.v1.avsc (entities without assertion, cue, section or codes) stays readable: its entities come
+    back present, with no cue, section or code."""
+    from schemas.codec import schema_history
+
+    (v1,) = schema_history("extraction.avsc")
+    entity = {"label": "Disease", "start": 3, "end": 8, "text": "colds", "confidence": 0.9}
+    result = {"task": "disease", "kind": "ner", "model_name": "m", "model_version": "1", "labels": [], "entities": [entity]}
+    old = {
+        "note_id": "n1",
+        "revision": 0,
+        "patient_id": "p1",
+        "encounter_id": None,
+        "note_type": "progress",
+        "source": "test",
+        "created_at": datetime(2026, 11, 1, tzinfo=UTC),
+        "text": "No colds.",
+        "status": "auto_accepted",
+        "results": [result],
+        "processed_at": datetime(2026, 11, 1, tzinfo=UTC),
+    }
+    decoded = PLAIN.of(Extraction).decode(_written_with(v1, old))
+    (read,) = decoded.results[0].entities
+    assert (read.text, read.assertion.value, read.assertion_cue, read.section, read.codes) == ("colds", "present", None, None, [])
+
+
+def test_each_schema_version_reads_records_of_the_one_before() -> None:
+    """Backward compatible, as a registry's BACKWARD check: every version reads what the version before it wrote (new
+    readers meet old records on every topic). Extraction v2 only added defaulted fields, so it is forward compatible
+    too; review decisions and tasks gained enum symbols that older readers cannot know."""
+    from schemas.codec import schema_history
+    from schemas.compat import can_read
+
+    for name in ("extraction.avsc", "review_decision.avsc", "review_task.avsc"):
+        versions = [json.loads(v) for v in schema_history(name)] + [json.loads(schema_text(name))]
+        assert len(versions) >= 2
+        for older, newer in itertools.pairwise(versions):
+            assert can_read(older, newer), name
+    (v1,) = schema_history("extraction.avsc")
+    assert can_read(json.loads(schema_text("extraction.avsc")), json.loads(v1))
+
+
+def test_clinical_fields_round_trip() -> None:
+    from schemas.extraction import Assertion, Code
+
+    entity = Entity(
+        label="Disease",
+        start=0,
+        end=4,
+        text="COPD",
+        confidence=0.9,
+        assertion=Assertion.historical,
+        assertion_cue="history of",
+        section="past_medical_history",
+        codes=[Code(system="ICD10CM", code="J44.9", display="Chronic obstructive pulmonary disease, unspecified", score=0.93)],
+    )
+    result = TaskResult(task="disease", kind=TaskKind.ner, model_name="m", model_version="1", entities=[entity])
+    extraction = Extraction(
+        note_id="n",
+        patient_id="p",
+        note_type="t",
+        source="s",
+        created_at=datetime(2026, 11, 1, tzinfo=UTC),
+        text="COPD",
+        status=ExtractionStatus.auto_accepted,
+        results=[result],
+        processed_at=datetime(2026, 11, 1, tzinfo=UTC),
+    )
+    codec = PLAIN.of(Extraction)
+    (back,) = codec.decode(codec.encode(extraction)).results[0].entities
+    assert back.assertion is Assertion.historical and back.codes[0].code == "J44.9" and back.codes[0].score == pytest.approx(0.93)
