@@ -36,10 +36,22 @@ class TaskSettings(BaseModel):
     #: CPU inference: "int8" runs the model's linear layers with int8 weights (torch dynamic quantisation; about
     #: twice as fast on CPU, scores measured in README); "none" keeps float32. On a GPU the model runs in bf16 either way.
     quantization: Literal["none", "int8"] = "none"
+    #: NER: clinical-note layout rules, sections and assertion status on every entity (``agents.clinical``)
+    clinical: bool = True
+    #: NER: code candidates for every entity: "icd10cm" (``agents.clinical.coding``) or none
+    coding: Literal["none", "icd10cm"] = "none"
+    #: an entity whose best code scores below this is sent to review (a doubtful code)
+    code_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
+    #: an entity's assertion confidence is 1 / (statuses whose cues govern it): below this, it is sent to review
+    assertion_threshold: float = Field(default=0.75, ge=0.0, le=1.0)
 
     def threshold_for(self, label: str, kind: ReasonKind = ReasonKind.entity) -> float:
         if kind is ReasonKind.possible_entity:
             return self.possible_entity_threshold
+        if kind is ReasonKind.code:
+            return self.code_threshold
+        if kind is ReasonKind.assertion:
+            return self.assertion_threshold
         return self.label_thresholds.get(label, self.threshold)
 
 

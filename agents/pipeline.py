@@ -10,11 +10,12 @@ and encode an Extraction (and a ReviewTask when needed) per note.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from agents.clinical.annotator import ClinicalAnnotator
 from agents.config import TopicSettings
 from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
@@ -45,6 +46,7 @@ class ExtractionPipeline:
         max_record_bytes: int = 1_000_000,
         *,
         codecs: Codecs,
+        clinical: Mapping[str, ClinicalAnnotator] | None = None,
     ) -> None:
         self.runners = list(runners)
         self.policy = policy
@@ -52,6 +54,8 @@ class ExtractionPipeline:
         self.max_note_bytes = max_note_bytes
         self.max_record_bytes = max_record_bytes
         self.codecs = codecs
+        #: per NER task name: its clinical annotator (layout, sections, assertion, codes); tasks not named get none
+        self.clinical = dict(clinical or {})
         self._extraction_codec = codecs.of(Extraction)
         self._review_codec = codecs.of(ReviewTask)
         self._dead_codec = codecs.of(DeadLetter)
@@ -83,7 +87,11 @@ class ExtractionPipeline:
             result.stage_seconds["forward"] += runner.forward_seconds - wall  # the model alone, within infer
             result.stage_cpu_seconds["forward"] += runner.forward_cpu_seconds - cpu
             with result.timed("postprocess"):
-                per_task.append(runner.columns(texts, windows, probs))
+                columns = runner.columns(texts, windows, probs)
+            annotator = self.clinical.get(runner.task)
+            if annotator is not None and columns.entities is not None:
+                columns = annotator.annotate(result, texts, columns)
+            per_task.append(columns)
         return per_task
 
     def _infer(self, result: BatchResult, notes: list[Note]) -> list[tuple[list[Note], list[TaskColumns]]]:

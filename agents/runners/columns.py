@@ -38,6 +38,22 @@ class DecisionColumns:
 
 
 @dataclass(frozen=True)
+class EntityContext:
+    """Clinical meaning per entity, aligned with :attr:`TaskColumns.entities` (``agents.clinical``): assertion status
+    (an ``Assertion`` value), the cue that decided it, the section, the code candidates (Avro ``Code`` records, best
+    first)."""
+
+    assertion: list[str]
+    cue: list[str | None]
+    section: list[str | None]
+    codes: list[list[dict[str, Any]]]
+    #: 1 / the number of statuses whose cues govern the entity (1.0: one reading)
+    assertion_confidence: np.ndarray
+    #: the best code's score (-1: no code)
+    code_score: np.ndarray
+
+
+@dataclass(frozen=True)
 class TaskColumns:
     task: str
     kind: TaskKind
@@ -51,6 +67,8 @@ class TaskColumns:
     #: NER: entity spans and the possible missed entities ("no entity" decisions), in note then text order
     entities: SpanArrays | None = None
     possible: SpanArrays | None = None
+    #: NER: clinical meaning of each entity, when the task has it
+    context: EntityContext | None = None
 
     def decisions(self) -> list[DecisionColumns]:
         """Every decision routing compares with a threshold, by kind."""
@@ -61,10 +79,29 @@ class TaskColumns:
             none = np.full(self.n_notes, -1, dtype=np.int64)
             return [DecisionColumns(ReasonKind.document_label, self.labels, np.arange(self.n_notes), top, confidence, none, none)]
         assert self.entities is not None and self.possible is not None
-        return [
+        out = [
             DecisionColumns.of_spans(ReasonKind.entity, self.labels, self.entities),
             DecisionColumns.of_spans(ReasonKind.possible_entity, self.labels, self.possible),
         ]
+        if self.context is not None:
+            spans, coded = self.entities, self.context.code_score >= 0
+            out.append(
+                DecisionColumns(
+                    ReasonKind.code,
+                    self.labels,
+                    spans.note[coded],
+                    spans.label[coded],
+                    self.context.code_score[coded],
+                    spans.start[coded],
+                    spans.end[coded],
+                )
+            )
+            out.append(
+                DecisionColumns(
+                    ReasonKind.assertion, self.labels, spans.note, spans.label, self.context.assertion_confidence, spans.start, spans.end
+                )
+            )
+        return out
 
     def _entity_cuts(self) -> np.ndarray:
         assert self.entities is not None
@@ -87,11 +124,26 @@ class TaskColumns:
         label, start, end = spans.label.tolist(), spans.start.tolist(), spans.end.tolist()
         confidence = np.minimum(1.0, spans.confidence).tolist()
         types = self.labels
+        n = len(spans)
+        if self.context is not None:
+            status, cue, section, codes = self.context.assertion, self.context.cue, self.context.section, self.context.codes
+        else:
+            status, cue, section, codes = ["present"] * n, [None] * n, [None] * n, [[] for _ in range(n)]
         out = []
         for i, (a, b) in enumerate(itertools.pairwise(self._entity_cuts().tolist())):
             text = texts[i]
             entities = [
-                {"label": types[label[k]], "start": start[k], "end": end[k], "text": text[start[k] : end[k]], "confidence": confidence[k]}
+                {
+                    "label": types[label[k]],
+                    "start": start[k],
+                    "end": end[k],
+                    "text": text[start[k] : end[k]],
+                    "confidence": confidence[k],
+                    "assertion": status[k],
+                    "assertion_cue": cue[k],
+                    "section": section[k],
+                    "codes": codes[k],
+                }
                 for k in range(a, b)
             ]
             out.append({**head, "labels": [], "entities": entities})
@@ -113,7 +165,7 @@ class TaskColumns:
                 model_name=record["model_name"],
                 model_version=record["model_version"],
                 labels=[DocumentLabel(**d) for d in record["labels"]],
-                entities=[Entity(**e) for e in record["entities"]],
+                entities=[Entity.model_validate(e) for e in record["entities"]],
             )
             outputs.append(TaskOutput(result, decided))
         return outputs

