@@ -30,7 +30,11 @@ browser:
 	fi
 	@chromium --version 2>/dev/null | head -1
 
-demo: venv
+# The ICD-10-CM index the disease task codes with (ehrstream.toml: coding = "icd10cm"): built once, about 3 minutes
+models/icd10cm/index.json: | venv
+	$(BIN)/ehrstream codes build
+
+demo: venv models/icd10cm/index.json
 	$(BIN)/ehrstream demo --notes $(NOTES) --datasets $(DATASETS)
 
 lint: venv

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from agents.config import TaskSettings, TopicSettings, default_tasks
+from agents.config import DEFAULT_MODELS, TaskSettings, TopicSettings, default_tasks
 from streams.errors import ConfigError
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "password", "secret", "default", "clickhouse"}
@@ -145,6 +145,8 @@ class Settings(BaseSettings):
     sink_group: str = "ehrstream-sink"
 
     tasks: list[TaskSettings] = Field(default_factory=default_tasks)
+    #: the ICD-10-CM search index of tasks with ``coding = "icd10cm"`` (``ehrstream codes build`` writes it)
+    icd10cm_index: Path = DEFAULT_MODELS / "icd10cm"
 
     #: micro-batch bounds of the extraction agent
     batch_max_notes: int = Field(default=64, ge=1)
@@ -240,7 +242,7 @@ class Settings(BaseSettings):
             return settings
         base = config_file.resolve().parent
         tasks = [t.model_copy(update={"model_dir": base / t.model_dir}) for t in settings.tasks]  # an absolute path stays
-        return settings.model_copy(update={"tasks": tasks})
+        return settings.model_copy(update={"tasks": tasks, "icd10cm_index": base / settings.icd10cm_index})
 
     def child_config(self, bootstrap: str | None = None) -> dict[str, Any]:
         """Every setting a child process needs (a worker of the embedded stack or the bench, a test's subprocess),
@@ -250,6 +252,7 @@ class Settings(BaseSettings):
         update: dict[str, Any] = {
             "data_dir": self.data_dir.resolve(),
             "tasks": [t.model_copy(update={"model_dir": t.model_dir.resolve()}) for t in self.tasks],
+            "icd10cm_index": self.icd10cm_index.resolve(),
         }
         if bootstrap is not None:
             update["kafka_bootstrap_servers"] = bootstrap

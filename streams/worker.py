@@ -11,12 +11,15 @@ from collections.abc import Sequence
 
 import faust
 
+from agents.clinical.annotator import ClinicalAnnotator
 from agents.extraction import AgentConfig, register_extraction_agent
 from agents.pipeline import ExtractionPipeline
 from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
 from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter
+from schemas.extraction import TaskKind
+from streams.errors import ConfigError
 from streams.kafka.clients import faust_broker_settings
 from streams.kafka.worker_consumer import WorkerApp
 from streams.metrics import record_batch
@@ -45,6 +48,27 @@ def build_runners(settings: Settings, reference: bool = False) -> list[ModelRunn
     return runners
 
 
+def build_clinical(settings: Settings) -> dict[str, ClinicalAnnotator]:
+    """Per NER task with ``clinical`` on: its annotator (the rules compile once; one ICD-10-CM coder is shared by the
+    tasks that code)."""
+    coder = None
+    out = {}
+    for task in settings.tasks:
+        if task.kind is not TaskKind.ner or not task.clinical:
+            continue
+        if task.coding == "icd10cm" and coder is None:
+            from agents.clinical.coding import Icd10Coder
+
+            if not (settings.icd10cm_index / "index.json").exists():
+                raise ConfigError(
+                    "icd10cm_index",
+                    f"task {task.name} codes to ICD-10-CM but {settings.icd10cm_index} has no index; run `ehrstream codes build`",
+                )
+            coder = Icd10Coder.load(settings.icd10cm_index)
+        out[task.name] = ClinicalAnnotator(coder if task.coding == "icd10cm" else None)
+    return out
+
+
 def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequence[ModelRunner] | None = None) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates its datadir, but not the parents
     app = WorkerApp(
@@ -70,6 +94,7 @@ def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequ
         settings.max_note_bytes,
         settings.max_record_bytes,
         codecs=codecs,
+        clinical=build_clinical(settings),
     )
     config = AgentConfig(settings.topics, settings.topic_partitions, settings.batch_max_notes, settings.batch_max_seconds)
     register_extraction_agent(app, config, pipeline, on_batch=record_batch)

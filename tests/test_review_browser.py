@@ -187,3 +187,71 @@ def test_reviewer_fixes_a_note_in_the_browser_and_the_loop_closes(
     assert [(e.text, e.spans) for e in found.examples] == [(NOTE_TEXT, [(*GOUT, "Disease")])]
     log_text = (tmp_path / "worker.log").read_text()
     assert "MRN-424242" not in log_text and "gout" not in log_text
+
+
+def test_reviewer_sets_assertion_and_code_from_the_keyboard(
+    broker: TansuBroker, tiny_settings: Settings, database: ChdbBackend, chrome: WebDriver
+) -> None:
+    """A span with its model assertion and three code candidates: ``s`` cycles the assertion, ``i`` opens the code
+    picker, the second candidate is chosen; the decision carries both, with set_assertion and set_code changes."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from schemas.extraction import Assertion, Code
+    from schemas.review_decision import ChangeAction, ReviewDecision
+    from schemas.review_task import ReasonKind, ReviewReason
+    from tests.review_helpers import pending_note, store_pending
+
+    settings = review_settings(tiny_settings)
+    extraction, task = pending_note("codes-1")
+    codes = [
+        Code(system="ICD10CM", code="J45.909", display="Unspecified asthma, uncomplicated", score=0.61),
+        Code(system="ICD10CM", code="J45.901", display="Unspecified asthma with (acute) exacerbation", score=0.58),
+        Code(system="ICD10CM", code="J45.20", display="Mild intermittent asthma, uncomplicated", score=0.5),
+    ]
+    disease = extraction.results[1]
+    entity = disease.entities[0].model_copy(update={"assertion": Assertion.present, "assertion_cue": None, "codes": codes})
+    results = [extraction.results[0], disease.model_copy(update={"entities": [entity]})]
+    reasons = [
+        *task.reasons,
+        ReviewReason(task="disease", kind=ReasonKind.code, label="Disease", start=8, end=14, confidence=0.61, threshold=0.7),
+    ]
+    store_pending(database, (extraction.model_copy(update={"results": results}), task.model_copy(update={"reasons": reasons})))
+    ensure_topics(settings, broker.bootstrap)
+    review = start_review_server(settings, database, broker.bootstrap, "127.0.0.1", 0)
+    try:
+        wait = WebDriverWait(chrome, 20)
+        chrome.get(review.url + "/")
+        wait.until(ec.presence_of_element_located((By.ID, "sign-in")))
+        chrome.find_element(By.ID, "reviewer").send_keys("alice")
+        chrome.find_element(By.ID, "password").send_keys(PASSWORDS["alice"], Keys.ENTER)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "who"), "alice"))
+        chrome.find_element(By.TAG_NAME, "body").send_keys("n")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "note-text"), "gout"))
+        assert "doubtful code for Disease at 8–14" in chrome.find_element(By.ID, "reasons").text
+        row = chrome.find_element(By.CSS_SELECTOR, "#span-rows tr")
+        assert row.find_element(By.CSS_SELECTOR, "td.code").text.startswith("J45.909 Unspecified asthma")
+        ActionChains(chrome).send_keys("j").send_keys("s").perform()  # focus asthma; present -> absent
+        assert chrome.find_element(By.CSS_SELECTOR, "#span-rows tr td.assertion").text == "absent"
+        ActionChains(chrome).send_keys("i").perform()
+        wait.until(ec.visibility_of_element_located((By.ID, "code-choice")))
+        ActionChains(chrome).send_keys(Keys.ARROW_DOWN).send_keys(Keys.ENTER).perform()  # the second candidate
+        assert chrome.find_element(By.ID, "code-picker").get_attribute("hidden") is not None
+        assert chrome.find_element(By.CSS_SELECTOR, "#span-rows tr td.code").text.startswith("J45.901")
+        ActionChains(chrome).key_down(Keys.SHIFT).send_keys("2").key_up(Keys.SHIFT).perform()  # document label: neuro
+        ActionChains(chrome).key_down(Keys.CONTROL).send_keys(Keys.ENTER).key_up(Keys.CONTROL).perform()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Saved: revision 1"))
+    finally:
+        review.stop()
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, consumer_timeout_ms=1500)
+    topic = settings.topics.review_decisions
+    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    (decision,) = [PLAIN.of(ReviewDecision).decode(m.value) for m in consumer]
+    consumer.close()
+    (reviewed,) = next(r for r in decision.results if r.task == "disease").entities
+    assert (reviewed.assertion, reviewed.assertion_cue) == (Assertion.absent, "reviewer")
+    assert [c.code for c in reviewed.codes] == ["J45.901", "J45.909", "J45.20"] and reviewed.codes[0].score == 1.0
+    assert reviewed.codes[0].display == "Unspecified asthma with (acute) exacerbation"
+    actions = [c.action for c in decision.changes if c.task == "disease"]
+    assert actions == [ChangeAction.accept, ChangeAction.set_assertion, ChangeAction.set_code]

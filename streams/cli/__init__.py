@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from schemas.errors import EhrstreamError
-from streams.cli import data, ml, ops, serving
+from streams.cli import clinical, data, ml, ops, serving
 from streams.cli.options import CliContext, option
 
 log = logging.getLogger("ehrstream")
@@ -76,6 +76,7 @@ for command in (
     data.export,
     data.reviewer,
     data.review_health,
+    data.silver_labels,
 ):
     main.add_command(command)
 for command in (
@@ -83,6 +84,12 @@ for command in (
     ml.evaluate,
     ml.calibrate,
     ml.label,
+):
+    main.add_command(command)
+for command in (
+    clinical.assertion,
+    clinical.codes,
+    clinical.clinical_check,
 ):
     main.add_command(command)
 for command in (

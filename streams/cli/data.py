@@ -134,3 +134,35 @@ def review_health(obj: CliContext, as_json: bool) -> None:
         click.echo(f"\n{name}")
         columns = list(rows[0]) if rows else ["(none yet)"]
         click.echo(format_table(QueryResult(columns, [list(r.values()) for r in rows])))
+
+
+@click.command("silver-labels")
+@option(
+    "--export",
+    "export_dir",
+    envvar="EHRSTREAM_SILVER_EXPORT",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="FHIR bulk-export directory (DocumentReference, Condition, Patient NDJSON).",
+)
+@option("--train-out", envvar="EHRSTREAM_SILVER_TRAIN_OUT", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@option("--dev-out", envvar="EHRSTREAM_SILVER_DEV_OUT", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@option(
+    "--add-train",
+    envvar="EHRSTREAM_SILVER_ADD_TRAIN",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A labelled NER corpus appended to the train file.",
+)
+@option(
+    "--add-dev",
+    envvar="EHRSTREAM_SILVER_ADD_DEV",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A labelled NER corpus appended to the dev file.",
+)
+@option("--label", envvar="EHRSTREAM_SILVER_LABEL", default="Disease", show_default=True, help="Entity type of the conditions.")
+def silver_labels(export_dir: Path, train_out: Path, dev_out: Path, add_train: Path | None, add_dev: Path | None, label: str) -> None:
+    """Silver NER training data from a FHIR export: every occurrence of a patient's coded condition in their notes,
+    split by patient (JSON Lines, the format `train` reads)."""
+    from streams.learning.silver_labels import write_silver_files
+
+    click.echo(json.dumps(write_silver_files(export_dir, train_out, dev_out, add_train, add_dev, label)))

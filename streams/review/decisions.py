@@ -12,10 +12,12 @@ import json
 import uuid
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.clinical.sections import find_sections
 from schemas._base import utc_now
-from schemas.extraction import DocumentLabel, Entity, TaskKind, TaskResult
+from schemas.extraction import Assertion, Code, DocumentLabel, Entity, TaskKind, TaskResult
 from schemas.review_decision import Change, ChangeAction, ReviewDecision
 from streams.review.store import StoredNote
 
@@ -32,6 +34,10 @@ class SpanIn(BaseModel):
     label: str = Field(min_length=1, max_length=100)
     start: int = Field(ge=0)
     end: int = Field(ge=1)
+    #: the reviewer's assertion status; None keeps the model's (present for an added span)
+    assertion: Assertion | None = None
+    #: the reviewer's ICD-10-CM code (with or without its dot); None keeps the model's best code, "" removes it
+    code: str | None = Field(default=None, max_length=10)
 
 
 class TaskReview(BaseModel):
@@ -61,6 +67,59 @@ def _span(entity: Entity | SpanIn) -> dict[str, Any]:
     return {"label": entity.label, "start": entity.start, "end": entity.end}
 
 
+def _icd10cm(code: str) -> Code | None:
+    """The Code of a valid billable ICD-10-CM code, reviewer-chosen (score 1), or None."""
+    import simple_icd_10_cm as cm
+
+    code = code.strip().upper()
+    if not cm.is_valid_item(code) or not cm.is_leaf(code):
+        return None
+    dotted = cm.add_dot(code)
+    return Code(system="ICD10CM", code=dotted, display=cm.get_description(dotted), score=1.0)
+
+
+def _reviewed_entity(span: SpanIn, base: Entity | None, text: str, section: str | None) -> Entity:
+    """The entity a reviewed span becomes: the reviewer's assertion and code where given, else the model's."""
+    assertion = span.assertion or (base.assertion if base else Assertion.present)
+    cue = base.assertion_cue if base and assertion == base.assertion else ("reviewer" if span.assertion else None)
+    if span.code is None:
+        codes = base.codes if base else []
+    elif span.code == "":
+        codes = []
+    else:
+        chosen = _icd10cm(span.code)
+        assert chosen is not None  # checked in _check_spans
+        codes = [chosen, *[c for c in (base.codes if base else []) if c.code != chosen.code][:2]]
+    return Entity(
+        label=span.label,
+        start=span.start,
+        end=span.end,
+        text=text[span.start : span.end],
+        confidence=1.0,
+        assertion=assertion,
+        assertion_cue=cue,
+        section=base.section if base else section,
+        codes=codes,
+    )
+
+
+def _meaning_changes(task: str, entity: Entity, reviewed: Entity) -> list[Change]:
+    out = []
+    if reviewed.assertion != entity.assertion:
+        before, after = (
+            _json({**_span(entity), "assertion": entity.assertion.value}),
+            _json({**_span(reviewed), "assertion": reviewed.assertion.value}),
+        )
+        out.append(Change(task=task, action=ChangeAction.set_assertion, before=before, after=after))
+    old_code = entity.codes[0].code if entity.codes else None
+    new_code = reviewed.codes[0].code if reviewed.codes else None
+    if new_code != old_code:
+        score = round(entity.codes[0].score, 6) if entity.codes else None
+        before, after = _json({**_span(entity), "code": old_code, "score": score}), _json({**_span(reviewed), "code": new_code})
+        out.append(Change(task=task, action=ChangeAction.set_code, before=before, after=after))
+    return out
+
+
 def _check_spans(task: str, spans: list[SpanIn], text: str, allowed: list[str], problems: list[str]) -> None:
     previous_end = -1
     for span in sorted(spans, key=lambda s: (s.start, s.end)):
@@ -74,6 +133,8 @@ def _check_spans(task: str, spans: list[SpanIn], text: str, allowed: list[str], 
             problems.append(f"{where} overlaps the span before it")
         if allowed and span.label not in allowed:
             problems.append(f"{where} has label {span.label!r}; expected one of {allowed}")
+        if span.code and _icd10cm(span.code) is None:
+            problems.append(f"{where} has code {span.code!r}, which is not a billable ICD-10-CM code")
         previous_end = max(previous_end, span.end)
 
 
@@ -120,23 +181,27 @@ def build_decision(request: DecisionRequest, note: StoredNote, reviewer_id: str,
             if problems:
                 continue
             wanted = {(s.start, s.end): s for s in review.entities}
+            model = {(e.start, e.end): e for e in base.entities}
+            sections = find_sections(note.text)
+            reviewed = {
+                (s.start, s.end): _reviewed_entity(s, model.get((s.start, s.end)), note.text, sections.at(np.array([s.start]))[0])
+                for s in review.entities
+            }
             for entity in base.entities:
                 kept = wanted.get((entity.start, entity.end))
                 before = _json({**_span(entity), "confidence": round(entity.confidence, 6)})
                 if kept is None:
                     changes.append(Change(task=review.task, action=ChangeAction.reject_span, before=before))
-                elif kept.label == entity.label:
+                    continue
+                if kept.label == entity.label:
                     changes.append(Change(task=review.task, action=ChangeAction.accept, before=before, after=_json(_span(kept))))
                 else:
                     changes.append(Change(task=review.task, action=ChangeAction.relabel_span, before=before, after=_json(_span(kept))))
-            model_spans = {(e.start, e.end) for e in base.entities}
+                changes += _meaning_changes(review.task, entity, reviewed[(entity.start, entity.end)])
             for span in sorted(review.entities, key=lambda s: s.start):
-                if (span.start, span.end) not in model_spans:
+                if (span.start, span.end) not in model:
                     changes.append(Change(task=review.task, action=ChangeAction.add_span, after=_json(_span(span))))
-            entities = [
-                Entity(label=s.label, start=s.start, end=s.end, text=note.text[s.start : s.end], confidence=1.0)
-                for s in sorted(review.entities, key=lambda s: s.start)
-            ]
+            entities = [reviewed[key] for key in sorted(reviewed)]
             results.append(base.model_copy(update={"labels": [], "entities": entities}))
     if problems:
         raise DecisionInvalid(problems)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from schemas.extraction import DocumentLabel, Entity, TaskKind, TaskResult
+from schemas.extraction import Code, DocumentLabel, Entity, TaskKind, TaskResult
 from streams.query.reader import Reader
 from streams.sink.backend import as_utc
 
@@ -98,13 +98,13 @@ class ReviewStore:
     def note(self, note_id: str) -> StoredNote | None:
         """The note's newest revision, with the review reasons recorded for that revision."""
         rows = self.reader.query(
-            "SELECT note_id, revision, status, note_type, created_at, text, models, doc_labels, entities "  # noqa: S608
+            "SELECT note_id, revision, status, note_type, created_at, text, models, doc_labels, entities, entity_context "  # noqa: S608
             f"FROM {self.db}.extractions FINAL WHERE note_id = {{id:String}} ORDER BY revision DESC LIMIT 1",
             {"id": note_id},
         ).rows
         if not rows:
             return None
-        note_id, revision, status, note_type, created_at, text, models, doc_labels, entities = rows[0]
+        note_id, revision, status, note_type, created_at, text, models, doc_labels, entities, context = rows[0]
         reasons = self.reader.query(
             f"SELECT reasons FROM {self.db}.review_tasks FINAL WHERE note_id = {{id:String}} AND revision = {{rev:UInt32}}",  # noqa: S608
             {"id": note_id, "rev": int(revision)},
@@ -116,12 +116,14 @@ class ReviewStore:
             note_type=str(note_type),
             created_at=iso(created_at),
             text=str(text),
-            results=self._results(dict(models), doc_labels, entities),
+            results=self._results(dict(models), doc_labels, entities, context),
             reasons=[_reason(x) for x in reasons[0][0]] if reasons else [],
         )
 
-    def _results(self, models: dict[str, str], doc_labels: list[Any], entities: list[Any]) -> list[TaskResult]:
+    def _results(self, models: dict[str, str], doc_labels: list[Any], entities: list[Any], context: list[Any]) -> list[TaskResult]:
+        """Each task's result; ``context[i]`` is the clinical meaning of ``entities[i]`` (empty for rows written before it)."""
         out = []
+        meaning = [_meaning(context[i]) if i < len(context) else {} for i in range(len(entities))]
         for task, model in sorted(models.items()):
             name, _, version = model.rpartition("@")
             labels = [
@@ -134,8 +136,9 @@ class ReviewStore:
                     end=int(x["end"]),
                     text=x["text"],
                     confidence=min(1.0, float(x["confidence"])),
+                    **m,
                 )
-                for x in entities
+                for x, m in zip(entities, meaning, strict=True)
                 if x["task"] == task
             ]
             kind = self.task_kinds.get(task, TaskKind.classification if labels else TaskKind.ner)
@@ -188,6 +191,19 @@ class ReviewStore:
                 f"SELECT task, label, items, accepted, corrected, added, agreement FROM {db}.review_agreement ORDER BY task, label"  # noqa: S608
             ),
         }
+
+
+def _meaning(value: Any) -> dict[str, Any]:
+    """The Entity fields of one ``entity_context`` tuple (chdb and the server return named tuples as dicts)."""
+    codes = [
+        Code(system=c["system"], code=c["code"], display=c["display"], score=min(1.0, max(0.0, float(c["score"])))) for c in value["codes"]
+    ]
+    return {
+        "assertion": value["assertion"] or "present",
+        "assertion_cue": value["assertion_cue"],
+        "section": value["section"],
+        "codes": codes,
+    }
 
 
 def _plain(value: Any) -> Any:

@@ -29,6 +29,7 @@ TABLE_COLUMNS: dict[str, list[str]] = {
         "models",
         "doc_labels",
         "entities",
+        "entity_context",
         "processed_at",
         "kafka_partition",
         "kafka_offset",
@@ -78,6 +79,16 @@ def extraction_row(e: Extraction, partition: int, offset: int) -> dict[str, Any]
         "doc_labels": [{"task": r.task, "label": lab.label, "probability": lab.probability} for r in e.results for lab in r.labels],
         "entities": [
             {"task": r.task, "label": en.label, "start": en.start, "end": en.end, "text": en.text, "confidence": en.confidence}
+            for r in e.results
+            for en in r.entities
+        ],
+        "entity_context": [
+            {
+                "assertion": en.assertion.value,
+                "assertion_cue": en.assertion_cue,
+                "section": en.section,
+                "codes": [{"system": c.system, "code": c.code, "display": c.display, "score": c.score} for c in en.codes],
+            }
             for r in e.results
             for en in r.entities
         ],

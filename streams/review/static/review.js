@@ -17,6 +17,8 @@ const state = {
 };
 
 const $ = (id) => document.getElementById(id);
+const ASSERTIONS = ["present", "absent", "possible", "hypothetical", "historical", "family"];
+const firstCode = (e) => (e.codes && e.codes.length ? e.codes[0].code : "");
 
 function setStatus(text, isError) {
   const el = $("status");
@@ -148,7 +150,11 @@ async function show(noteId, lease) {
   state.docTask = null;
   for (const r of note.results) {
     if (r.kind === "ner") {
-      state.work[r.task] = { kind: "ner", entities: r.entities.map((e) => ({ ...e, origin: "model", accepted: false, before: e.label })) };
+      state.work[r.task] = { kind: "ner", entities: r.entities.map((e) => ({
+        ...e, origin: "model", accepted: false, before: e.label,
+        assertion: e.assertion || "present", beforeAssertion: e.assertion || "present",
+        code: firstCode(e), beforeCode: firstCode(e),
+      })) };
       state.nerTask = state.nerTask || r.task;
     } else {
       const top = r.labels.length ? r.labels.reduce((a, b) => (b.probability > a.probability ? b : a)) : null;
@@ -169,7 +175,8 @@ async function show(noteId, lease) {
   for (const r of note.reasons) {
     const li = document.createElement("li");
     const where = r.start === null ? "" : " at " + r.start + "–" + r.end;
-    const what = { document_label: "document label", entity: "span", possible_entity: "possible missed span" }[r.kind] || r.kind;
+    const what = { document_label: "document label", entity: "span", possible_entity: "possible missed span",
+      code: "doubtful code for", assertion: "doubtful assertion for" }[r.kind] || r.kind;
     li.textContent = r.task + ": " + what + " " + r.label + where + " (" + Number(r.confidence).toFixed(2) + " < " + Number(r.threshold).toFixed(2) + ")";
     reasons.appendChild(li);
   }
@@ -270,7 +277,9 @@ function renderText() {
       el.className = "ent " + colorOf(e.label) + (item.index === state.focus ? " focused" : "") + (e.accepted ? " accepted" : "")
         + (e.origin === "model" && isLow(e) ? " low" : "");
       el.dataset.index = String(item.index);
-      el.title = e.label + (e.origin === "model" ? " · model " + Number(e.confidence).toFixed(2) : " · added");
+      el.title = e.label + (e.origin === "model" ? " · model " + Number(e.confidence).toFixed(2) : " · added")
+        + " · " + e.assertion + (e.code ? " · " + e.code : "");
+      if (e.assertion !== "present") el.classList.add("asserted-" + e.assertion);
       el.addEventListener("click", (ev) => { if (window.getSelection().isCollapsed) { state.focus = item.index; render(); ev.stopPropagation(); } });
     } else {
       el.className = "hint";
@@ -294,15 +303,21 @@ function renderSpans() {
     const tr = body.insertRow();
     tr.className = i === state.focus ? "focused" : "";
     tr.dataset.index = String(i);
+    const chosen = (e.codes || []).find((c) => c.code === e.code);
     const cells = [
       String(i + 1),
       e.label,
       e.text,
       e.start + "–" + e.end,
       e.origin === "model" ? Number(e.confidence).toFixed(2) : "",
+      e.assertion + (e.assertion === e.beforeAssertion && e.assertion_cue ? " (" + e.assertion_cue + ")" : ""),
+      e.section || "",
+      e.code ? e.code + (chosen ? " " + chosen.display + (chosen.score < 1 ? " " + Number(chosen.score).toFixed(2) : "") : "") : "",
       e.origin === "added" ? "added" : (e.label !== e.before ? "relabelled from " + e.before : (e.accepted ? "accepted" : "model")),
     ];
     for (const c of cells) tr.insertCell().textContent = c;
+    tr.cells[5].className = "assertion";
+    tr.cells[7].className = "code";
     const del = document.createElement("button");
     del.type = "button";
     del.textContent = "delete";
@@ -340,7 +355,8 @@ function addSelection(label) {
   const entities = state.work[state.nerTask].entities;
   const clash = entities.find((e) => e.start < range.end && range.start < e.end);
   if (clash) { setStatus("The selection overlaps the span “" + clash.text + "”; delete that span first.", true); return true; }
-  entities.push({ label, start: range.start, end: range.end, text: state.note.text.slice(range.start, range.end), confidence: 1, origin: "added", accepted: true, before: label });
+  entities.push({ label, start: range.start, end: range.end, text: state.note.text.slice(range.start, range.end), confidence: 1, origin: "added", accepted: true, before: label,
+    assertion: "present", beforeAssertion: "present", code: "", beforeCode: "", codes: [] });
   entities.sort((x, y) => x.start - y.start);
   state.focus = entities.findIndex((e) => e.start === range.start);
   window.getSelection().removeAllRanges();
@@ -368,6 +384,47 @@ function moveFocus(step) {
   if (el) el.scrollIntoView({ block: "nearest" });
 }
 
+function focused() {
+  return state.nerTask && state.focus >= 0 ? state.work[state.nerTask].entities[state.focus] : null;
+}
+
+function cycleAssertion() {
+  const e = focused();
+  if (!e) { setStatus("Focus a span first (j / k).", true); return; }
+  e.assertion = ASSERTIONS[(ASSERTIONS.indexOf(e.assertion) + 1) % ASSERTIONS.length];
+  e.accepted = true;
+  setStatus("Span " + e.start + "–" + e.end + " is now " + e.assertion + ".");
+  render();
+}
+
+function openCodePicker() {
+  const e = focused();
+  if (!e) { setStatus("Focus a span first (j / k).", true); return; }
+  const choice = $("code-choice");
+  const options = [...(e.codes || []).map((c) => [c.code, c.code + " " + c.display + " (" + Number(c.score).toFixed(2) + ")"]), ["", "no code"]];
+  choice.replaceChildren(...options.map(([value, text]) => { const o = document.createElement("option"); o.value = value; o.textContent = text; return o; }));
+  choice.value = options.some(([v]) => v === e.code) ? e.code : "";
+  $("code-other").value = options.some(([v]) => v === e.code) ? "" : e.code;
+  $("code-picker-span").textContent = e.text;
+  $("code-picker").hidden = false;
+  choice.focus();
+}
+
+function closeCodePicker(apply) {
+  const picker = $("code-picker");
+  if (picker.hidden) return;
+  picker.hidden = true;
+  const e = focused();
+  if (apply && e) {
+    const other = $("code-other").value.trim().toUpperCase();
+    e.code = other || $("code-choice").value;
+    e.accepted = true;
+    setStatus("Span " + e.start + "–" + e.end + " coded " + (e.code || "(none)") + ".");
+  }
+  render();
+  $("note-text").focus();
+}
+
 function cycle(kind) {
   const tasks = state.note.results.filter((r) => r.kind === kind).map((r) => r.task);
   if (tasks.length < 2) return;
@@ -382,7 +439,7 @@ async function submit() {
   const results = state.note.results.map((r) => {
     const w = state.work[r.task];
     return w.kind === "ner"
-      ? { task: r.task, entities: w.entities.map((e) => ({ label: e.label, start: e.start, end: e.end })) }
+      ? { task: r.task, entities: w.entities.map((e) => ({ label: e.label, start: e.start, end: e.end, assertion: e.assertion, code: e.code })) }
       : { task: r.task, label: w.label };
   });
   const body = { lease_id: state.lease.lease_id, base_revision: state.note.revision, results, comment: $("comment").value.trim() || null };
@@ -406,6 +463,11 @@ async function submit() {
 
 function onKey(ev) {
   const target = ev.target;
+  if (!$("code-picker").hidden) {
+    if (ev.key === "Enter") { ev.preventDefault(); closeCodePicker(true); }
+    else if (ev.key === "Escape") { ev.preventDefault(); closeCodePicker(false); }
+    return;
+  }
   const typing = target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT" || target.tagName === "SELECT");
   if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); submit(); return; }
   if (typing || ev.altKey || ev.ctrlKey || ev.metaKey) return;
@@ -443,6 +505,8 @@ function onKey(ev) {
       if (state.focus >= 0) { state.work[state.nerTask].entities[state.focus].accepted = true; moveFocus(1); }
       break;
     case "x": case "Delete": case "Backspace": ev.preventDefault(); deleteFocused(); break;
+    case "s": ev.preventDefault(); cycleAssertion(); break;
+    case "i": ev.preventDefault(); openCodePicker(); break;
     case "t": cycle("ner"); break;
     case "c": cycle("classification"); break;
     case "Escape": state.focus = -1; window.getSelection().removeAllRanges(); $("help").hidden = true; render(); break;
@@ -480,6 +544,8 @@ async function start() {
   for (const id of ["f-task", "f-label", "f-type"]) $(id).addEventListener("change", refreshQueue);
   $("submit").addEventListener("click", submit);
   $("skip").addEventListener("click", nextTask);
+  $("code-apply").addEventListener("click", () => closeCodePicker(true));
+  $("code-cancel").addEventListener("click", () => closeCodePicker(false));
   $("help-button").addEventListener("click", () => { $("help").hidden = !$("help").hidden; });
   $("logout").addEventListener("click", async () => {
     await releaseCurrent();
