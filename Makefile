@@ -56,7 +56,14 @@ test: lint layers typecheck unit
 # dev splits with tools/train_sweep.sh; test splits are only read by `make evaluate`.
 models: venv
 	$(BIN)/ehrstream train --task disease --data $(DATASETS)/ncbi_disease/train.conll.tsv --dev $(DATASETS)/ncbi_disease/devel.conll.tsv \
-		--max-length 128 --epochs 15 --lora-r 16 --learning-rate 5e-4 --out models/disease
+		--max-length 128 --epochs 15 --lora-r 16 --learning-rate 5e-4 --out .stage/disease-ncbi
+	# then clinical-note layout: silver labels from the Synthea export's coded conditions (6 patients train, 3 dev),
+	# NCBI-disease train/dev alongside so the model keeps what it learned
+	mkdir -p .stage
+	$(BIN)/ehrstream silver-labels --export $(DATASETS)/synthea_fhir --train-out .stage/silver-train.jsonl --dev-out .stage/silver-dev.jsonl \
+		--add-train $(DATASETS)/ncbi_disease/train.conll.tsv --add-dev $(DATASETS)/ncbi_disease/devel.conll.tsv
+	$(BIN)/ehrstream train --task disease --data .stage/silver-train.jsonl --dev .stage/silver-dev.jsonl --init-from .stage/disease-ncbi \
+		--max-length 128 --epochs 2 --lora-r 16 --learning-rate 2e-4 --out models/disease
 	$(BIN)/ehrstream train --task condition --data $(DATASETS)/medical_abstracts/train.csv --dev $(DATASETS)/medical_abstracts/dev.csv \
 		--max-length 256 --epochs 8 --lora-r 16 --learning-rate 5e-4 --out models/condition
 

@@ -10,6 +10,7 @@ from agents.runners.spans import SpanArrays
 from agents.types import BatchResult
 from schemas.extraction import Entity, TaskKind
 from schemas.review_task import ReasonKind
+from streams.settings import Settings
 
 NOTES = [
     "CHIEF COMPLAINT: cough.\nHISTORY OF PRESENT ILLNESS: No fever. History of COPD.\nFAMILY HISTORY: Mother with diabetes.",
@@ -64,3 +65,30 @@ def _one(text: str, word: str) -> TaskColumns:
     start = text.index(word)
     spans = SpanArrays(np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([start]), np.array([start + len(word)]), np.array([0.9]))
     return TaskColumns("disease", TaskKind.ner, "m", "1", ["Disease"], 1, entities=spans, possible=SpanArrays.none())
+
+
+def test_on_real_fhir_notes_no_entity_crosses_layout_whatever_the_model_tags(tiny_settings: Settings) -> None:
+    """``ehrstream clinical-check`` with a random tiny NER model (it tags arbitrary words, names and headers included)
+    on the held-out Synthea patients: the layer alone guarantees the layout rules and the "No Known Allergies" reading."""
+    from streams.clinical.synthea_check import check_export
+    from tests.conftest import DATASETS, REPO
+
+    export = DATASETS / "synthea_fhir"
+    result = check_export(tiny_settings, export, REPO / "tests/data/icd10cm/synthea_conditions.tsv", "disease", "cpu", held_out=True)
+    assert result["patients"] == 3 and result["notes"] > 100 and result["entities"] > 100
+    layout = {k: result[k] for k in ("with_line_break", "in_header", "with_name", "only_tag", "no_known_allergies_present")}
+    assert layout == dict.fromkeys(layout, 0)
+
+
+def test_a_span_that_starts_with_its_own_negation_starts_after_it() -> None:
+    text = "# Allergies\nNo Known Allergies.\nDenies chest pain."
+    columns = ClinicalAnnotator().annotate(BatchResult(), [text], _one(text, "No Known Allergies"))
+    (entity,) = columns.result_records([text])[0]["entities"]
+    assert (entity["text"], entity["assertion"], entity["assertion_cue"], entity["section"]) == (
+        "Allergies",
+        "absent",
+        "No Known",
+        "allergies",
+    )
+    only_cue = ClinicalAnnotator().annotate(BatchResult(), [text], _one(text, "Denies"))
+    assert only_cue.result_records([text])[0]["entities"] == []

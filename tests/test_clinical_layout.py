@@ -109,3 +109,8 @@ def test_names_are_never_entities() -> None:
     assert kept == ["acute bronchitis"]
     assert _refine(DISCHARGE, [titled, field, _span(DISCHARGE, "COPD exacerbation")]) == ["COPD exacerbation"]
     assert _refine(age_line, [_span(age_line, "John Smith"), _span(age_line, "asthma")]) == ["asthma"]
+
+
+def test_a_span_across_inline_bullets_is_cut_at_each_bullet() -> None:
+    text = "Problems: \u2022 asthma \u2022 COPD"
+    assert _refine(text, [_span(text, "asthma \u2022 COPD")]) == ["asthma", "COPD"]

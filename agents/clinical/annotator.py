@@ -12,13 +12,34 @@ from typing import Protocol
 
 import numpy as np
 
-from agents.clinical.assertion import ASSERTIONS, AssertionClassifier, section_defaults
+from agents.clinical.assertion import ASSERTIONS, AssertionArrays, AssertionClassifier, section_defaults
 from agents.clinical.layout import refine
 from agents.clinical.sections import find_sections
 from agents.runners.columns import EntityContext, TaskColumns
+from agents.runners.spans import SpanArrays
 from agents.types import BatchResult
 
 PRESENT = len(ASSERTIONS) - 1
+
+
+def _past_leading_cues(
+    texts: list[str], entities: SpanArrays, section: list[str | None], found: AssertionArrays
+) -> tuple[SpanArrays, list[str | None], AssertionArrays]:
+    """Entities whose span starts with their own cue ("No Known Allergies") start after it ("Allergies"); an entity
+    that is nothing but a cue ("No Known") goes. Only the few such entities are touched."""
+    lead = (found.cue_start == entities.start) & (found.cue_end > entities.start)
+    if not lead.any():
+        return entities, section, found
+    start = entities.start.copy()
+    for k in np.nonzero(lead)[0].tolist():
+        text, a = texts[int(entities.note[k])], int(found.cue_end[k])
+        while a < entities.end[k] and text[a].isspace():
+            a += 1
+        start[k] = a
+    keep = start < entities.end
+    spans = SpanArrays(entities.note[keep], entities.label[keep], start[keep], entities.end[keep], entities.confidence[keep])
+    kept = AssertionArrays(found.status[keep], found.cue_start[keep], found.cue_end[keep], found.readings[keep])
+    return spans, [s for s, k in zip(section, keep.tolist(), strict=True) if k], kept
 
 
 class Coder(Protocol):
@@ -48,6 +69,7 @@ class ClinicalAnnotator:
                         section[k] = name
         with result.timed("assertion"):
             found_status = self.assertions.classify(texts, entities.note, entities.start, entities.end, section_defaults(section))
+            entities, section, found_status = _past_leading_cues(texts, entities, section, found_status)
             cues = [
                 texts[note][a:b] if a >= 0 else (f"section: {section[k]}" if status != PRESENT and section[k] else None)
                 for k, (note, a, b, status) in enumerate(

@@ -209,9 +209,13 @@ class AssertionClassifier:
         cat = c_cat[pc]
         governing = cat < _PSEUDO
         ms, me, cs, ce = t_start[pm], t_end[pm], c_start[pc], c_end[pc]
-        before = governing & c_fwd[pc] & (ce <= ms)
-        after = governing & c_bwd[pc] & (cs >= me)
-        gap_from, gap_to = np.where(after, me, ce), np.where(after, cs, ms)
+        # a cue that starts before the mention governs it forward, one that ends after it backward, even when the
+        # model's span took some of the cue's words ("No [Known Allergies]") or starts with the cue ("[No Known
+        # Allergies]": the annotator then moves the span past it); a cue elsewhere inside the mention governs nothing
+        before = governing & c_fwd[pc] & (cs <= ms) & (ce <= me)
+        after = governing & c_bwd[pc] & (ce > me) & (cs >= ms) & ~before
+        gap_from = np.where(after, me, np.minimum(ce, ms))
+        gap_to = np.where(after, np.maximum(cs, me), ms)
         words_between = np.searchsorted(words, gap_to, side="left") - np.searchsorted(words, gap_from, side="left")
         ok = (before | after) & (words_between <= c_cap[pc])
         # a terminator, or a cue of another category, between the cue and the mention ends the scope
@@ -226,7 +230,7 @@ class AssertionClassifier:
             a, b = gap_from[mask], gap_to[mask]
             blocked = np.searchsorted(barrier, b, side="left") - np.searchsorted(barrier, a, side="left") > 0
             ok[np.nonzero(mask)[0][blocked]] = False
-        distance = np.where(after, cs - me, ms - ce)
+        distance = gap_to - gap_from
         # the winner per mention: lowest category (PRIORITY order), then the nearest cue
         key = np.where(ok, cat * (1 << 40) + np.maximum(distance, 0), np.iinfo(np.int64).max)
         best = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)

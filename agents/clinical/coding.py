@@ -231,6 +231,7 @@ class Icd10Coder:
         for bit, (_, entry_test, _) in enumerate(FLAGS):
             hit = np.array([bool(entry_test.search(code) or entry_test.search(text)) for code, text in described])
             self.flags |= hit.astype(np.int64) << bit
+        self._flag_values, self._flag_index = np.unique(self.flags, return_inverse=True)
         # among codes that fit equally well, the unspecified one: "Other hyperlipidemia" is a claim the mention may not make
         self.prior = np.array(
             [-0.03 if t.startswith("other ") else 0.01 if "unspecified" in t.split(" | ")[-1] else 0.0 for _, t in described],
@@ -319,10 +320,12 @@ class Icd10Coder:
         licensed = np.zeros(len(keys), dtype=np.int64)
         for bit, (_, _, mention_test) in enumerate(FLAGS):
             licensed |= np.array([bool(mention_test.search(k)) for k in keys], dtype=np.int64) << bit
-        unlicensed = self.flags[None, :] & ~licensed[:, None]
-        penalties = np.zeros(unlicensed.shape, dtype=np.float32)
+        # the entries' flags take few distinct values: the penalty per (mention, value), then one gather per entry
+        unlicensed = self._flag_values[None, :] & ~licensed[:, None]
+        per_value = np.zeros(unlicensed.shape, dtype=np.float32)
         for bit in range(len(FLAGS)):
-            penalties += ((unlicensed >> bit) & 1).astype(np.float32)
+            per_value += ((unlicensed >> bit) & 1).astype(np.float32)
+        penalties = per_value[:, self._flag_index]
         score = EMBEDDING_WEIGHT * meaning + (1 - EMBEDDING_WEIGHT) * wording - PENALTY * penalties + self.prior[None, :]
         results = []
         for row in score:

@@ -4,7 +4,8 @@ Rules (each tested in ``tests/test_clinical_layout.py``):
 
 - A span covers whole words: one that starts or ends inside a word ("-time employment" of "full-time employment")
   grows to the word's edges.
-- A span never crosses a line break or a list bullet: it is cut into one span per line, each trimmed.
+- A span never crosses a line break or a list bullet (at a line's start, or a bullet character within a line): it is
+  cut into one span per piece, each trimmed.
 - A span ends before a terminology tag: "stress (finding)" is "stress"; a span that is only a tag ("disorder") goes.
 - A span in a section header or field label ("# Allergies", "HPI:") goes: headers are layout, not findings.
 - A span that touches a person's name goes (names are PHI and never conditions): names written the way notes and
@@ -78,6 +79,9 @@ _FUNCTION_WORDS = frozenset(
         "with",
     ]
 )
+#: where a span must end: a line break, or a bullet character within a line ("• asthma • COPD")
+_BREAK = re.compile("[\n\u2022\u25aa\u25e6\u2023]")
+_PIECE = re.compile("[^\n\u2022\u25aa\u25e6\u2023]+")
 _EDGE = " \t\r\n-*\u2022,;:.[]/"
 
 
@@ -130,16 +134,16 @@ def refine(texts: Sequence[str], spans: SpanArrays, sections: Sequence[Sections]
         idx = np.searchsorted(tag_lo, end, side="left") - 1
         hit = (idx >= 0) & (tag_hi[np.maximum(idx, 0)] > start)
         end = np.where(hit, np.maximum(start, tag_lo[np.maximum(idx, 0)]), end)
-    # cut spans that cross a line, one piece per line
+    # cut spans that cross a line or a bullet, one piece each
     note, label, confidence = spans.note, spans.label, spans.confidence
-    newlines = np.array([m.start() for m in re.finditer("\n", joined)], dtype=np.int64)
-    crossing = np.searchsorted(newlines, end, side="left") > np.searchsorted(newlines, start, side="left")
+    breaks = np.array([m.start() for m in _BREAK.finditer(joined)], dtype=np.int64)
+    crossing = np.searchsorted(breaks, end, side="left") > np.searchsorted(breaks, start, side="left")
     if crossing.any():
         keep = ~crossing
         pieces = [
             (k, start[k] + m.start(), start[k] + m.end())
             for k in np.nonzero(crossing)[0].tolist()
-            for m in re.finditer(r"[^\n]+", joined[start[k] : end[k]])
+            for m in _PIECE.finditer(joined[start[k] : end[k]])
         ]
         picks = np.array([p[0] for p in pieces], dtype=np.int64)
         start = np.concatenate([start[keep], np.array([p[1] for p in pieces], dtype=np.int64)])

@@ -98,10 +98,11 @@ def codes_lookup(obj: CliContext, mentions: tuple[str, ...]) -> None:
 )
 @option("--task", envvar="EHRSTREAM_CHECK_TASK", default="disease", show_default=True)
 @option("--device", envvar="EHRSTREAM_DEVICE", default="auto", show_default=True)
+@click.option("--held-out", is_flag=True, help="Only the patients `silver-labels` keeps out of training (its dev split).")
 @click.pass_obj
-def clinical_check(obj: CliContext, export_dir: Path, mapping: Path, task: str, device: str) -> None:
+def clinical_check(obj: CliContext, export_dir: Path, mapping: Path, task: str, device: str, held_out: bool) -> None:
     """Run the NER task with its clinical layer over an export's notes and score layout, recall of the coded
     conditions, their ICD-10-CM codes and the assertion counts (one JSON object)."""
     from streams.clinical.synthea_check import check_export
 
-    click.echo(json.dumps(check_export(obj.settings(), export_dir, mapping, task, device)))
+    click.echo(json.dumps(check_export(obj.settings(), export_dir, mapping, task, device, held_out)))

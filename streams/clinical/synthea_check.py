@@ -152,8 +152,9 @@ def _score(
                 result.wrong_codes[f"{name}: {got or '-'} (want {gold})"] += 1
 
 
-def check_export(settings: Any, export_dir: Path, mapping_file: Path, task: str, device: str) -> dict[str, Any]:
-    """:func:`run_check` with the configured task (its model, quantisation and clinical layer) on ``device``."""
+def check_export(settings: Any, export_dir: Path, mapping_file: Path, task: str, device: str, held_out: bool = False) -> dict[str, Any]:
+    """:func:`run_check` with the configured task (its model, quantisation and clinical layer) on ``device``.
+    ``held_out``: only the patients ``ehrstream silver-labels`` keeps out of training (its dev split)."""
     import time
 
     from agents.routing import RoutingPolicy
@@ -175,6 +176,11 @@ def check_export(settings: Any, export_dir: Path, mapping_file: Path, task: str,
         clinical=build_clinical(settings),
     )
     notes = [n for _, _, n in read_notes(export_dir / "DocumentReference.ndjson", "fhir") if not isinstance(n, str)]
+    if held_out:
+        from streams.learning.silver_labels import dev_patients
+
+        kept = dev_patients(sorted({n.patient_id for n in notes}))
+        notes = [n for n in notes if n.patient_id in kept]
     started = time.perf_counter()
     result = run_check(pipeline, notes, export_dir, load_mapping(mapping_file), task)
-    return {**result.as_dict(), "seconds": round(time.perf_counter() - started, 1)}
+    return {**result.as_dict(), "patients": len({n.patient_id for n in notes}), "seconds": round(time.perf_counter() - started, 1)}

@@ -58,6 +58,11 @@ def label_note(text: str, displays: set[str], label: str) -> NerExample:
     return NerExample(text, [(a, b, label) for a, b in sorted(taken)])
 
 
+def dev_patients(patients: list[str], dev_every: int = 3) -> set[str]:
+    """The patients :func:`silver_split` holds out: every ``dev_every``-th in id order."""
+    return {p for i, p in enumerate(sorted(patients)) if i % dev_every == dev_every - 1}
+
+
 def silver_split(
     export_dir: Path, label: str = "Disease", dev_every: int = 3, max_notes_per_patient: int = 60, seed: int = 13
 ) -> SilverSplit:
