@@ -34,7 +34,12 @@ def test_bench_reports_raw_e2e_ratio_latency_and_stages(tiny_settings: Settings,
     assert result["latency_notes"] >= 20 and 0 < result["p50_ms"] <= result["p99_ms"]
     assert result["device"].startswith("cpu")
     stages = result["stage_ms_per_note"]
-    assert set(stages) == {"decode", "tokenise", "infer", "postprocess", "encode", "forward", "produce", "insert"}
+    assert set(stages) == {
+        *("decode", "tokenise", "infer", "postprocess", "encode", "forward", "produce", "insert"),
+        *("sections", "assertion", "coding"),  # the clinical layer of the NER task, a stage each (no coder configured here)
+    }
+    assert stages["sections"]["wall"] > 0 and stages["assertion"]["wall"] > 0 and stages["coding"]["wall"] == 0
+    assert result["clinical_share_of_model_stages"] > 0
     assert stages["infer"]["wall"] > 0 and stages["insert"]["wall"] > 0  # scraped from the worker and the sink
     assert 0 < stages["forward"]["wall"] <= stages["infer"]["wall"]  # the model's own share of infer
     # every process of the stack, read from /proc, and the model's forward calls taken out of it

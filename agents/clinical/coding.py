@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.clinical.terms import ABBREVIATIONS
+from agents.clinical.terms import ABBREVIATIONS, SEMANTIC_TAG
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ EMBEDDING_WEIGHT = 0.6
 PENALTY = 0.2
 TOP = 3
 _ENCOUNTER = re.compile(r",\s*(?:initial encounter|subsequent encounter|sequela)\b.*$", re.IGNORECASE)
-_TAG = re.compile(r"\s*\((?:disorder|finding|situation|procedure|morphologic abnormality|event|qualifier value)\)", re.IGNORECASE)
 _WORD = re.compile(r"[a-z0-9]+")
 _NAMED_TYPE = re.compile(r"\b(type (?:1|2|i|ii)|gestational|secondary|drug induced|steroid induced) type 2 diabetes mellitus(?: mellitus)?")
 _STOP = frozenset(
@@ -84,7 +83,7 @@ FLAGS: tuple[tuple[str, re.Pattern[str], re.Pattern[str]], ...] = (
 
 def clean(text: str) -> str:
     """Lower case, terminology tags dropped, spaces collapsed: how the table's own entries are searched."""
-    return " ".join(_TAG.sub("", text).lower().strip(" .,;:").split())
+    return " ".join(SEMANTIC_TAG.sub("", text).lower().strip(" .,;:").split())
 
 
 def normalise(mention: str) -> str:

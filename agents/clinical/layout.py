@@ -24,14 +24,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from agents.clinical.sections import Sections
+from agents.clinical.terms import SEMANTIC_TAG
 from agents.runners.spans import SpanArrays
 
 _SEPARATOR = "\n\n"
-_TAG = re.compile(
-    r"[ \t]*\((?:disorder|finding|situation|procedure|morphologic abnormality|event|body structure|qualifier value|"
-    r"observable entity|regime/therapy|clinical drug|substance|product|person|social concept)\)",
-    re.IGNORECASE,
-)
 _NAMES = re.compile(
     "|".join(
         (
@@ -129,7 +125,7 @@ def refine(texts: Sequence[str], spans: SpanArrays, sections: Sequence[Sections]
     inside_end = (end < len(word)) & word[np.maximum(end - 1, 0)] & word[np.minimum(end, len(word) - 1)]
     end = np.where(inside_end, run_end[np.maximum(end - 1, 0)], end)
     # terminology tags: end the span before the tag that it runs into
-    tag_lo, tag_hi = _intervals(_TAG, joined)
+    tag_lo, tag_hi = _intervals(SEMANTIC_TAG, joined)
     if len(tag_lo):
         idx = np.searchsorted(tag_lo, end, side="left") - 1
         hit = (idx >= 0) & (tag_hi[np.maximum(idx, 0)] > start)

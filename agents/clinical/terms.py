@@ -6,6 +6,21 @@ Keys are lower case and matched as whole words; the longest key wins where keys 
 
 from __future__ import annotations
 
+import re
+
+#: a SNOMED CT semantic tag after a term, as terminologies and generated notes print them: "Stress (finding)"
+SEMANTIC_TAG = re.compile(
+    r"[ \t]*\((?:disorder|finding|situation|procedure|morphologic abnormality|event|body structure|qualifier value|"
+    r"observable entity|regime/therapy|clinical drug|substance|product|person|social concept)\)",
+    re.IGNORECASE,
+)
+
+
+def without_tag(term: str) -> str:
+    """The term with its semantic tags removed, stripped."""
+    return SEMANTIC_TAG.sub("", term).strip()
+
+
 ABBREVIATIONS: dict[str, str] = {
     "t2dm": "type 2 diabetes mellitus",
     "dm2": "type 2 diabetes mellitus",

@@ -16,7 +16,6 @@ Reported (counts over every entity of every note):
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,8 +28,7 @@ from agents.clinical.sections import find_sections
 from agents.pipeline import ExtractionPipeline
 from schemas.clinical_note import ClinicalNote
 from schemas.extraction import Extraction
-
-_TAG = re.compile(r"\s*\((?:disorder|finding|situation|procedure)\)$", re.IGNORECASE)
+from streams.ingest.fhir_export import CodedCondition, encounter_conditions, patient_name_words
 
 
 @dataclass
@@ -62,14 +60,6 @@ class CheckResult:
         return out
 
 
-def _resources(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _ref(reference: str) -> str:
-    return reference.rsplit("/", 1)[-1]
-
-
 def load_mapping(path: Path) -> dict[str, str]:
     with path.open(encoding="utf-8") as fh:
         return {row["snomed"]: row["icd10cm"] for row in csv.DictReader(fh, delimiter="\t") if row["icd10cm"] != "-"}
@@ -78,15 +68,8 @@ def load_mapping(path: Path) -> dict[str, str]:
 def run_check(
     pipeline: ExtractionPipeline, notes: list[ClinicalNote], export_dir: Path, mapping: dict[str, str], task: str, batch: int = 32
 ) -> CheckResult:
-    conditions: dict[str, list[tuple[str, str]]] = {}
-    for c in _resources(export_dir / "Condition.ndjson"):
-        coding = c["code"]["coding"][0]
-        if "encounter" in c:
-            conditions.setdefault(_ref(c["encounter"]["reference"]), []).append((coding["code"], coding["display"]))
-    names: set[str] = set()
-    for p in _resources(export_dir / "Patient.ndjson"):
-        for name in p.get("name", []):
-            names.update(w.lower() for w in [*name.get("given", []), name.get("family", "")] if w)
+    conditions = encounter_conditions(export_dir)
+    names = patient_name_words(export_dir)
     codec = pipeline.codecs.of(Extraction)
     result = CheckResult()
     for lo in range(0, len(notes), batch):
@@ -109,7 +92,7 @@ def _score(
     result: CheckResult,
     extraction: Extraction,
     task: str,
-    conditions: dict[str, list[tuple[str, str]]],
+    conditions: dict[str, list[CodedCondition]],
     names: set[str],
     mapping: dict[str, str],
 ) -> None:
@@ -131,8 +114,8 @@ def _score(
         if e.assertion.value == "present" and any(a <= e.start < b for a, b in allergy):
             result.no_known_allergies_present += 1
     lower = text.lower()
-    for snomed, display in conditions.get(extraction.encounter_id or "", []):
-        name = _TAG.sub("", display).lower()
+    for condition in conditions.get(extraction.encounter_id or "", []):
+        snomed, name = condition.code, condition.name.lower()
         for m in re.finditer(re.escape(name), lower):
             result.condition_mentions += 1
             hit = [e for e in entities if e.start < m.end() and e.end > m.start()]

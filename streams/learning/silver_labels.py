@@ -18,12 +18,10 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agents.learning.datasets import NerExample
+from streams.ingest.fhir_export import patient_conditions
 from streams.ingest.publish import read_notes
-
-_TAG = re.compile(r"\s*\((?:disorder|finding|situation|procedure|morphologic abnormality|event)\)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -32,20 +30,6 @@ class SilverSplit:
     dev: list[NerExample]
     train_patients: int
     dev_patients: int
-
-
-def _resources(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _patient_conditions(export_dir: Path) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for c in _resources(export_dir / "Condition.ndjson"):
-        patient = c["subject"]["reference"].rsplit("/", 1)[-1]
-        for coding in c.get("code", {}).get("coding", []):
-            if coding.get("display"):
-                out.setdefault(patient, set()).add(_TAG.sub("", coding["display"]).strip())
-    return out
 
 
 def label_note(text: str, displays: set[str], label: str) -> NerExample:
@@ -66,7 +50,7 @@ def dev_patients(patients: list[str], dev_every: int = 3) -> set[str]:
 def silver_split(
     export_dir: Path, label: str = "Disease", dev_every: int = 3, max_notes_per_patient: int = 60, seed: int = 13
 ) -> SilverSplit:
-    conditions = _patient_conditions(export_dir)
+    conditions = {patient: {c.name for c in found} for patient, found in patient_conditions(export_dir).items()}
     notes: dict[str, list[str]] = {}
     for _, _, note in read_notes(export_dir / "DocumentReference.ndjson", "fhir"):
         if not isinstance(note, str):
