@@ -51,7 +51,8 @@ FROM
 );
 
 -- Per patient and ICD-10-CM category: the present mentions about the patient (not absent, possible, hypothetical or
--- a family member's), with first and last seen (the notes' dates).
+-- a family member's) whose code is sure enough to group by (score >= 0.7, the default code_threshold below which a
+-- code goes to review; a reviewer's code scores 1), with first and last seen (the notes' dates).
 CREATE VIEW IF NOT EXISTS {db}.patient_problems AS
 SELECT
     n.patient_id AS patient_id,
@@ -65,5 +66,5 @@ SELECT
     max(x.created_at) AS last_seen
 FROM {db}.note_nlp AS n
 INNER JOIN (SELECT note_id, created_at FROM {db}.extractions_final) AS x ON x.note_id = n.note_id
-WHERE n.code != '' AND n.assertion IN ('present', 'historical')
+WHERE n.code != '' AND n.code_score >= 0.7 AND n.assertion IN ('present', 'historical')
 GROUP BY patient_id, category;
