@@ -268,7 +268,10 @@ class Icd10Coder:
         encoder = SentenceEncoder(backbone, quantization=quantization)
         log.info("embedding %d ICD-10-CM entries", len(entries))
         embeddings = encoder.encode([clean(e.text) for e in entries]).astype(np.float16)
-        staging = directory.with_name(directory.name + ".partial")
+        import os
+        import shutil
+
+        staging = directory.with_name(f"{directory.name}.partial-{os.getpid()}")  # one per builder: concurrent builds never mix
         staging.mkdir(parents=True, exist_ok=True)
         np.save(staging / "embeddings.npy", embeddings)
         meta = {
@@ -281,10 +284,11 @@ class Icd10Coder:
         }
         (staging / "index.json").write_text(json.dumps(meta), encoding="utf-8")
         if directory.exists():
-            import shutil
-
-            shutil.rmtree(directory)
-        staging.rename(directory)
+            shutil.rmtree(directory, ignore_errors=True)
+        try:
+            staging.rename(directory)
+        except OSError:  # another builder renamed its index into place first: keep that one
+            shutil.rmtree(staging, ignore_errors=True)
         return cls(entries, families, embeddings, encoder)
 
     def _describe(self, code: str) -> str:

@@ -6,6 +6,7 @@ setting changed in the parent reaches it; secrets travel by environment as in th
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from streams.runtime.processes import die_with_parent
 from streams.settings import Settings, write_child_config
+
+log = logging.getLogger(__name__)
 
 
 class WorkerProcess:
@@ -88,10 +91,23 @@ def worker_plan(settings: Settings) -> tuple[int, int]:
     return workers, threads
 
 
+def ensure_code_index(settings: Settings) -> None:
+    """Build the ICD-10-CM index once, here, when a task codes and it is missing: the embedded stack (demo, up, bench)
+    then works on a fresh checkout, and its workers never race to build it. A standalone ``ehrstream worker`` refuses
+    to start without it instead (``ehrstream codes build``)."""
+    if not any(t.coding == "icd10cm" for t in settings.tasks) or (settings.icd10cm_index / "index.json").exists():
+        return
+    from agents.clinical.coding import Icd10Coder
+
+    log.warning("no ICD-10-CM index at %s: building it once (about 2 minutes on 2 CPU cores)", settings.icd10cm_index)
+    Icd10Coder.build(settings.icd10cm_index)
+
+
 class WorkerPool:
     """The embedded stack's worker processes (one consumer group, so they share the notes topic's partitions)."""
 
     def __init__(self, settings: Settings, bootstrap: str, log_dir: Path, metrics_ports: list[int] | None = None) -> None:
+        ensure_code_index(settings)
         count, threads = worker_plan(settings)
         per_worker = settings.model_copy(update={"torch_threads": threads})
         ports = metrics_ports or [0] * count
