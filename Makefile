@@ -30,7 +30,7 @@ browser:
 	fi
 	@chromium --version 2>/dev/null | head -1
 
-# The ICD-10-CM index the disease task codes with (ehrstream.toml: coding = "icd10cm"): built once, about 3 minutes
+# The ICD-10-CM index the disease task codes with (ehrstream.toml: coding = "icd10cm"): built once, about 2 minutes (demo, up and bench also build it when missing)
 models/icd10cm/index.json: | venv
 	$(BIN)/ehrstream codes build
 

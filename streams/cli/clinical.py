@@ -41,7 +41,7 @@ def codes() -> None:
 @codes.command("build")
 @click.pass_obj
 def codes_build(obj: CliContext) -> None:
-    """Embed the ICD-10-CM table into the configured index directory (icd10cm_index; about 3 minutes on 2 CPU cores)."""
+    """Embed the ICD-10-CM table into the configured index directory (icd10cm_index; about 2 minutes on 2 CPU cores)."""
     from agents.clinical.coding import Icd10Coder
 
     directory = obj.settings().icd10cm_index
