@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,18 @@ log = logging.getLogger(__name__)
 
 #: a decoded note with the record it came in
 Note = tuple[InRecord, ClinicalNote]
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A batch's routing: per note its flagged decisions (ReviewReason records) and priority; per task which items
+    (document labels by note, or entities) are flagged."""
+
+    reasons: list[list[dict[str, Any]]]
+    priority: np.ndarray
+    flagged: list[np.ndarray]
+    #: per note, how many items are flagged (document labels, entities, possible missed entities): the review load
+    items: np.ndarray
 
 
 class ExtractionPipeline:
@@ -110,28 +123,40 @@ class ExtractionPipeline:
                 self._dead(result, record, ErrorKind.processing_error, "model inference failed for this note")
         return chunks
 
-    def _reasons(self, result: BatchResult, columns: list[TaskColumns], n_notes: int) -> list[list[dict[str, Any]]]:
-        """Per note, the ReviewReason records of its decisions below threshold, in task and decision order."""
+    def _route(self, result: BatchResult, columns: list[TaskColumns], n_notes: int) -> Routed:
+        """The batch's decisions compared with their thresholds at once: per note, the ReviewReason records of its
+        flagged decisions (in task and decision order) and its priority; per task, which items are flagged."""
         reasons: list[list[dict[str, Any]]] = [[] for _ in range(n_notes)]
+        priority = np.zeros(n_notes, dtype=np.float64)
+        per_note = np.zeros(n_notes, dtype=np.int64)
+        flagged: list[np.ndarray] = []
         for task in columns:
+            n_items = n_notes if task.entities is None else len(task.entities)
+            items = np.zeros(n_items, dtype=bool)
+            flagged.append(items)
             for group in task.decisions():
                 below, thresholds = self.policy.below(task.task, group)
                 picked = np.nonzero(below)[0]
                 if not len(picked):
                     continue
+                mine = group.item[picked]
+                items[mine[mine >= 0]] = True
+                per_note += np.bincount(group.note[picked][mine < 0], minlength=n_notes)  # possible missed: items of their own
+                confidence = np.round(group.confidence[picked], 6)
+                np.add.at(priority, group.note[picked], 1.0 - confidence)
                 for label, count in zip(*np.unique(group.label[picked], return_counts=True), strict=True):
                     result.review_reasons[(task.task, group.kind.value, group.labels[int(label)])] += int(count)
                 rows = zip(
                     group.note[picked].tolist(),
                     group.label[picked].tolist(),
-                    np.round(group.confidence[picked], 6).tolist(),
+                    confidence.tolist(),
                     thresholds[picked].tolist(),
                     group.start[picked].tolist(),
                     group.end[picked].tolist(),
                     strict=True,
                 )
                 kind, labels = group.kind.value, group.labels
-                for note, label, confidence, threshold, start, end in rows:
+                for note, label, conf, threshold, start, end in rows:
                     reasons[note].append(
                         {
                             "task": task.task,
@@ -139,20 +164,26 @@ class ExtractionPipeline:
                             "label": labels[label],
                             "start": None if start < 0 else start,
                             "end": None if end < 0 else end,
-                            "confidence": confidence,
+                            "confidence": conf,
                             "threshold": threshold,
                         }
                     )
-        return reasons
+        for task, items in zip(columns, flagged, strict=True):
+            owner = np.arange(n_notes) if task.entities is None else task.entities.note
+            per_note += np.bincount(owner[items], minlength=n_notes)
+        return Routed(reasons, priority, flagged, per_note)
 
     def _encode(self, result: BatchResult, notes: list[Note], columns: list[TaskColumns]) -> None:
         """Each note's Extraction (and ReviewTask) written as Avro straight from the columns."""
         now = utc_now()
         texts = [note.text for _, note in notes]
-        results = [task.result_records(texts) for task in columns]
-        reasons = self._reasons(result, columns, len(notes))
+        routed = self._route(result, columns, len(notes))
+        results = [task.result_records(texts, flags) for task, flags in zip(columns, routed.flagged, strict=True)]
+        audited = self.policy.audited([note.note_id for _, note in notes]).tolist()
+        priorities, items = routed.priority.tolist(), routed.items.tolist()
         for i, (record, note) in enumerate(notes):
-            status = ExtractionStatus.pending_review if reasons[i] else ExtractionStatus.auto_accepted
+            reasons = routed.reasons[i]
+            status = ExtractionStatus.pending_review if reasons else ExtractionStatus.auto_accepted
             extraction = {
                 "note_id": note.note_id,
                 "revision": 0,
@@ -178,10 +209,21 @@ class ExtractionPipeline:
                 continue
             result.records.append(OutRecord(self.topics.extractions, key, encoded))
             result.extracted += 1
-            if reasons[i]:
-                task = {"note_id": note.note_id, "revision": 0, "note_type": note.note_type, "created_at": now, "reasons": reasons[i]}
+            if reasons or audited[i]:
+                task = {
+                    "note_id": note.note_id,
+                    "revision": 0,
+                    "note_type": note.note_type,
+                    "created_at": now,
+                    "audit": audited[i],
+                    "priority": priorities[i],
+                    "reasons": reasons,
+                }
                 result.records.append(OutRecord(self.topics.review, key, self._review_codec.encode_record(task)))
+                result.audited += int(audited[i])
+            if reasons:
                 result.routed_to_review += 1
+                result.flagged_items += items[i]
             else:
                 result.auto_accepted += 1
 

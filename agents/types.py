@@ -55,6 +55,10 @@ class BatchResult:
     extracted: int = 0
     auto_accepted: int = 0
     routed_to_review: int = 0
+    #: items flagged for review over the batch's notes (document labels, entities, possible missed entities)
+    flagged_items: int = 0
+    #: notes chosen for an audit (a review task marked audit, whatever their routing)
+    audited: int = 0
     dead_lettered: int = 0
     #: wall seconds per stage (decode, tokenise, infer, postprocess, encode), for metrics and the benchmark
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))

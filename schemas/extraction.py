@@ -18,6 +18,19 @@ class ExtractionStatus(StrEnum):
     reviewed = "reviewed"
 
 
+class ItemState(StrEnum):
+    """Where one item (an entity, a document label) stands: items are routed one by one, not note by note."""
+
+    #: the model's item cleared every threshold it is judged by: usable now
+    accepted = "accepted"
+    #: flagged: some decision about it fell below its threshold; it waits for a reviewer
+    pending = "pending"
+    #: a reviewer decided it (kept, corrected or added it)
+    reviewed = "reviewed"
+    #: flagged, but the review budget ran out before a reviewer reached it: kept as the model gave it, unreviewed
+    over_budget = "over_budget"
+
+
 class TaskKind(StrEnum):
     classification = "classification"
     ner = "ner"
@@ -73,6 +86,7 @@ class Entity(BaseModel):
     assertion_cue: str | None = None
     #: the canonical section the entity is in (``agents.clinical.sections``), ``None`` before any header
     section: str | None = None
+    state: ItemState = ItemState.accepted
     #: code candidates, best first (the first is the entity's code)
     codes: list[Code] = Field(default_factory=list)
 
@@ -84,6 +98,8 @@ class TaskResult(BaseModel):
     kind: TaskKind
     model_name: str
     model_version: str
+    #: classification: the document label's state (NER tasks: accepted; each entity has its own)
+    label_state: ItemState = ItemState.accepted
     #: classification: every label with its probability, most probable first
     labels: list[DocumentLabel] = Field(default_factory=list)
     #: ner: entity spans in text order

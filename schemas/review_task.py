@@ -42,4 +42,8 @@ class ReviewTask(AvroModel):
     revision: int
     note_type: str
     created_at: TimestampMillis
+    #: chosen at random for an audit: the reviewer checks every accepted item of the note, not only the flagged ones
+    audit: bool = False
+    #: expected value of reviewing it (uncertainty of its flagged items); the queue serves the highest first
+    priority: float = 0.0
     reasons: list[ReviewReason]

@@ -35,6 +35,17 @@ CONSUMER_LAG = Gauge(
 )
 REVIEW_BACKLOG = Gauge("ehrstream_review_backlog", "Review tasks waiting, by task (the review_backlog view)", ["task"])
 REVIEW_OLDEST_AGE = Gauge("ehrstream_review_oldest_age_seconds", "Age of the oldest waiting review task, by task", ["task"])
+AUTO_PRECISION = Gauge(
+    "ehrstream_auto_precision", "Audited precision of auto-accepted items, by task, label and model version", ["task", "label", "model"]
+)
+AUTO_PRECISION_LOWER = Gauge(
+    "ehrstream_auto_precision_lower", "Lower end of the 95% interval of the audited precision", ["task", "label", "model"]
+)
+AUTO_PRECISION_LOW = Gauge(
+    "ehrstream_auto_precision_low", "1 when a task's audited precision may be below the target (lower end below it)", ["task", "model"]
+)
+REVIEW_ITEMS = Counter("ehrstream_review_flagged_items", "Items flagged for review (labels, spans, possible missed spans)")
+NOTES_AUDITED = Counter("ehrstream_notes_audited", "Notes sent to review as a random audit")
 REVIEW_DECISIONS = Counter("ehrstream_review_decisions", "Review decisions published by the review app, by outcome", ["outcome"])
 GPU_MEMORY = Gauge("ehrstream_gpu_memory_bytes", "GPU memory held by this process's tensors", ["device", "kind"])
 GPU_UTILISATION = Gauge("ehrstream_gpu_utilisation_percent", "GPU utilisation as the driver reports it (needs pynvml)", ["device"])
@@ -52,6 +63,8 @@ def record_batch(result: BatchResult, records: int, produce_seconds: float) -> N
     BATCH_NOTES.observe(records)
     NOTES_OUT.labels("auto_accepted").inc(result.auto_accepted)
     NOTES_OUT.labels("pending_review").inc(result.routed_to_review)
+    REVIEW_ITEMS.inc(result.flagged_items)
+    NOTES_AUDITED.inc(result.audited)
     for kind, count in result.dead_kinds.items():
         DEAD_LETTERS.labels("worker", kind).inc(count)
     for (task, kind, label), count in result.review_reasons.items():

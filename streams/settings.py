@@ -47,6 +47,17 @@ class ReviewSettings(BaseModel):
     #: failed sign-ins per reviewer id within ``lockout_seconds`` before further tries are refused
     max_failed_logins: int = Field(default=5, ge=1)
     lockout_seconds: float = Field(default=300.0, gt=0)
+    #: the share of notes the workers send to review as an audit, chosen at random (by a hash of the note id): the
+    #: reviewer checks every accepted item, which measures the live precision of auto-accepted output
+    audit_share: float = Field(default=0.02, ge=0.0, le=1.0)
+    #: the auto-accept precision the thresholds are meant to give; ``review-health`` warns (and the
+    #: ``ehrstream_auto_precision_low`` gauge is 1) when the audited estimate's lower bound falls below it
+    target_precision: float = Field(default=0.9, gt=0.0, le=1.0)
+    #: audited items a task needs before its precision estimate is judged against the target
+    min_audit_items: int = Field(default=30, ge=1)
+    #: the queue serves tasks by priority (expected corrections); this share of claims takes a random task instead,
+    #: so what reviewers see stays a fair sample of the queue
+    random_share: float = Field(default=0.1, ge=0.0, le=1.0)
 
     @field_validator("reviewers")
     @classmethod

@@ -89,7 +89,7 @@ def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequ
     )
     pipeline = ExtractionPipeline(
         runners if runners is not None else build_runners(settings),
-        RoutingPolicy(settings.tasks),
+        RoutingPolicy(settings.tasks, settings.review.audit_share),
         settings.topics,
         settings.max_note_bytes,
         settings.max_record_bytes,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from agents.clinical.annotator import ClinicalAnnotator
-from agents.runners.columns import TaskColumns
+from agents.runners.columns import CODED_ASSERTIONS, TaskColumns
 from agents.runners.spans import SpanArrays
 from agents.types import BatchResult
 from schemas.extraction import Entity, TaskKind
@@ -53,7 +53,13 @@ def test_doubtful_codes_and_ambiguous_assertions_are_review_decisions() -> None:
     columns = ClinicalAnnotator(FixedCoder()).annotate(BatchResult(), NOTES, _columns())
     decided = {group.kind: group for group in columns.decisions()}
     code = decided[ReasonKind.code]
-    assert sorted(code.confidence.tolist()) == [0.4, 0.9, 0.9, 0.9, 0.9, 0.9]
+    # a code is a decision only where it counts (present or historical mentions): the absent, possible and family
+    # mentions' codes are not worth a reviewer's time
+    assert columns.context is not None
+    statuses = columns.context.assertion
+    assert sorted(statuses) == ["absent", "absent", "family", "historical", "possible", "present"]
+    assert sorted(code.confidence.tolist()) == [0.4, 0.9]
+    assert code.item.tolist() == [k for k, s in enumerate(statuses) if s in CODED_ASSERTIONS]
     # "Pneumonia versus atelectasis; no history of asthma": only one status governs each entity
     assert decided[ReasonKind.assertion].confidence.tolist() == [1.0] * 6
     ambiguous = ClinicalAnnotator().annotate(BatchResult(), ["No pneumonia suspected."], _one("No pneumonia suspected.", "pneumonia"))

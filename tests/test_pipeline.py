@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agents.config import TaskSettings, TopicSettings
 from agents.model_dir import load_model
 from agents.pipeline import ExtractionPipeline
@@ -13,7 +15,7 @@ from agents.types import Decision, InRecord
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter, ErrorKind
-from schemas.extraction import Extraction, ExtractionStatus, TaskKind
+from schemas.extraction import Extraction, ExtractionStatus, ItemState, TaskKind
 from schemas.review_task import ReasonKind, ReviewTask
 
 PLAIN = Codecs()  # plain single-object Avro: the codecs of a process without a schema registry
@@ -128,7 +130,6 @@ def test_records_written_from_columns_equal_the_pydantic_path(tiny_cls_dir: Path
     TaskResult objects from the runners, ``RoutingPolicy.route`` over their decisions, ``Extraction.of_note``."""
     import random
 
-    pipeline, topics = _pipeline(tiny_cls_dir, tiny_ner_dir, threshold=0.6)
     rng = random.Random(7)
     words = ["fever", "Crohn's", "disease", "naïve", "中文", "😀", "pain", "", "of", "the", "left", "lobe", "-", "(HIES)"]
     texts = ["x", "   a   ", *(" ".join(rng.choice(words) for _ in range(rng.randint(1, 400))) for _ in range(12))]
@@ -136,6 +137,10 @@ def test_records_written_from_columns_equal_the_pydantic_path(tiny_cls_dir: Path
         ClinicalNote(note_id=f"n{i}", patient_id="p", note_type="t", created_at="2026-11-01T00:00:00Z", text=t, source="s")
         for i, t in enumerate(texts)
     ]
+    pipeline, topics = _pipeline(tiny_cls_dir, tiny_ner_dir, threshold=0.6)
+    confidences = sorted(e.confidence for out in pipeline.runners[1](texts) for e in out.result.entities)
+    # the median entity confidence as the threshold: some entities are accepted, some flagged
+    pipeline, topics = _pipeline(tiny_cls_dir, tiny_ner_dir, threshold=confidences[len(confidences) // 2])
     result = pipeline.process([_record(n.model_dump_json().encode(), i) for i, n in enumerate(notes)])
     assert result.extracted == len(notes) and result.dead_lettered == 0
     got = [PLAIN.of(Extraction).decode(r.value) for r in result.records if r.topic == topics.extractions]
@@ -144,11 +149,17 @@ def test_records_written_from_columns_equal_the_pydantic_path(tiny_cls_dir: Path
     for i, note in enumerate(notes):
         outputs = [task[i] for task in per_task]
         status, reasons = pipeline.policy.route([d for out in outputs for d in out.decisions])
-        want = Extraction.of_note(note, status, [out.result for out in outputs], got[i].processed_at)
+        results = pipeline.policy.with_states([out.result for out in outputs], reasons)
+        want = Extraction.of_note(note, status, results, got[i].processed_at)
         assert PLAIN.of(Extraction).encode(got[i]) == PLAIN.of(Extraction).encode(want)
         assert (note.note_id in reviews) == bool(reasons)
         if reasons:
             review = reviews[note.note_id]
-            expected = ReviewTask(note_id=note.note_id, revision=0, note_type="t", created_at=review.created_at, reasons=reasons)
+            assert review.priority == pytest.approx(pipeline.policy.priority(reasons), abs=1e-4)
+            expected = ReviewTask(
+                note_id=note.note_id, revision=0, note_type="t", created_at=review.created_at, priority=review.priority, reasons=reasons
+            )
             assert PLAIN.of(ReviewTask).encode(review) == PLAIN.of(ReviewTask).encode(expected)
+    states = [e.state for x in got for r in x.results for e in r.entities]
+    assert ItemState.pending in states and ItemState.accepted in states  # both item states exercised
     assert any(reviews.values()) and any(e.entities for x in got for e in x.results)  # both paths exercised

@@ -35,6 +35,9 @@ def _check_type(avro_type: typing.Any, annotation: typing.Any, where: str) -> No
         return
     if typing.get_origin(annotation) is typing.Annotated:
         annotation = args[0]
+    if isinstance(avro_type, str) and avro_type not in PRIMITIVES:  # a named type defined earlier in the schema
+        assert getattr(annotation, "__name__", None) == avro_type, f"{where}: {avro_type} vs {annotation}"
+        return
     if isinstance(avro_type, str):
         assert annotation is PRIMITIVES[avro_type], f"{where}: {avro_type} vs {annotation}"
         return
@@ -221,7 +224,7 @@ def test_review_decisions_written_before_results_existed_still_decode() -> None:
     from schemas.codec import schema_history
     from schemas.review_decision import Change, ChangeAction, ReviewDecision
 
-    v1, _ = schema_history("review_decision.avsc")
+    v1 = schema_history("review_decision.avsc")[0]
     parsed = AvroCodec._parse(v1)
     old = ReviewDecision(
         decision_id="d1",
@@ -261,7 +264,7 @@ def test_extractions_written_before_clinical_meaning_existed_still_decode_as_pre
     back present, with no cue, section or code."""
     from schemas.codec import schema_history
 
-    (v1,) = schema_history("extraction.avsc")
+    v1 = schema_history("extraction.avsc")[0]
     entity = {"label": "Disease", "start": 3, "end": 8, "text": "colds", "confidence": 0.9}
     result = {"task": "disease", "kind": "ner", "model_name": "m", "model_version": "1", "labels": [], "entities": [entity]}
     old = {
@@ -294,7 +297,7 @@ def test_each_schema_version_reads_records_of_the_one_before() -> None:
         assert len(versions) >= 2
         for older, newer in itertools.pairwise(versions):
             assert can_read(older, newer), name
-    (v1,) = schema_history("extraction.avsc")
+    v1 = schema_history("extraction.avsc")[0]
     assert can_read(json.loads(schema_text("extraction.avsc")), json.loads(v1))
 
 

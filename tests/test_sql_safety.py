@@ -29,6 +29,7 @@ IDENTIFIERS = {
     "cols": "backquoted column names from TABLE_COLUMNS",
     "_FILTER": "a constant WHERE fragment with {name:Type} parameters",
     "_BASE_COLUMNS": "a constant column list",
+    "_QUEUE_ORDER[shuffled]": "one of two constant ORDER BY lists, chosen by a bool",
 }
 
 

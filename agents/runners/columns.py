@@ -19,10 +19,17 @@ from agents.types import Decision, TaskOutput
 from schemas.extraction import DocumentLabel, Entity, TaskKind, TaskResult
 from schemas.review_task import ReasonKind
 
+#: the assertion statuses under which an entity's code counts (it feeds the patient's problems): a doubtful code of an
+#: absent, possible, hypothetical or family mention is not worth a reviewer's time, so it is no decision
+CODED_ASSERTIONS = ("present", "historical")
+
 
 @dataclass(frozen=True)
 class DecisionColumns:
-    """Decisions of one kind for a batch: note, label (index into ``labels``), confidence, character span (-1: none)."""
+    """Decisions of one kind for a batch: note, label (index into ``labels``), confidence, character span (-1: none),
+    and the item each decision is about: the entity's index in :attr:`TaskColumns.entities` for entity, code and
+    assertion decisions (one entity is one item, however many of its decisions are flagged), the note's index for a
+    document label, -1 for a possible missed entity (each is an item of its own, not yet an entity)."""
 
     kind: ReasonKind
     labels: list[str]
@@ -31,10 +38,11 @@ class DecisionColumns:
     confidence: np.ndarray
     start: np.ndarray
     end: np.ndarray
+    item: np.ndarray
 
     @classmethod
-    def of_spans(cls, kind: ReasonKind, labels: list[str], spans: SpanArrays) -> DecisionColumns:
-        return cls(kind, labels, spans.note, spans.label, spans.confidence, spans.start, spans.end)
+    def of_spans(cls, kind: ReasonKind, labels: list[str], spans: SpanArrays, item: np.ndarray) -> DecisionColumns:
+        return cls(kind, labels, spans.note, spans.label, spans.confidence, spans.start, spans.end, item)
 
 
 @dataclass(frozen=True)
@@ -77,14 +85,18 @@ class TaskColumns:
             top = self.probs.argmax(axis=1)
             confidence = np.minimum(1.0, self.probs[np.arange(self.n_notes), top].astype(np.float64))
             none = np.full(self.n_notes, -1, dtype=np.int64)
-            return [DecisionColumns(ReasonKind.document_label, self.labels, np.arange(self.n_notes), top, confidence, none, none)]
+            notes = np.arange(self.n_notes)
+            return [DecisionColumns(ReasonKind.document_label, self.labels, notes, top, confidence, none, none, notes)]
         assert self.entities is not None and self.possible is not None
+        every = np.arange(len(self.entities))
         out = [
-            DecisionColumns.of_spans(ReasonKind.entity, self.labels, self.entities),
-            DecisionColumns.of_spans(ReasonKind.possible_entity, self.labels, self.possible),
+            DecisionColumns.of_spans(ReasonKind.entity, self.labels, self.entities, every),
+            DecisionColumns.of_spans(ReasonKind.possible_entity, self.labels, self.possible, np.full(len(self.possible), -1, np.int64)),
         ]
         if self.context is not None:
-            spans, coded = self.entities, self.context.code_score >= 0
+            spans = self.entities
+            counts = np.isin(np.asarray(self.context.assertion, dtype=object), CODED_ASSERTIONS) if len(spans) else np.zeros(0, dtype=bool)
+            coded = np.nonzero((self.context.code_score >= 0) & counts)[0]
             out.append(
                 DecisionColumns(
                     ReasonKind.code,
@@ -94,11 +106,19 @@ class TaskColumns:
                     self.context.code_score[coded],
                     spans.start[coded],
                     spans.end[coded],
+                    coded,
                 )
             )
             out.append(
                 DecisionColumns(
-                    ReasonKind.assertion, self.labels, spans.note, spans.label, self.context.assertion_confidence, spans.start, spans.end
+                    ReasonKind.assertion,
+                    self.labels,
+                    spans.note,
+                    spans.label,
+                    self.context.assertion_confidence,
+                    spans.start,
+                    spans.end,
+                    every,
                 )
             )
         return out
@@ -107,17 +127,26 @@ class TaskColumns:
         assert self.entities is not None
         return np.searchsorted(self.entities.note, np.arange(self.n_notes + 1))
 
-    def result_records(self, texts: list[str]) -> list[dict[str, Any]]:
-        """Per note, its TaskResult as the Avro record (the dict ``TaskResult.model_dump()`` gives)."""
+    def result_records(self, texts: list[str], flagged: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Per note, its TaskResult as the Avro record (the dict ``TaskResult.model_dump()`` gives). ``flagged``: per
+        item (each note's document label, or each entity), whether routing flagged it (state ``pending``; else
+        ``accepted``); None: none is."""
         head = {"task": self.task, "kind": self.kind.value, "model_name": self.model_name, "model_version": self.model_version}
+        n_items = self.n_notes if self.kind is TaskKind.classification else len(self.entities or ())
+        states = np.where(flagged, "pending", "accepted").tolist() if flagged is not None else ["accepted"] * n_items
         if self.kind is TaskKind.classification:
             assert self.probs is not None
             order = np.argsort(-self.probs, axis=1, kind="stable")
             ranked = np.minimum(1.0, np.take_along_axis(self.probs, order, axis=1).astype(np.float64)).tolist()
             labels = self.labels
             return [
-                {**head, "labels": [{"label": labels[j], "probability": p} for j, p in zip(row, probs, strict=True)], "entities": []}
-                for row, probs in zip(order.tolist(), ranked, strict=True)
+                {
+                    **head,
+                    "label_state": state,
+                    "labels": [{"label": labels[j], "probability": p} for j, p in zip(row, probs, strict=True)],
+                    "entities": [],
+                }
+                for row, probs, state in zip(order.tolist(), ranked, states, strict=True)
             ]
         assert self.entities is not None
         spans = self.entities
@@ -142,14 +171,15 @@ class TaskColumns:
                     "assertion": status[k],
                     "assertion_cue": cue[k],
                     "section": section[k],
+                    "state": states[k],
                     "codes": codes[k],
                 }
                 for k in range(a, b)
             ]
-            out.append({**head, "labels": [], "entities": entities})
+            out.append({**head, "label_state": "accepted", "labels": [], "entities": entities})
         return out
 
-    def outputs(self, texts: list[str]) -> list[TaskOutput]:
+    def outputs(self, texts: list[str], flagged: np.ndarray | None = None) -> list[TaskOutput]:
         """The same results as pydantic objects with their decisions, per note (offline callers)."""
         decisions: list[list[Decision]] = [[] for _ in range(self.n_notes)]
         for group in self.decisions():
@@ -158,12 +188,13 @@ class TaskColumns:
             ):
                 decisions[i].append(Decision(self.task, group.kind, group.labels[j], c, None if s < 0 else s, None if e < 0 else e))
         outputs = []
-        for record, decided in zip(self.result_records(texts), decisions, strict=True):
+        for record, decided in zip(self.result_records(texts, flagged), decisions, strict=True):
             result = TaskResult(
                 task=record["task"],
                 kind=TaskKind(record["kind"]),
                 model_name=record["model_name"],
                 model_version=record["model_version"],
+                label_state=record["label_state"],
                 labels=[DocumentLabel(**d) for d in record["labels"]],
                 entities=[Entity.model_validate(e) for e in record["entities"]],
             )

@@ -118,12 +118,22 @@ def reviewer_hash(reviewer_id: str, password_stdin: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.pass_obj
 def review_health(obj: CliContext, as_json: bool) -> None:
-    """Queue health for the review lead: backlog per task, agreement per label, decisions per reviewer per day."""
+    """Queue health for the review lead: backlog per task, agreement per label, decisions per reviewer per day, the
+    review load (flagged items per note) and the audited precision of auto-accepted items against the target."""
     from streams.query.reader import open_reader
+    from streams.review.audit import judged
     from streams.review.store import ReviewStore
 
     settings = obj.settings()
     health = ReviewStore(open_reader(settings, direct_ok=True), {t.name: t.kind for t in settings.tasks}).health()
+    health["auto_precision"] = judged(health["auto_precision"], settings.review.target_precision, settings.review.min_audit_items)
+    low = [r for r in health["auto_precision"] if r["verdict"] == "low" and not r["label"]]
+    for row in low:
+        click.echo(
+            f"WARNING: task {row['task']} ({row['model']}): audited precision {row['precision']} over {row['items']} items, "
+            f"lower end {row['lower']} < target {settings.review.target_precision}",
+            err=True,
+        )
     if as_json:
         click.echo(json.dumps(health, default=str))
         return

@@ -151,7 +151,7 @@ def check_export(settings: Any, export_dir: Path, mapping_file: Path, task: str,
         raise ConfigError("task", f"no task named {task!r} in the settings")
     pipeline = ExtractionPipeline(
         build_runners(settings),
-        RoutingPolicy(settings.tasks),
+        RoutingPolicy(settings.tasks, settings.review.audit_share),
         settings.topics,
         settings.max_note_bytes,
         settings.max_record_bytes,

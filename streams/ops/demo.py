@@ -228,7 +228,9 @@ def run_demo(
                 return clickhouse_notes(sink) >= counts.extracted
 
             poll_until(in_clickhouse, 60, "the sink to write every extraction")
+            poll_until(lambda: review_tasks(sink) >= counts.routed_to_review, 60, "the sink to write every review task")
             stored = clickhouse_notes(sink)
+            load = review_load(sink)
         finally:
             workers.stop()
             sink.stop()
@@ -240,6 +242,7 @@ def run_demo(
         "routed_to_review": counts.routed_to_review,
         "dead_lettered": counts.dead_lettered,
         "clickhouse_notes": stored,
+        **load,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     return summary
@@ -249,6 +252,37 @@ def clickhouse_notes(sink: SinkThread) -> int:
     db = sink.backend.database
     # db is a validated identifier (settings pattern); identifiers cannot be bound as parameters
     return int(sink.backend.query(f"SELECT count() FROM (SELECT note_id FROM {db}.extractions_final)").scalar() or 0)  # noqa: S608
+
+
+def review_tasks(sink: SinkThread) -> int:
+    db = sink.backend.database  # validated identifier
+    return int(sink.backend.query(f"SELECT count() FROM {db}.review_tasks FINAL WHERE revision = 0").scalar() or 0)  # noqa: S608
+
+
+def review_load(sink: SinkThread) -> dict[str, Any]:
+    """What the run asks of reviewers (the ``review_load`` view): flagged items per note, and the items they would
+    have had to decide if every item of a flagged note went to review with it (note-level routing, for comparison)."""
+    db = sink.backend.database  # validated identifier
+    load = sink.backend.query(
+        f"SELECT sum(notes_flagged), sum(flagged_items), sum(audited), sum(notes) FROM {db}.review_load"  # noqa: S608
+    ).rows[0]
+    whole = sink.backend.query(
+        f"SELECT sum(length(entities) + length(arrayDistinct(arrayMap(d -> d.task, doc_labels)))) FROM {db}.extractions FINAL "  # noqa: S608
+        "WHERE revision = 0 AND status = 'pending_review'"
+    ).scalar()
+    possible = sink.backend.query(
+        f"SELECT sum(countEqual(arrayMap(r -> r.kind, reasons), 'possible_entity')) FROM {db}.review_tasks FINAL "  # noqa: S608
+        "WHERE revision = 0"
+    ).scalar()
+    notes_flagged, items, audited, notes = (int(v or 0) for v in load)
+    whole = int(whole or 0) + int(possible or 0)
+    return {
+        "notes_with_flagged_items": notes_flagged,
+        "flagged_items": items,
+        "flagged_items_per_note": round(items / notes, 2) if notes else 0.0,
+        "items_per_note_if_routed_by_note": round(whole / notes, 2) if notes else 0.0,
+        "audited": audited,
+    }
 
 
 def summary_table(summary: dict[str, Any]) -> str:

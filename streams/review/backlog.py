@@ -1,5 +1,6 @@
-"""The review queue as Prometheus gauges: tasks waiting and the oldest one's age, per task, refreshed by a thread
-of the review app (every ``metrics_lag_seconds``) from the ``review_backlog`` view."""
+"""The review queue as Prometheus gauges: tasks waiting and the oldest one's age, per task, and the audited precision
+of auto-accepted items (``streams.review.audit``), refreshed by a thread of the review app (every
+``metrics_lag_seconds``) from the ``review_backlog`` and ``auto_precision`` views."""
 
 from __future__ import annotations
 
@@ -7,20 +8,25 @@ import logging
 import threading
 
 from streams.metrics import REVIEW_BACKLOG, REVIEW_OLDEST_AGE
+from streams.review.audit import judged, publish
 from streams.review.store import ReviewStore
 
 log = logging.getLogger(__name__)
 
 
 class BacklogMonitor:
-    def __init__(self, store: ReviewStore, interval_s: float) -> None:
+    def __init__(self, store: ReviewStore, interval_s: float, target_precision: float = 0.9, min_audit_items: int = 30) -> None:
         self.store = store
         self.interval_s = interval_s
+        self.target_precision = target_precision
+        self.min_audit_items = min_audit_items
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="review-backlog", daemon=True)
 
     def refresh(self) -> None:
-        rows = {str(row["task"]): row for row in self.store.health()["backlog"]}
+        health = self.store.health()
+        publish(judged(health["auto_precision"], self.target_precision, self.min_audit_items), self.target_precision)
+        rows = {str(row["task"]): row for row in health["backlog"]}
         for task in set(rows) | {t for t in self.store.task_kinds}:
             row = rows.get(task)
             REVIEW_BACKLOG.labels(task).set(float(row["pending"]) if row else 0.0)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.clinical.sections import find_sections
 from schemas._base import utc_now
-from schemas.extraction import Assertion, Code, DocumentLabel, Entity, TaskKind, TaskResult
+from schemas.extraction import Assertion, Code, DocumentLabel, Entity, ItemState, TaskKind, TaskResult
 from schemas.review_decision import Change, ChangeAction, ReviewDecision
 from streams.review.store import StoredNote
 
@@ -99,6 +99,7 @@ def _reviewed_entity(span: SpanIn, base: Entity | None, text: str, section: str 
         assertion=assertion,
         assertion_cue=cue,
         section=base.section if base else section,
+        state=ItemState.reviewed,
         codes=codes,
     )
 
@@ -164,7 +165,7 @@ def build_decision(request: DecisionRequest, note: StoredNote, reviewer_id: str,
                 problems.append(f"{review.task}: label {review.label!r} is not one of {allowed}")
                 continue
             top = max(base.labels, key=lambda x: x.probability) if base.labels else None
-            before = _json({"label": top.label, "probability": round(top.probability, 6)}) if top else None
+            before = _json({"label": top.label, "probability": round(top.probability, 6), "state": base.label_state.value}) if top else None
             if top is not None and top.label == review.label:
                 changes.append(Change(task=review.task, action=ChangeAction.accept, before=before, after=before))
             else:
@@ -172,7 +173,7 @@ def build_decision(request: DecisionRequest, note: StoredNote, reviewer_id: str,
                     Change(task=review.task, action=ChangeAction.set_document_label, before=before, after=_json({"label": review.label}))
                 )
             labels_out = [DocumentLabel(label=review.label, probability=1.0)]
-            results.append(base.model_copy(update={"labels": labels_out, "entities": []}))
+            results.append(base.model_copy(update={"labels": labels_out, "entities": [], "label_state": ItemState.reviewed}))
         else:
             if review.entities is None or review.label is not None:
                 problems.append(f"{review.task}: an NER task takes 'entities' (possibly empty) and no 'label'")
@@ -189,7 +190,7 @@ def build_decision(request: DecisionRequest, note: StoredNote, reviewer_id: str,
             }
             for entity in base.entities:
                 kept = wanted.get((entity.start, entity.end))
-                before = _json({**_span(entity), "confidence": round(entity.confidence, 6)})
+                before = _json({**_span(entity), "confidence": round(entity.confidence, 6), "state": entity.state.value})
                 if kept is None:
                     changes.append(Change(task=review.task, action=ChangeAction.reject_span, before=before))
                     continue

@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import json
 import logging
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -66,6 +67,7 @@ class ReviewApp:
         self.publisher = publisher
         self.labels = {t.name: output_labels(t.model_dir, t.kind) for t in settings.tasks}
         self._submitted: dict[str, float] = {}
+        self._draw = random.Random()  # noqa: S311 (sampling the queue, not a secret)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="review-io")
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
@@ -274,7 +276,8 @@ class ReviewApp:
         if not isinstance(skipped, list) or len(skipped) > 1000 or not all(isinstance(x, str) for x in skipped):
             return error_response(422, "skip must be a list of at most 1000 note ids")
         leases = self.leases.live()
-        candidates = await self._io(self.store.queue, filters, 50 + len(leases) + len(self._submitted) + len(skipped))
+        shuffled = self._draw.random() < self.review.random_share  # a fair sample of the queue now and then, not only its top
+        candidates = await self._io(self.store.queue, filters, 50 + len(leases) + len(self._submitted) + len(skipped), shuffled)
         for task in candidates:
             if self._recently_submitted(task.note_id) or task.note_id in skipped:
                 continue
@@ -291,7 +294,7 @@ class ReviewApp:
             return error_response(404, "no such note")
         if self._recently_submitted(note_id):
             return error_response(409, "a decision on this note was just submitted")
-        if note.status != "pending_review":
+        if note.status != "pending_review" and not note.audit:
             return error_response(409, f"the note is not waiting for review (status {note.status})")
         return note
 
@@ -325,6 +328,7 @@ class ReviewApp:
                 "text": note.text,
                 "results": [r.model_dump(mode="json") for r in note.results],
                 "reasons": note.reasons,
+                "audit": note.audit,
                 "labels": {r.task: self.labels.get(r.task, []) for r in note.results},
                 "lease": lease_json(self.leases.holder(note.note_id)),
             }

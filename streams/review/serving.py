@@ -95,5 +95,7 @@ def start_review_server(
     server = ReviewServer(app, host or settings.review.host, settings.review.port if port is None else port)
     server.start()
     if settings.metrics_port:
-        server.backlog = BacklogMonitor(app.store, settings.metrics_lag_seconds).start()
+        server.backlog = BacklogMonitor(
+            app.store, settings.metrics_lag_seconds, settings.review.target_precision, settings.review.min_audit_items
+        ).start()
     return server

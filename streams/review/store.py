@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from schemas.extraction import Code, DocumentLabel, Entity, TaskKind, TaskResult
+from schemas.extraction import Code, DocumentLabel, Entity, ItemState, TaskKind, TaskResult
 from streams.query.reader import Reader
 from streams.sink.backend import as_utc
 
@@ -19,6 +19,9 @@ _FILTER = (
     "AND ({label:String} = '' OR arrayExists(r -> r.label = {label:String}, reasons)) "
     "AND ({note_type:String} = '' OR note_type = {note_type:String})"
 )
+
+#: the queue's order: audits first, then by priority (expected corrections), oldest first among equals; or random
+_QUEUE_ORDER = {False: "audit DESC, priority DESC, queued_at, note_id", True: "rand()"}
 
 
 def iso(value: Any) -> str:
@@ -43,6 +46,8 @@ class QueuedTask:
     note_type: str
     queued_at: str
     reasons: list[dict[str, Any]]
+    audit: bool = False
+    priority: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class StoredNote:
     text: str
     results: list[TaskResult]
     reasons: list[dict[str, Any]] = field(default_factory=list)
+    #: the note's review task is an audit: every accepted item is to be checked, not only the flagged ones
+    audit: bool = False
 
     def result(self, task: str) -> TaskResult | None:
         return next((r for r in self.results if r.task == task), None)
@@ -73,14 +80,18 @@ class ReviewStore:
         self.db = reader.database  # validated identifier
         self.task_kinds = task_kinds
 
-    def queue(self, filters: QueueFilter, limit: int) -> list[QueuedTask]:
-        """Pending tasks, oldest first."""
+    def queue(self, filters: QueueFilter, limit: int, shuffled: bool = False) -> list[QueuedTask]:
+        """Pending tasks in the order the queue serves them: audits first, then by priority (expected corrections),
+        oldest first among equals; ``shuffled``: in a random order instead (the queue's random picks)."""
         rows = self.reader.query(
-            f"SELECT note_id, revision, note_type, queued_at, reasons FROM {self.db}.review_queue "  # noqa: S608
-            f"WHERE {_FILTER} ORDER BY queued_at, note_id LIMIT {{limit:UInt32}}",
+            f"SELECT note_id, revision, note_type, queued_at, reasons, audit, priority FROM {self.db}.review_queue "  # noqa: S608
+            f"WHERE {_FILTER} ORDER BY {_QUEUE_ORDER[shuffled]} LIMIT {{limit:UInt32}}",
             {**filters.parameters(), "limit": limit},
         ).rows
-        return [QueuedTask(str(r[0]), int(r[1]), str(r[2]), iso(r[3]), [_reason(x) for x in r[4]]) for r in rows]
+        return [
+            QueuedTask(str(r[0]), int(r[1]), str(r[2]), iso(r[3]), [_reason(x) for x in r[4]], bool(r[5]), round(float(r[6]), 4))
+            for r in rows
+        ]
 
     def queue_size(self, filters: QueueFilter) -> int:
         result = self.reader.query(f"SELECT count() FROM {self.db}.review_queue WHERE {_FILTER}", filters.parameters())  # noqa: S608
@@ -98,17 +109,19 @@ class ReviewStore:
     def note(self, note_id: str) -> StoredNote | None:
         """The note's newest revision, with the review reasons recorded for that revision."""
         rows = self.reader.query(
-            "SELECT note_id, revision, status, note_type, created_at, text, models, doc_labels, entities, entity_context "  # noqa: S608
+            "SELECT note_id, revision, status, note_type, created_at, text, models, doc_labels, entities, entity_context, "  # noqa: S608
+            "entity_state, label_state "
             f"FROM {self.db}.extractions FINAL WHERE note_id = {{id:String}} ORDER BY revision DESC LIMIT 1",
             {"id": note_id},
         ).rows
         if not rows:
             return None
-        note_id, revision, status, note_type, created_at, text, models, doc_labels, entities, context = rows[0]
+        note_id, revision, status, note_type, created_at, text, models, doc_labels, entities, context, states, label_states = rows[0]
         reasons = self.reader.query(
-            f"SELECT reasons FROM {self.db}.review_tasks FINAL WHERE note_id = {{id:String}} AND revision = {{rev:UInt32}}",  # noqa: S608
+            f"SELECT reasons, audit FROM {self.db}.review_tasks FINAL WHERE note_id = {{id:String}} AND revision = {{rev:UInt32}}",  # noqa: S608
             {"id": note_id, "rev": int(revision)},
         ).rows
+        fallback = {"auto_accepted": "accepted", "reviewed": "reviewed"}.get(str(status), "pending")  # rows before item states
         return StoredNote(
             note_id=str(note_id),
             revision=int(revision),
@@ -116,14 +129,26 @@ class ReviewStore:
             note_type=str(note_type),
             created_at=iso(created_at),
             text=str(text),
-            results=self._results(dict(models), doc_labels, entities, context),
+            results=self._results(dict(models), doc_labels, entities, context, [str(x) for x in states], dict(label_states), fallback),
             reasons=[_reason(x) for x in reasons[0][0]] if reasons else [],
+            audit=bool(reasons[0][1]) if reasons else False,
         )
 
-    def _results(self, models: dict[str, str], doc_labels: list[Any], entities: list[Any], context: list[Any]) -> list[TaskResult]:
-        """Each task's result; ``context[i]`` is the clinical meaning of ``entities[i]`` (empty for rows written before it)."""
+    def _results(
+        self,
+        models: dict[str, str],
+        doc_labels: list[Any],
+        entities: list[Any],
+        context: list[Any],
+        states: list[str],
+        label_states: dict[str, str],
+        fallback: str,
+    ) -> list[TaskResult]:
+        """Each task's result; ``context[i]`` is the clinical meaning of ``entities[i]`` and ``states[i]`` its state
+        (both empty for rows written before them: the state is then ``fallback``, what the note's status said)."""
         out = []
-        meaning = [_meaning(context[i]) if i < len(context) else {} for i in range(len(entities))]
+        state = [ItemState(states[i] if i < len(states) and states[i] else fallback) for i in range(len(entities))]
+        meaning = [{**(_meaning(context[i]) if i < len(context) else {}), "state": state[i]} for i in range(len(entities))]
         for task, model in sorted(models.items()):
             name, _, version = model.rpartition("@")
             labels = [
@@ -142,7 +167,12 @@ class ReviewStore:
                 if x["task"] == task
             ]
             kind = self.task_kinds.get(task, TaskKind.classification if labels else TaskKind.ner)
-            out.append(TaskResult(task=task, kind=kind, model_name=name, model_version=version, labels=labels, entities=spans))
+            label_state = ItemState(label_states.get(task) or fallback)
+            out.append(
+                TaskResult(
+                    task=task, kind=kind, model_name=name, model_version=version, label_state=label_state, labels=labels, entities=spans
+                )
+            )
         return out
 
     def history(self, note_id: str) -> dict[str, list[dict[str, Any]]]:
@@ -174,7 +204,8 @@ class ReviewStore:
         }
 
     def health(self) -> dict[str, list[dict[str, Any]]]:
-        """Backlog per task, decisions per reviewer per day, model-reviewer agreement per label."""
+        """Backlog per task, decisions per reviewer per day, model-reviewer agreement per label, the review load per
+        day, and the audited precision of auto-accepted items per task, label and model version."""
 
         def table(sql: str) -> list[dict[str, Any]]:
             result = self.reader.query(sql)
@@ -189,6 +220,14 @@ class ReviewStore:
             ),
             "agreement": table(
                 f"SELECT task, label, items, accepted, corrected, added, agreement FROM {db}.review_agreement ORDER BY task, label"  # noqa: S608
+            ),
+            "review_load": table(
+                "SELECT day, notes, notes_flagged, flagged_share, flagged_items, flagged_items_per_note, audited "  # noqa: S608
+                f"FROM {db}.review_load ORDER BY day DESC LIMIT 30"
+            ),
+            "auto_precision": table(
+                f"SELECT task, label, model, items, correct, precision, lower, upper FROM {db}.auto_precision "  # noqa: S608
+                "ORDER BY task, model, label"
             ),
         }
 

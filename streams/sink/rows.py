@@ -30,11 +30,13 @@ TABLE_COLUMNS: dict[str, list[str]] = {
         "doc_labels",
         "entities",
         "entity_context",
+        "entity_state",
+        "label_state",
         "processed_at",
         "kafka_partition",
         "kafka_offset",
     ],
-    "review_tasks": ["note_id", "revision", "note_type", "created_at", "reasons"],
+    "review_tasks": ["note_id", "revision", "note_type", "created_at", "audit", "priority", "reasons"],
     "review_decisions": [
         "decision_id",
         "note_id",
@@ -92,6 +94,8 @@ def extraction_row(e: Extraction, partition: int, offset: int) -> dict[str, Any]
             for r in e.results
             for en in r.entities
         ],
+        "entity_state": [en.state.value for r in e.results for en in r.entities],
+        "label_state": {r.task: r.label_state.value for r in e.results if r.labels},
         "processed_at": _ts(e.processed_at),
         "kafka_partition": partition,
         "kafka_offset": offset,
@@ -104,6 +108,8 @@ def review_task_row(t: ReviewTask) -> dict[str, Any]:
         "revision": t.revision,
         "note_type": t.note_type,
         "created_at": _ts(t.created_at),
+        "audit": t.audit,
+        "priority": t.priority,
         "reasons": [
             {
                 "task": r.task,

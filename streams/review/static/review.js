@@ -11,6 +11,12 @@ const state = {
   nerTask: null,     // the NER task whose spans are shown and edited
   docTask: null,     // the classification task Shift+digit sets
   focus: -1,         // index into work[nerTask].entities
+  hintFocus: null,   // the focused possible missed entity (a flagged item that is not a span yet)
+  hints: {},         // task -> [{reason, dismissed, el}]: possible missed entities not covered by a span
+  flags: [],         // the flagged items of the active tasks in reading order: {doc: task} | {index} | {hint}
+  flagAt: -1,        // position in flags of the last flagged item visited (f / F)
+  marks: [],         // entity index -> its <mark> in the note text
+  rows: [],          // entity index -> its row in the spans table
   active: false,     // user activity since the last lease renewal
   skipped: new Set(), // notes this reviewer skipped in this page (n with a task open)
   busy: false,
@@ -162,7 +168,10 @@ async function show(noteId, lease) {
       state.docTask = state.docTask || r.task;
     }
   }
+  foldReasons(note);
   state.focus = -1;
+  state.hintFocus = null;
+  state.flagAt = -1;
   $("empty").hidden = true;
   $("task").hidden = false;
   $("note-id").textContent = note.note_id;
@@ -170,19 +179,84 @@ async function show(noteId, lease) {
   $("note-created").textContent = new Date(note.created_at).toLocaleString();
   $("note-revision").textContent = note.revision;
   $("comment").value = "";
-  const reasons = $("reasons");
-  reasons.replaceChildren();
-  for (const r of note.reasons) {
-    const li = document.createElement("li");
-    const where = r.start === null ? "" : " at " + r.start + "–" + r.end;
-    const what = { document_label: "document label", entity: "span", possible_entity: "possible missed span",
-      code: "doubtful code for", assertion: "doubtful assertion for" }[r.kind] || r.kind;
-    li.textContent = r.task + ": " + what + " " + r.label + where + " (" + Number(r.confidence).toFixed(2) + " < " + Number(r.threshold).toFixed(2) + ")";
-    reasons.appendChild(li);
-  }
   setStatus("");
   render();
   $("note-text").focus();
+}
+
+const REASON_WORDS = { document_label: "document label", entity: "span", possible_entity: "possible missed span",
+  code: "doubtful code", assertion: "doubtful assertion" };
+
+function reasonText(r) {
+  return (REASON_WORDS[r.kind] || r.kind) + " " + Number(r.confidence).toFixed(2) + " < " + Number(r.threshold).toFixed(2);
+}
+
+// Each reason folded into the item it is about: an entity's reasons on the entity, a document label's on its task,
+// possible missed entities as hints of their own. In an audit every model item is to be checked, so every one is flagged.
+function foldReasons(note) {
+  const bySpan = new Map();
+  state.hints = {};
+  for (const r of note.reasons) {
+    if (r.kind === "possible_entity") {
+      (state.hints[r.task] = state.hints[r.task] || []).push({ reason: r, dismissed: false, el: null });
+    } else if (r.kind === "document_label") {
+      state.work[r.task].reasons = [r];
+    } else {
+      const key = r.task + ":" + r.start + ":" + r.end;
+      if (!bySpan.has(key)) bySpan.set(key, []);
+      bySpan.get(key).push(r);
+    }
+  }
+  for (const [task, w] of Object.entries(state.work)) {
+    if (w.kind === "ner") {
+      for (const e of w.entities) {
+        e.reasons = bySpan.get(task + ":" + e.start + ":" + e.end) || [];
+        e.flagged = e.reasons.length > 0 || note.audit;
+      }
+      const spans = w.entities;
+      state.hints[task] = (state.hints[task] || []).filter((h) => !spans.some((e) => e.start < h.reason.end && h.reason.start < e.end));
+    } else {
+      w.reasons = w.reasons || [];
+      w.flagged = w.reasons.length > 0 || note.audit;
+    }
+  }
+}
+
+function decided(item) {
+  if (item.doc) return state.work[item.doc].label !== state.work[item.doc].model || state.work[item.doc].confirmed;
+  if (item.hint) return item.hint.dismissed;
+  const e = state.work[state.nerTask].entities[item.index];
+  return e.accepted || e.origin === "added";
+}
+
+// The flagged items in reading order: document labels first, then spans and possible missed spans by offset.
+function collectFlags() {
+  const flags = [];
+  for (const [task, w] of Object.entries(state.work)) if (w.kind === "classification" && w.flagged) flags.push({ doc: task });
+  if (state.nerTask) {
+    const spans = state.work[state.nerTask].entities.map((e, i) => ({ at: e.start, item: { index: i }, on: e.flagged }));
+    const hints = (state.hints[state.nerTask] || []).map((h) => ({ at: h.reason.start, item: { hint: h }, on: true }));
+    for (const x of [...spans, ...hints].filter((x) => x.on).sort((a, b) => a.at - b.at)) flags.push(x.item);
+  }
+  state.flags = flags;
+}
+
+function renderSummary() {
+  const box = $("reasons");
+  box.replaceChildren();
+  const done = state.flags.filter(decided).length;
+  const li = document.createElement("li");
+  const kinds = {};
+  for (const f of state.flags) {
+    const kind = f.doc ? "document label" : f.hint ? "possible missed span" : "span";
+    kinds[kind] = (kinds[kind] || 0) + 1;
+  }
+  const parts = Object.entries(kinds).map(([k, n]) => n + " " + k + (n > 1 ? "s" : ""));
+  li.textContent = (state.note.audit ? "Audit: check every item the model accepted. " : "")
+    + state.flags.length + " flagged item" + (state.flags.length === 1 ? "" : "s") + (parts.length ? " (" + parts.join(", ") + ")" : "")
+    + ", " + done + " decided. f / Shift+F: next / previous flagged item.";
+  li.id = "flag-summary";
+  box.appendChild(li);
 }
 
 function labelsOf(task) {
@@ -194,6 +268,8 @@ function labelsOf(task) {
 
 function render() {
   if (!state.note) return;
+  collectFlags();
+  renderSummary();
   renderDocLabels();
   renderLegend();
   renderText();
@@ -207,9 +283,11 @@ function renderDocLabels() {
     if (r.kind !== "classification") continue;
     const work = state.work[r.task];
     const group = document.createElement("div");
-    group.className = "doc-task" + (r.task === state.docTask ? " active" : "");
+    group.className = "doc-task" + (r.task === state.docTask ? " active" : "") + (work.flagged ? " flagged" : "");
+    group.dataset.task = r.task;
     const h = document.createElement("h3");
-    h.textContent = r.task + (r.task === state.docTask ? " (Shift+digit)" : "");
+    h.textContent = r.task + (r.task === state.docTask ? " (Shift+digit)" : "")
+      + (work.reasons.length ? " · flagged: " + work.reasons.map(reasonText).join("; ") : (work.flagged ? " · audit" : ""));
     group.appendChild(h);
     const probs = Object.fromEntries(r.labels.map((l) => [l.label, l.probability]));
     labelsOf(r.task).forEach((label, i) => {
@@ -220,7 +298,7 @@ function renderDocLabels() {
       b.dataset.task = r.task;
       const p = probs[label] === undefined ? "" : " " + Number(probs[label]).toFixed(2);
       b.textContent = (i < 9 ? (i + 1) + " " : "") + label + p;
-      b.addEventListener("click", () => { work.label = label; state.active = true; render(); });
+      b.addEventListener("click", () => { work.label = label; work.confirmed = true; state.active = true; renderDocLabels(); renderSummary(); });
       group.appendChild(b);
     });
     box.appendChild(group);
@@ -247,24 +325,35 @@ function colorOf(label) {
   return "c" + ((i < 0 ? 0 : i) % 6);
 }
 
+function markClass(e, i) {
+  return "ent " + colorOf(e.label) + (i === state.focus ? " focused" : "") + (e.accepted ? " accepted" : "")
+    + (e.origin === "model" && e.reasons && e.reasons.some((r) => r.kind === "entity") ? " low" : "")
+    + (e.flagged ? " flagged" : "") + (e.assertion !== "present" ? " asserted-" + e.assertion : "");
+}
+
+function markTitle(e) {
+  return e.label + (e.origin === "model" ? " · model " + Number(e.confidence).toFixed(2) : " · added")
+    + " · " + e.assertion + (e.code ? " · " + e.code : "") + (e.reasons && e.reasons.length ? " · flagged: " + e.reasons.map(reasonText).join("; ") : "");
+}
+
 function renderText() {
   const box = $("note-text");
-  box.replaceChildren();
   const text = state.note.text;
   const entities = state.nerTask ? state.work[state.nerTask].entities : [];
-  const hints = state.note.reasons.filter((r) => r.task === state.nerTask && r.kind === "possible_entity" && r.start !== null)
-    .filter((h) => !entities.some((e) => e.start < h.end && h.start < e.end));
+  const hints = state.nerTask ? (state.hints[state.nerTask] || []) : [];
   const items = [
     ...entities.map((e, i) => ({ start: e.start, end: e.end, entity: e, index: i })),
-    ...hints.map((h) => ({ start: h.start, end: h.end, hint: h })),
+    ...hints.map((h) => ({ start: h.reason.start, end: h.reason.end, hint: h })),
   ].sort((a, b) => a.start - b.start);
+  const frag = document.createDocumentFragment();
+  state.marks = new Array(entities.length);
   let pos = 0;
   const plain = (from, to) => {
     if (to <= from) return;
     const seg = document.createElement("span");
     seg.dataset.start = String(from);
     seg.textContent = text.slice(from, to);
-    box.appendChild(seg);
+    frag.appendChild(seg);
   };
   for (const item of items) {
     if (item.start < pos) continue;
@@ -273,58 +362,112 @@ function renderText() {
     el.dataset.start = String(item.start);
     el.textContent = text.slice(item.start, item.end);
     if (item.entity) {
-      const e = item.entity;
-      el.className = "ent " + colorOf(e.label) + (item.index === state.focus ? " focused" : "") + (e.accepted ? " accepted" : "")
-        + (e.origin === "model" && isLow(e) ? " low" : "");
+      el.className = markClass(item.entity, item.index);
       el.dataset.index = String(item.index);
-      el.title = e.label + (e.origin === "model" ? " · model " + Number(e.confidence).toFixed(2) : " · added")
-        + " · " + e.assertion + (e.code ? " · " + e.code : "");
-      if (e.assertion !== "present") el.classList.add("asserted-" + e.assertion);
-      el.addEventListener("click", (ev) => { if (window.getSelection().isCollapsed) { state.focus = item.index; render(); ev.stopPropagation(); } });
+      el.title = markTitle(item.entity);
+      state.marks[item.index] = el;
+      el.addEventListener("click", (ev) => { if (window.getSelection().isCollapsed) { setFocus(item.index, null); ev.stopPropagation(); } });
     } else {
-      el.className = "hint";
-      el.title = "possible missed " + item.hint.label + " (p(no entity) " + Number(item.hint.confidence).toFixed(2) + ")";
+      const h = item.hint;
+      h.el = el;
+      el.className = "hint flagged" + (h.dismissed ? " dismissed" : "") + (h === state.hintFocus ? " focused" : "");
+      el.title = "possible missed " + h.reason.label + " (p(no entity) " + Number(h.reason.confidence).toFixed(2) + "): a digit adds it, a dismisses it";
+      el.addEventListener("click", (ev) => { if (window.getSelection().isCollapsed) { setFocus(-1, h); ev.stopPropagation(); } });
     }
-    box.appendChild(el);
+    frag.appendChild(el);
     pos = item.end;
   }
   plain(pos, text.length);
+  box.replaceChildren(frag);
 }
 
-function isLow(e) {
-  return state.note.reasons.some((r) => r.task === state.nerTask && r.kind === "entity" && r.start === e.start && r.end === e.end);
+function fillRow(tr, e, i) {
+  tr.className = (i === state.focus ? "focused" : "") + (e.flagged ? " flagged" : "");
+  const chosen = (e.codes || []).find((c) => c.code === e.code);
+  const cells = [
+    String(i + 1),
+    e.label,
+    e.text,
+    e.start + "–" + e.end,
+    e.origin === "model" ? Number(e.confidence).toFixed(2) : "",
+    e.assertion + (e.assertion === e.beforeAssertion && e.assertion_cue ? " (" + e.assertion_cue + ")" : ""),
+    e.section || "",
+    e.code ? e.code + (chosen ? " " + chosen.display + (chosen.score < 1 ? " " + Number(chosen.score).toFixed(2) : "") : "") : "",
+    (e.reasons || []).map(reasonText).join("; ") || (e.flagged ? "audit" : ""),
+    e.origin === "added" ? "added" : (e.label !== e.before ? "relabelled from " + e.before : (e.accepted ? "accepted" : "model")),
+  ];
+  cells.forEach((c, k) => { tr.cells[k].textContent = c; });
 }
 
 function renderSpans() {
   const body = $("span-rows");
-  body.replaceChildren();
-  if (!state.nerTask) return;
+  state.rows = [];
+  if (!state.nerTask) { body.replaceChildren(); return; }
+  const frag = document.createDocumentFragment();
   state.work[state.nerTask].entities.forEach((e, i) => {
-    const tr = body.insertRow();
-    tr.className = i === state.focus ? "focused" : "";
+    const tr = document.createElement("tr");
     tr.dataset.index = String(i);
-    const chosen = (e.codes || []).find((c) => c.code === e.code);
-    const cells = [
-      String(i + 1),
-      e.label,
-      e.text,
-      e.start + "–" + e.end,
-      e.origin === "model" ? Number(e.confidence).toFixed(2) : "",
-      e.assertion + (e.assertion === e.beforeAssertion && e.assertion_cue ? " (" + e.assertion_cue + ")" : ""),
-      e.section || "",
-      e.code ? e.code + (chosen ? " " + chosen.display + (chosen.score < 1 ? " " + Number(chosen.score).toFixed(2) : "") : "") : "",
-      e.origin === "added" ? "added" : (e.label !== e.before ? "relabelled from " + e.before : (e.accepted ? "accepted" : "model")),
-    ];
-    for (const c of cells) tr.insertCell().textContent = c;
+    for (let k = 0; k < 10; k++) tr.insertCell();
     tr.cells[5].className = "assertion";
     tr.cells[7].className = "code";
+    tr.cells[8].className = "why";
+    fillRow(tr, e, i);
     const del = document.createElement("button");
     del.type = "button";
     del.textContent = "delete";
-    del.addEventListener("click", () => { state.focus = i; deleteFocused(); });
+    del.addEventListener("click", () => { setFocus(i, null); deleteFocused(); });
     tr.insertCell().appendChild(del);
-    tr.addEventListener("click", () => { state.focus = i; render(); });
+    tr.addEventListener("click", () => setFocus(i, null));
+    state.rows[i] = tr;
+    frag.appendChild(tr);
   });
+  body.replaceChildren(frag);
+}
+
+// One entity changed (accepted, relabelled, assertion, code): its mark and row only, not the whole note.
+function refreshEntity(i) {
+  const e = state.work[state.nerTask].entities[i];
+  const mark = state.marks[i];
+  if (mark) { mark.className = markClass(e, i); mark.title = markTitle(e); }
+  if (state.rows[i]) fillRow(state.rows[i], e, i);
+  renderSummary();
+}
+
+// Focus moves without re-rendering: the old and new items' classes change, the new one scrolls into view.
+function setFocus(index, hint) {
+  if (state.focus >= 0) {
+    if (state.marks[state.focus]) state.marks[state.focus].classList.remove("focused");
+    if (state.rows[state.focus]) state.rows[state.focus].classList.remove("focused");
+  }
+  if (state.hintFocus && state.hintFocus.el) state.hintFocus.el.classList.remove("focused");
+  for (const el of document.querySelectorAll(".doc-task.focused")) el.classList.remove("focused");
+  state.focus = index;
+  state.hintFocus = hint;
+  const el = index >= 0 ? state.marks[index] : (hint ? hint.el : null);
+  if (index >= 0 && state.rows[index]) state.rows[index].classList.add("focused");
+  if (el) { el.classList.add("focused"); el.scrollIntoView({ block: "nearest" }); }
+}
+
+function focusFlag(step) {
+  const n = state.flags.length;
+  if (!n) { setStatus("No flagged items in this note."); return; }
+  state.flagAt = state.flagAt < 0 ? (step > 0 ? 0 : n - 1) : (state.flagAt + step + n) % n;
+  const item = state.flags[state.flagAt];
+  if (item.doc) {
+    setFocus(-1, null);
+    state.docTask = item.doc;
+    const group = document.querySelector(".doc-task[data-task='" + CSS.escape(item.doc) + "']");
+    if (group) { group.classList.add("focused"); group.scrollIntoView({ block: "nearest" }); }
+    setStatus("Flagged document label (" + item.doc + "): Shift+digit sets it, a keeps it.");
+  } else if (item.hint) {
+    setFocus(-1, item.hint);
+    setStatus("Possible missed " + item.hint.reason.label + ": a digit adds it as a span, a dismisses it.");
+  } else {
+    setFocus(item.index, null);
+    const e = state.work[state.nerTask].entities[item.index];
+    setStatus("Flagged span “" + e.text + "”: " + ((e.reasons || []).map(reasonText).join("; ") || "audit") + ".");
+  }
+  $("flag-summary").dataset.at = String(state.flagAt);
 }
 
 function selectionOffsets() {
@@ -350,7 +493,9 @@ function selectionOffsets() {
 }
 
 function addSelection(label) {
-  const range = selectionOffsets();
+  const hint = state.hintFocus;
+  const range = selectionOffsets() || (hint ? { start: hint.reason.start, end: hint.reason.end } : null);
+  if (hint && range.start === hint.reason.start) hint.dismissed = true;
   if (!range || !state.nerTask) return false;
   const entities = state.work[state.nerTask].entities;
   const clash = entities.find((e) => e.start < range.end && range.start < e.end);
@@ -359,6 +504,7 @@ function addSelection(label) {
     assertion: "present", beforeAssertion: "present", code: "", beforeCode: "", codes: [] });
   entities.sort((x, y) => x.start - y.start);
   state.focus = entities.findIndex((e) => e.start === range.start);
+  state.hintFocus = null;
   window.getSelection().removeAllRanges();
   setStatus("Added " + label + " span at " + range.start + "–" + range.end + ".");
   render();
@@ -366,6 +512,7 @@ function addSelection(label) {
 }
 
 function deleteFocused() {
+  if (state.hintFocus) { acceptFocused(); return; }  // a possible missed span: x dismisses it, as a does
   if (!state.nerTask || state.focus < 0) return;
   const entities = state.work[state.nerTask].entities;
   const [gone] = entities.splice(state.focus, 1);
@@ -378,10 +525,26 @@ function moveFocus(step) {
   if (!state.nerTask) return;
   const n = state.work[state.nerTask].entities.length;
   if (!n) return;
-  state.focus = state.focus < 0 ? (step > 0 ? 0 : n - 1) : (state.focus + step + n) % n;
-  render();
-  const el = document.querySelector("#note-text mark.focused");
-  if (el) el.scrollIntoView({ block: "nearest" });
+  setFocus(state.focus < 0 ? (step > 0 ? 0 : n - 1) : (state.focus + step + n) % n, null);
+}
+
+// a: keep the focused item as the model gave it (a span, a document label) or dismiss a possible missed span
+function acceptFocused() {
+  const item = state.flags[state.flagAt];
+  if (state.hintFocus) {
+    state.hintFocus.dismissed = true;
+    state.hintFocus.el.classList.add("dismissed");
+    renderSummary();
+    focusFlag(1);
+  } else if (state.focus >= 0) {
+    state.work[state.nerTask].entities[state.focus].accepted = true;
+    refreshEntity(state.focus);
+    if (item && item.index === state.focus) focusFlag(1); else moveFocus(1);
+  } else if (item && item.doc) {
+    state.work[item.doc].confirmed = true;
+    renderSummary();
+    focusFlag(1);
+  }
 }
 
 function focused() {
@@ -394,7 +557,7 @@ function cycleAssertion() {
   e.assertion = ASSERTIONS[(ASSERTIONS.indexOf(e.assertion) + 1) % ASSERTIONS.length];
   e.accepted = true;
   setStatus("Span " + e.start + "–" + e.end + " is now " + e.assertion + ".");
-  render();
+  refreshEntity(state.focus);
 }
 
 function openCodePicker() {
@@ -420,8 +583,8 @@ function closeCodePicker(apply) {
     e.code = other || $("code-choice").value;
     e.accepted = true;
     setStatus("Span " + e.start + "–" + e.end + " coded " + (e.code || "(none)") + ".");
+    refreshEntity(state.focus);
   }
-  render();
   $("note-text").focus();
 }
 
@@ -480,7 +643,7 @@ function onKey(ev) {
     ev.preventDefault();
     if (!state.docTask) return;
     const label = labelsOf(state.docTask)[Number(digit[1]) - 1];
-    if (label) { state.work[state.docTask].label = label; setStatus(state.docTask + ": " + label); render(); }
+    if (label) { state.work[state.docTask].label = label; state.work[state.docTask].confirmed = true; setStatus(state.docTask + ": " + label); renderDocLabels(); renderSummary(); }
     return;
   }
   if (digit) {
@@ -494,22 +657,22 @@ function onKey(ev) {
       e.label = label;
       e.accepted = true;
       setStatus("Relabelled span " + e.start + "–" + e.end + " as " + label + ".");
-      render();
+      refreshEntity(state.focus);
     }
     return;
   }
   switch (ev.key) {
     case "j": ev.preventDefault(); moveFocus(1); break;
     case "k": ev.preventDefault(); moveFocus(-1); break;
-    case "a":
-      if (state.focus >= 0) { state.work[state.nerTask].entities[state.focus].accepted = true; moveFocus(1); }
-      break;
+    case "a": acceptFocused(); break;
+    case "f": ev.preventDefault(); focusFlag(1); break;
+    case "F": ev.preventDefault(); focusFlag(-1); break;
     case "x": case "Delete": case "Backspace": ev.preventDefault(); deleteFocused(); break;
     case "s": ev.preventDefault(); cycleAssertion(); break;
     case "i": ev.preventDefault(); openCodePicker(); break;
     case "t": cycle("ner"); break;
     case "c": cycle("classification"); break;
-    case "Escape": state.focus = -1; window.getSelection().removeAllRanges(); $("help").hidden = true; render(); break;
+    case "Escape": setFocus(-1, null); window.getSelection().removeAllRanges(); $("help").hidden = true; break;
     default: break;
   }
 }
