@@ -30,6 +30,9 @@ class TaskSettings(BaseModel):
     threshold: float = Field(default=0.9, ge=0.0, le=1.0)
     #: per-label overrides of ``threshold``
     label_thresholds: dict[str, float] = Field(default_factory=dict)
+    #: "model": route with the thresholds calibrated for the model version (its manifest, ``ehrstream calibrate``)
+    #: when it has them, ``threshold`` and ``label_thresholds`` above otherwise; "config": always with those above
+    thresholds_from: Literal["model", "config"] = "model"
     #: NER recall guard: a word tagged O is sent to review when p(O) is below this. Set by policy, not by
     #: ``calibrate`` (which targets the precision of what is accepted, not what is missed).
     possible_entity_threshold: float = Field(default=0.7, ge=0.0, le=1.0)

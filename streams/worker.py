@@ -13,6 +13,7 @@ import faust
 
 from agents.clinical.annotator import ClinicalAnnotator
 from agents.extraction import AgentConfig, register_extraction_agent
+from agents.model_dir import with_model_thresholds
 from agents.pipeline import ExtractionPipeline
 from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
@@ -89,7 +90,7 @@ def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequ
     )
     pipeline = ExtractionPipeline(
         runners if runners is not None else build_runners(settings),
-        RoutingPolicy(settings.tasks, settings.review.audit_share),
+        RoutingPolicy([with_model_thresholds(t) for t in settings.tasks], settings.review.audit_share),
         settings.topics,
         settings.max_note_bytes,
         settings.max_record_bytes,

@@ -150,9 +150,17 @@ def test_train_evaluate_calibrate_end_to_end(tiny_backbone_dir: Path, tmp_path: 
     assert result["nll_after"] <= result["nll_before"] + 1e-6
     manifest = json.loads((tmp_path / "model" / "ehrstream-model.json").read_text())
     assert manifest["temperature"] == result["temperature"]
+    routing = manifest["routing"]  # the thresholds belong to the model version, not to the config
+    assert (routing["threshold"], routing["target_precision"], routing["calibrated_on"]) == (result["threshold"], 0.5, str(data))
+    assert set(routing["label_thresholds"]) == {"cardio", "neuro"}
     (task,) = tomllib.loads(config.read_text())["tasks"]
-    assert task["threshold"] == result["threshold"] and task["model_dir"] == "model"
-    assert set(task["label_thresholds"]) <= {"cardio", "neuro"}
+    assert task == {"name": "topic", "kind": "classification", "model_dir": "model", "threshold": 0.8}  # untouched
+    again = cli.invoke(main, ["--config", str(config), "evaluate", "--task", "topic", "--data", str(data), "--json", "--device", "cpu"])
+    scored = json.loads(again.output.strip().splitlines()[-1])
+    assert (scored["thresholds_from"], scored["threshold"]) == ("model", result["threshold"])
+    assert scored["review_share"] == pytest.approx(result["review_share"]) and scored["auto_precision"] == pytest.approx(
+        result["auto_precision"]
+    )
 
 
 @pytest.mark.slow
@@ -234,3 +242,19 @@ def test_model_trained_from_clickhouse_rows_is_loaded_by_the_worker_and_named_on
     database.insert_json("extractions", TABLE_COLUMNS["extractions"], json_each_row([extraction_row(extraction, 0, 1)]))
     models = database.query(f"SELECT models['disease'] FROM {database.database}.extractions_final WHERE note_id = 'new-1'").scalar()
     assert models == f"disease-lora@{version}"
+
+
+def test_thresholds_belong_to_the_model_version() -> None:
+    """The shipped config sets no threshold: each shipped model's manifest carries the ones calibrated for it, and
+    the worker's routing takes them; a task set to thresholds_from = "config" keeps its own."""
+    from agents.model_dir import with_model_thresholds
+    from streams.settings import Settings
+    from tests.conftest import REPO
+
+    tasks = {t.name: t for t in Settings.load(REPO / "ehrstream.toml").tasks}
+    disease = with_model_thresholds(tasks["disease"])
+    assert (disease.threshold, disease.label_thresholds) == (0.82, {"Disease": 0.82})
+    condition = with_model_thresholds(tasks["condition"])
+    assert condition.threshold == 0.55 and condition.label_thresholds["neoplasms"] == 0.7
+    pinned = tasks["disease"].model_copy(update={"thresholds_from": "config", "threshold": 0.5})
+    assert with_model_thresholds(pinned).threshold == 0.5

@@ -1,47 +1,34 @@
-"""``ehrstream calibrate``: fit a temperature and choose thresholds on a dev split, then write them where they are read.
-
-The temperature goes into the model directory's manifest (the worker divides logits by
-it); the thresholds go into the config file's ``[[tasks]]`` entry (the worker's routing
-reads them). Both are plain files, reviewed and versioned like any other config change.
+"""``ehrstream calibrate``: what it writes. The temperature and the routing thresholds both go into the model
+directory's manifest: they belong to that model version, and a worker routes with them (``thresholds_from =
+"model"``, the default), so a new model brings its own and an older one keeps its own on a rollback.
 """
 
 from __future__ import annotations
 
-import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from agents.errors import ModelLoadError
-from agents.model_dir import MANIFEST, read_manifest, write_manifest
+from agents.model_dir import MANIFEST, RoutingCalibration, read_manifest, write_manifest
 
 
-def write_temperature(model_dir: Path, temperature: float) -> None:
+def write_calibration(
+    model_dir: Path, temperature: float, chosen: dict[str, Any], target_precision: float, data: str
+) -> RoutingCalibration:
+    """Store the fitted temperature and the chosen thresholds (``choose_thresholds``' result) in the manifest."""
     manifest = read_manifest(model_dir)
     if manifest is None:
         raise ModelLoadError(model_dir, f"calibration needs an ehrstream model directory ({MANIFEST})")
-    write_manifest(model_dir, manifest.model_copy(update={"temperature": temperature}))
-
-
-def write_thresholds(
-    config_file: Path, task: str, kind: str, model_dir: Path, threshold: float, label_thresholds: dict[str, float]
-) -> None:
-    """Create or update the task's entry in a TOML config file, keeping everything else in it."""
-    doc: dict[str, Any] = tomllib.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
-    tasks: list[dict[str, Any]] = doc.setdefault("tasks", [])
-    entry = next((t for t in tasks if t.get("name") == task), None)
-    if entry is None:
-        entry = {"name": task, "kind": kind, "model_dir": _relative(model_dir, config_file.parent)}
-        tasks.append(entry)
-    entry["threshold"] = threshold
-    entry["label_thresholds"] = dict(sorted(label_thresholds.items()))
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(tomli_w.dumps(doc), encoding="utf-8")
-
-
-def _relative(path: Path, base: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(base.resolve()))
-    except ValueError:
-        return str(path.resolve())
+    routing = RoutingCalibration(
+        threshold=chosen["threshold"],
+        label_thresholds=dict(sorted(chosen["label_thresholds"].items())),
+        target_precision=target_precision,
+        reached_target=bool(chosen["reached_target"]),
+        calibrated_on=data,
+        calibrated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        auto_precision=chosen.get("auto_precision"),
+        review_share=chosen.get("review_share"),
+    )
+    write_manifest(model_dir, manifest.model_copy(update={"temperature": temperature, "routing": routing}))
+    return routing

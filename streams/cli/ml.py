@@ -161,7 +161,7 @@ def evaluate(
 
 
 @click.command()
-@task_model_data("CAL", data_help="Dev split (never the test split).")
+@task_model_data("CAL", data_help="Dev split (never the test split), or 'clickhouse': the notes reviewers decided.", clickhouse_ok=True)
 @option(
     "--target-precision",
     envvar="EHRSTREAM_CAL_TARGET_PRECISION",
@@ -170,12 +170,6 @@ def evaluate(
     show_default=True,
     help="Auto-accept precision to reach.",
 )
-@option(
-    "--write-config",
-    envvar="EHRSTREAM_CAL_WRITE_CONFIG",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Config file to write the thresholds into (default: --config, else ehrstream.toml).",
-)
 @option("--device", envvar="EHRSTREAM_DEVICE", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the result.")
 @click.pass_obj
@@ -183,20 +177,19 @@ def calibrate(
     obj: CliContext,
     task: str,
     model: Path | None,
-    data: Path,
+    data: str,
     data_format: DataFormat | None,
     target_precision: float,
-    write_config: Path | None,
     device: str,
     as_json: bool,
 ) -> None:
-    """Fit temperature scaling on a dev split and write the least-review thresholds that reach the target precision."""
+    """Fit temperature scaling and the least-review thresholds that reach the target precision, on a dev split or on
+    the reviewed notes of the live stream (--data clickhouse); both are stored with the model version (its manifest)."""
     from streams.learning.model_checks import calibrate_task
 
-    config_file = write_config or obj.config or Path("ehrstream.toml")
-    result = calibrate_task(configured_task(obj, task), model, data, target_precision, config_file, device, data_format)
+    result = calibrate_task(obj.settings(), configured_task(obj, task), model, data, target_precision, device, data_format)
     if not result["reached_target"]:
-        click.echo(f"warning: no threshold reaches precision {target_precision} on {data.name}; using the strictest", err=True)
+        click.echo(f"warning: no threshold reaches precision {target_precision} on {Path(data).name}; using the strictest", err=True)
     click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>17}: {v}" for k, v in result.items()))
 
 

@@ -46,8 +46,9 @@ def data_format_option(prefix: str) -> Callable[[F], F]:
     )
 
 
-def task_model_data(prefix: str, data_help: str) -> Callable[[F], F]:
-    """--task, --model, --data and --format, as `evaluate` and `calibrate` share them (env vars EHRSTREAM_<prefix>_...)."""
+def task_model_data(prefix: str, data_help: str, clickhouse_ok: bool = False) -> Callable[[F], F]:
+    """--task, --model, --data and --format, as `evaluate` and `calibrate` share them (env vars EHRSTREAM_<prefix>_...);
+    ``clickhouse_ok``: --data may also be ``clickhouse`` (then it is passed as text, checked by the command)."""
     options = [
         option("--task", envvar=f"EHRSTREAM_{prefix}_TASK", required=True, help="Task name, as configured."),
         option(
@@ -60,7 +61,7 @@ def task_model_data(prefix: str, data_help: str) -> Callable[[F], F]:
             "--data",
             envvar=f"EHRSTREAM_{prefix}_DATA",
             required=True,
-            type=click.Path(path_type=Path, exists=True, dir_okay=False),
+            type=str if clickhouse_ok else click.Path(path_type=Path, exists=True, dir_okay=False),
             help=data_help,
         ),
         data_format_option(prefix),

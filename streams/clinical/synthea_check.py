@@ -140,6 +140,7 @@ def check_export(settings: Any, export_dir: Path, mapping_file: Path, task: str,
     ``held_out``: only the patients ``ehrstream silver-labels`` keeps out of training (its dev split)."""
     import time
 
+    from agents.model_dir import with_model_thresholds
     from agents.routing import RoutingPolicy
     from streams.errors import ConfigError
     from streams.ingest.publish import read_notes
@@ -151,7 +152,7 @@ def check_export(settings: Any, export_dir: Path, mapping_file: Path, task: str,
         raise ConfigError("task", f"no task named {task!r} in the settings")
     pipeline = ExtractionPipeline(
         build_runners(settings),
-        RoutingPolicy(settings.tasks, settings.review.audit_share),
+        RoutingPolicy([with_model_thresholds(t) for t in settings.tasks], settings.review.audit_share),
         settings.topics,
         settings.max_note_bytes,
         settings.max_record_bytes,

@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from agents.config import TaskSettings
-from agents.learning.datasets import DataFormat
+from agents.errors import TrainingDataError
+from agents.learning.datasets import DataFormat, Example
+from streams.settings import Settings
+
+#: a confidence floor no machine label reaches: only reviewed rows
+REVIEWED_ONLY = 2.0
 
 
 def evaluate_task(
@@ -28,14 +33,17 @@ def evaluate_task(
     from agents.learning import plots as charts
     from agents.learning.datasets import read_examples
     from agents.learning.evaluation import Run, report
-    from agents.model_dir import load_model
+    from agents.model_dir import load_model, read_manifest, with_model_thresholds
     from agents.runners import build_runner
 
-    loaded = load_model(model or task.model_dir, task.kind)
+    model_dir = model or task.model_dir
+    loaded = load_model(model_dir, task.kind)
     examples = read_examples(data, task.kind.value, data_format)
     runner = build_runner(task.name, loaded, device=device, quantization=task.quantization)
     result = report(Run.of(runner, examples), guard=task.possible_entity_threshold)
-    chosen = threshold if threshold is not None else task.threshold
+    manifest = read_manifest(model_dir)
+    stored = manifest is not None and manifest.routing is not None and task.thresholds_from == "model"
+    chosen = threshold if threshold is not None else with_model_thresholds(task, model_dir).threshold
     at = min(result["tradeoff"], key=lambda r: abs(r["threshold"] - chosen))
     summary: dict[str, Any] = {
         "task": task.name,
@@ -52,6 +60,7 @@ def evaluate_task(
         "macro_f1": result["macro"]["f1"],
         "ece": result["calibration"]["ece"],
         "threshold": chosen,
+        "thresholds_from": "--threshold" if threshold is not None else ("model" if stored else "config"),
         "review_share": at["review_share"],
         "auto_precision": at["auto_precision"],
     }
@@ -75,18 +84,18 @@ def format_evaluation(summary: dict[str, Any], result: dict[str, Any]) -> str:
 
 
 def calibrate_task(
+    settings: Settings,
     task: TaskSettings,
     model: Path | None,
-    data: Path,
+    data: str,
     target_precision: float,
-    config_file: Path,
     device: str,
     data_format: DataFormat | None = None,
 ) -> dict[str, Any]:
-    """Fit temperature scaling on ``data`` (a dev split), write it into the model directory, and write the
-    least-review thresholds that reach ``target_precision`` into ``config_file``; returns what was chosen."""
-    from agents.learning.calibration import write_temperature, write_thresholds
-    from agents.learning.datasets import read_examples
+    """Fit temperature scaling on ``data`` (a dev split, or ``clickhouse``: the reviewed notes of the live stream,
+    audits included) and choose the least-review thresholds that reach ``target_precision``; both are written into
+    the model directory's manifest (they belong to that version). Returns what was chosen."""
+    from agents.learning.calibration import write_calibration
     from agents.learning.evaluation import Run, choose_thresholds, fit_temperature
     from agents.model_dir import load_model
     from agents.runners import build_runner
@@ -94,20 +103,34 @@ def calibrate_task(
     model_dir = model or task.model_dir
     loaded = load_model(model_dir, task.kind)
     runner = build_runner(task.name, loaded, device=device, quantization=task.quantization)
-    run = Run.of(runner, read_examples(data, task.kind.value, data_format))
+    run = Run.of(runner, labelled_examples(settings, task, data, data_format))
     before = run.nll(1.0)
     temperature = fit_temperature(run)
     chosen = choose_thresholds(run, target_precision, temperature, guard=task.possible_entity_threshold)
-    write_temperature(model_dir, temperature)
-    write_thresholds(config_file, task.name, task.kind.value, model_dir, chosen["threshold"], chosen["label_thresholds"])
+    write_calibration(model_dir, temperature, chosen, target_precision, data)
     return {
         "task": task.name,
         "model": str(model_dir),
-        "data": str(data),
+        "version": loaded.version,
+        "data": data,
+        "n": len(run.examples),
         "temperature": temperature,
         "nll_before": round(before, 4),
         "nll_after": round(run.nll(temperature), 4),
         "target_precision": target_precision,
         **chosen,
-        "config": str(config_file),
     }
+
+
+def labelled_examples(settings: Settings, task: TaskSettings, data: str, data_format: DataFormat | None) -> list[Example]:
+    """A labelled file, or ``clickhouse``: the notes reviewers decided (their reviewed revisions, audits included;
+    machine labels are never taken as truth here)."""
+    from agents.learning.datasets import read_examples
+
+    if data == "clickhouse":
+        from streams.learning.training_data import examples_from_clickhouse
+
+        return examples_from_clickhouse(settings, task.name, task.kind, floor=REVIEWED_ONLY).examples
+    if not Path(data).is_file():
+        raise TrainingDataError(data, "no such file (pass a labelled file or 'clickhouse')")
+    return read_examples(Path(data), task.kind.value, data_format)
