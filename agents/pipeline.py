@@ -10,6 +10,7 @@ and encode an Extraction (and a ReviewTask when needed) per note.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from agents.clinical.annotator import ClinicalAnnotator
-from agents.config import TopicSettings
+from agents.config import TaskSettings, TopicSettings
 from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
 from agents.runners.columns import TaskColumns
@@ -72,8 +73,27 @@ class ExtractionPipeline:
         self._extraction_codec = codecs.of(Extraction)
         self._review_codec = codecs.of(ReviewTask)
         self._dead_codec = codecs.of(DeadLetter)
+        self._staged: dict[str, tuple[ModelRunner, TaskSettings]] = {}
+        self._staged_lock = threading.Lock()
+
+    def stage(self, runner: ModelRunner, task: TaskSettings) -> None:
+        """Hand over a new model version for one task, from any thread (the model watcher): it takes over, with the
+        thresholds of ``task``, at the start of the next batch, so a batch is never split between two versions."""
+        with self._staged_lock:
+            self._staged[runner.task] = (runner, task)
+
+    def _take_staged(self) -> None:
+        with self._staged_lock:
+            staged, self._staged = self._staged, {}
+        for name, (runner, task) in staged.items():
+            i = next(k for k, r in enumerate(self.runners) if r.task == name)
+            before = self.runners[i].loaded.version
+            self.runners[i] = runner
+            self.policy.replace(task)
+            log.info("task %s: model version %s replaces %s from this batch on", name, runner.loaded.version, before)
 
     def process(self, records: Sequence[InRecord]) -> BatchResult:
+        self._take_staged()
         result = BatchResult()
         notes: list[Note] = []
         with result.timed("decode"):

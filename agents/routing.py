@@ -36,6 +36,10 @@ class RoutingPolicy:
         self.audit_share = audit_share
         self._salt = audit_salt.encode("utf-8")
 
+    def replace(self, task: TaskSettings) -> None:
+        """Route ``task`` with these settings from now on (a new model version's thresholds)."""
+        self._tasks[task.name] = task
+
     def audited(self, note_ids: Sequence[str]) -> np.ndarray:
         """Which notes are audited: a uniform draw from each note id's hash below ``audit_share`` (the same note is
         always drawn the same way, so a replayed batch audits the same notes)."""

@@ -44,3 +44,7 @@ class QueryRefusedError(EhrstreamError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class RegistryError(EhrstreamError):
+    """A model registry change that cannot be made (an unknown version, nothing to roll back to, a duplicate)."""

@@ -202,6 +202,12 @@ class Settings(BaseSettings):
     embedded_workers: int = Field(default=0, ge=0)
 
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
+    #: how often a worker looks at the model registry for a newly promoted version (``streams.learning.registry``)
+    model_poll_seconds: float = Field(default=2.0, gt=0)
+
+    def registry_file(self) -> Path:
+        """The model registry (versions, scores, the live one per task) and, beside it, the candidates trained here."""
+        return self.data_dir / "models" / "registry.json"
 
     def broker_storage_dir(self) -> Path | None:
         """The embedded broker's storage directory, or None for memory."""

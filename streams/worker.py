@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import faust
 
 from agents.clinical.annotator import ClinicalAnnotator
+from agents.config import TaskSettings
 from agents.extraction import AgentConfig, register_extraction_agent
 from agents.model_dir import with_model_thresholds
 from agents.pipeline import ExtractionPipeline
@@ -23,30 +24,33 @@ from schemas.extraction import TaskKind
 from streams.errors import ConfigError
 from streams.kafka.clients import faust_broker_settings
 from streams.kafka.worker_consumer import WorkerApp
+from streams.learning.registry import ModelRegistry
 from streams.metrics import record_batch
+from streams.runtime.model_watcher import ModelWatcher
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def build_runners(settings: Settings, reference: bool = False) -> list[ModelRunner]:
-    """The tasks' runners. ``reference``: the plain float32 models, whatever the tasks ask (the bench's baseline)."""
+    """The tasks' runners, each from its live registered version when it has one (``streams.learning.registry``), else
+    from its configured model. ``reference``: the plain float32 models, whatever the tasks ask (the bench's baseline)."""
     import torch
-
-    from agents.model_dir import load_model
-    from agents.runners import build_runner
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    runners = []
-    for task in settings.tasks:
-        loaded = load_model(task.model_dir, task.kind)
-        log.info("task %s: model %s version %s (%s)", task.name, loaded.name, loaded.version, task.kind.value)
-        quantization = "none" if reference else task.quantization
-        runners.append(
-            build_runner(task.name, loaded, batch_size=settings.inference_batch_size, device=settings.device, quantization=quantization)
-        )
-    return runners
+    registry = ModelRegistry(settings.registry_file())
+    return [build_runner_for(settings, registry.resolve(task), reference) for task in settings.tasks]
+
+
+def build_runner_for(settings: Settings, task: TaskSettings, reference: bool = False) -> ModelRunner:
+    from agents.model_dir import load_model
+    from agents.runners import build_runner
+
+    loaded = load_model(task.model_dir, task.kind)
+    log.info("task %s: model %s version %s (%s)", task.name, loaded.name, loaded.version, task.kind.value)
+    quantization = "none" if reference else task.quantization
+    return build_runner(task.name, loaded, batch_size=settings.inference_batch_size, device=settings.device, quantization=quantization)
 
 
 def build_clinical(settings: Settings) -> dict[str, ClinicalAnnotator]:
@@ -88,9 +92,11 @@ def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequ
         producer_max_batch_size=settings.producer_batch_bytes,
         **faust_broker_settings(settings, bootstrap),
     )
+    registry = ModelRegistry(settings.registry_file())
+    serving = [registry.resolve(t) for t in settings.tasks]  # each task's live registered version, else its configured model
     pipeline = ExtractionPipeline(
         runners if runners is not None else build_runners(settings),
-        RoutingPolicy([with_model_thresholds(t) for t in settings.tasks], settings.review.audit_share),
+        RoutingPolicy([with_model_thresholds(t) for t in serving], settings.review.audit_share),
         settings.topics,
         settings.max_note_bytes,
         settings.max_record_bytes,
@@ -100,6 +106,8 @@ def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequ
     config = AgentConfig(settings.topics, settings.topic_partitions, settings.batch_max_notes, settings.batch_max_seconds)
     register_extraction_agent(app, config, pipeline, on_batch=record_batch)
     register_undecodable_reports(app, settings, codecs)
+    if runners is None:  # models built from the settings: follow the registry's promotions without a restart
+        ModelWatcher(settings, pipeline, {t.name: t.model_dir for t in serving}).start()
     return app
 
 

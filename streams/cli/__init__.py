@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from schemas.errors import EhrstreamError
-from streams.cli import clinical, data, ml, ops, serving
+from streams.cli import clinical, data, ml, models, ops, serving
 from streams.cli.options import CliContext, option
 
 log = logging.getLogger("ehrstream")
@@ -84,6 +84,7 @@ for command in (
     ml.evaluate,
     ml.calibrate,
     ml.label,
+    models.models,
 ):
     main.add_command(command)
 for command in (
