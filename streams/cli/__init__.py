@@ -84,6 +84,7 @@ for command in (
     ml.evaluate,
     ml.calibrate,
     ml.label,
+    ml.learn,
     models.models,
 ):
     main.add_command(command)

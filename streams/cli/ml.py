@@ -263,3 +263,53 @@ def label(
     summary = label_file(labeller, input_file, out, min_confidence, batch_size, target)
     result = {"task": task, "llm": labeller.name, "out": str(out), **dataclasses.asdict(summary)}
     click.echo(json.dumps(result) if as_json else "\n".join(f"{k:>14}: {v}" for k, v in result.items()))
+
+
+@click.command()
+@option("--task", envvar="EHRSTREAM_LEARN_TASK", required=True, help="Task name, as configured.")
+@option(
+    "--dev",
+    envvar="EHRSTREAM_LEARN_DEV",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Fixed dev set.",
+)
+@option(
+    "--base-data",
+    envvar="EHRSTREAM_LEARN_BASE_DATA",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="The original training set, trained on again with the reviewed notes (keeps what the model knew).",
+)
+@option("--every", envvar="EHRSTREAM_LEARN_EVERY", type=int, default=100, show_default=True, help="New reviewed notes per candidate.")
+@option("--held-back", envvar="EHRSTREAM_LEARN_HELD_BACK", type=float, default=0.2, show_default=True, help="Reviewed share kept to judge.")
+@option("--tolerance", envvar="EHRSTREAM_LEARN_TOLERANCE", type=float, default=0.0, show_default=True, help="F1 a candidate may lose.")
+@option("--target-precision", envvar="EHRSTREAM_LEARN_TARGET_PRECISION", type=float, default=0.9, show_default=True)
+@option("--epochs", envvar="EHRSTREAM_LEARN_EPOCHS", type=int, default=2, show_default=True)
+@option("--learning-rate", envvar="EHRSTREAM_LEARN_LR", type=float, default=2e-4, show_default=True)
+@option("--device", envvar="EHRSTREAM_DEVICE", default="auto", show_default=True)
+@option("--once", envvar="EHRSTREAM_LEARN_ONCE", is_flag=True, help="Run one cycle now and exit (cron, CI) instead of waiting for reviews.")
+@click.pass_obj
+def learn(
+    obj: CliContext,
+    task: str,
+    dev: Path,
+    base_data: Path | None,
+    every: int,
+    held_back: float,
+    tolerance: float,
+    target_precision: float,
+    epochs: int,
+    learning_rate: float,
+    device: str,
+    once: bool,
+) -> None:
+    """Retrain, evaluate, promote: a candidate from the reviewed notes every N reviews, promoted only when not worse
+    than the live version on the dev set and on held-back reviewed notes (see README, "The learning loop")."""
+    from streams.learning.loop import LoopConfig, candidate_cycle, run_learning_loop
+
+    config = LoopConfig(dev, base_data, every, held_back, tolerance, target_precision, epochs, learning_rate, device)
+    settings, configured = obj.settings(), configured_task(obj, task)
+    if once:
+        click.echo(json.dumps(candidate_cycle(settings, configured, config, click.echo)))
+    else:
+        run_learning_loop(settings, configured, config, click.echo)

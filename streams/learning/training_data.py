@@ -22,6 +22,8 @@ from streams.settings import Settings
 @dataclass(frozen=True)
 class ClickHouseExamples:
     examples: list[Example]
+    #: the note each example came from (same order)
+    note_ids: list[str]
     reviewed: int
     machine_labelled: int
     below_floor: int
@@ -37,8 +39,9 @@ def examples_from_clickhouse(settings: Settings, task: str, kind: TaskKind, floo
     )
     rows = run_query(settings, sql, {"task": task}).rows
     examples: list[Example] = []
+    note_ids: list[str] = []
     reviewed = machine = dropped = 0
-    for _note_id, text, status, labels, spans in rows:
+    for note_id, text, status, labels, spans in rows:
         is_reviewed = status == "reviewed"
         if kind is TaskKind.classification:
             if not labels:
@@ -48,6 +51,7 @@ def examples_from_clickhouse(settings: Settings, task: str, kind: TaskKind, floo
                 dropped += 1
                 continue
             examples.append(ClassificationExample(text, top["label"]))
+            note_ids.append(str(note_id))
         else:
             parsed = [
                 (
@@ -62,11 +66,12 @@ def examples_from_clickhouse(settings: Settings, task: str, kind: TaskKind, floo
                 dropped += 1
                 continue
             examples.append(NerExample(text, [(a, b, label) for a, b, label, _ in parsed]))
+            note_ids.append(str(note_id))
         reviewed += is_reviewed
         machine += not is_reviewed
     if not examples:
         raise TrainingDataError("clickhouse", f"no reviewed or confident ({floor}) rows for task {task!r} in {db}.extractions_final")
-    return ClickHouseExamples(examples, reviewed, machine, dropped)
+    return ClickHouseExamples(examples, note_ids, reviewed, machine, dropped)
 
 
 def _probability(value: Any) -> float:
