@@ -78,6 +78,8 @@ def test_learn_trains_judges_and_promotes_or_rejects_a_candidate(tiny_backbone_d
         first = cli.invoke(main, [*learn, "--tolerance", "1.0"])  # any candidate passes
         assert first.exit_code == 0, first.output
         promoted = json.loads(first.output.strip().splitlines()[-1])
+        more = [_reviewed(f"r-{i}") for i in range(30, 40)]  # new reviews: a new candidate
+        database.insert_json("extractions", TABLE_COLUMNS["extractions"], json_each_row(more))
         second = cli.invoke(main, [*learn, "--tolerance", "-1.0"])  # no candidate can pass
         assert second.exit_code == 0, second.output
         rejected = json.loads(second.output.strip().splitlines()[-1])
@@ -91,6 +93,7 @@ def test_learn_trains_judges_and_promotes_or_rejects_a_candidate(tiny_backbone_d
 
     held = sum(held_back(n, 0.2) for n in note_ids)
     assert 0 < held < 30 and (promoted["reviewed"], promoted["held_back"]) == (30, held)
+    assert rejected["reviewed"] == 40
     assert promoted["promoted"] is True and rejected["promoted"] is False
     for key in ("dev_f1", "held_back_f1", "live_dev_f1", "live_held_back_f1"):
         assert 0.0 <= promoted[key] <= 1.0
@@ -100,6 +103,8 @@ def test_learn_trains_judges_and_promotes_or_rejects_a_candidate(tiny_backbone_d
     assert states == [(baseline, "retired"), (promoted["version"], "live"), (rejected["version"], "rejected")]
     assert "gate: worse than the live version" in registry.versions("disease")[2].note
     manifest = json.loads((Path(promoted["model_dir"]) / "ehrstream-model.json").read_text())
-    assert manifest["training"]["init_from"] == str(tmp_path / "model")  # continued from the live version
+    assert manifest["training"]["init_from"] == str(tmp_path / "model")  # continued from the origin version
+    again = json.loads((Path(rejected["model_dir"]) / "ehrstream-model.json").read_text())
+    assert again["training"]["init_from"] == str(tmp_path / "model")  # every candidate starts from the origin
     assert manifest["routing"]["calibrated_on"] == "clickhouse"  # the last calibration: the reviewed notes
-    assert json.loads(calibrated.output.strip().splitlines()[-1])["n"] == 30
+    assert json.loads(calibrated.output.strip().splitlines()[-1])["n"] == 40

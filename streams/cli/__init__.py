@@ -98,5 +98,6 @@ for command in (
     ops.demo,
     ops.bench,
     ops.soak,
+    ops.simulate,
 ):
     main.add_command(command)

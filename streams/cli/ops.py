@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import click
 
@@ -129,3 +129,38 @@ def soak(
         echo=lambda line: click.echo(line, err=as_json),
     )
     report(format_result(result), result_json(result), as_json)
+
+
+@click.command()
+@option("--task", envvar="EHRSTREAM_SIM_TASK", required=True, help="The NER task, as configured.")
+@option("--model", envvar="EHRSTREAM_SIM_MODEL", required=True, type=click.Path(path_type=Path, file_okay=False, exists=True))
+@option("--stream", envvar="EHRSTREAM_SIM_STREAM", required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="Labelled sentences (CoNLL) replayed as the stream; their labels answer the reviews.")  # fmt: skip
+@option("--dev", envvar="EHRSTREAM_SIM_DEV", required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@option("--budget", envvar="EHRSTREAM_SIM_BUDGET", type=int, default=500, show_default=True, help="Notes reviewed in all.")
+@option("--retrain-every", envvar="EHRSTREAM_SIM_RETRAIN_EVERY", type=int, default=100, show_default=True)
+@option("--strategy", envvar="EHRSTREAM_SIM_STRATEGY", type=click.Choice(["uncertainty", "fifo", "random"]), default="uncertainty")
+@option("--target-precision", envvar="EHRSTREAM_SIM_TARGET_PRECISION", type=float, default=0.9, show_default=True)
+@option("--rounds", envvar="EHRSTREAM_SIM_ROUNDS", type=int, default=10, show_default=True, help="Slices of the stream.")
+@option("--epochs", envvar="EHRSTREAM_SIM_EPOCHS", type=int, default=4, show_default=True, help="Per candidate.")
+@option("--out", envvar="EHRSTREAM_SIM_OUT", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the summary.")
+@click.pass_obj
+def simulate(obj: CliContext, task: str, model: Path, stream: Path, dev: Path, budget: int, retrain_every: int, strategy: str,
+             target_precision: float, rounds: int, epochs: int, out: Path, as_json: bool) -> None:  # fmt: skip
+    """Replay a labelled corpus through the real stack with the gold labels as the reviewer: review rate, dev F1, the
+    audited precision estimate against the truth, and every promotion, as a table, PNG plots and summary.json."""
+    from streams.ops.simulate import SimulationConfig, run_simulation, summary
+    from streams.ops.simulate_report import plots, table
+    from streams.runtime.broker import EMBEDDED_TIMEOUTS
+
+    config = SimulationConfig(
+        task, model, stream, dev, budget, retrain_every, cast(Any, strategy), target_precision, out, rounds, epochs=epochs
+    )
+    settings = obj.settings(topic_partitions=2, **EMBEDDED_TIMEOUTS)
+    result = summary(run_simulation(settings, config, lambda line: click.echo(line, err=as_json)))
+    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(table(result["rounds"]), err=as_json)
+    click.echo("plots: " + ", ".join(str(p) for p in plots(result, out)), err=as_json)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in result.items() if k != "rounds"}))

@@ -16,9 +16,6 @@ from agents.errors import TrainingDataError
 from agents.learning.datasets import DataFormat, Example
 from streams.settings import Settings
 
-#: a confidence floor no machine label reaches: only reviewed rows
-REVIEWED_ONLY = 2.0
-
 
 def evaluate_task(
     task: TaskSettings,
@@ -130,7 +127,7 @@ def labelled_examples(settings: Settings, task: TaskSettings, data: str, data_fo
     if data == "clickhouse":
         from streams.learning.training_data import examples_from_clickhouse
 
-        return examples_from_clickhouse(settings, task.name, task.kind, floor=REVIEWED_ONLY).examples
+        return examples_from_clickhouse(settings, task.name, task.kind, floor=1.0, reviewed_only=True).examples
     if not Path(data).is_file():
         raise TrainingDataError(data, "no such file (pass a labelled file or 'clickhouse')")
     return read_examples(Path(data), task.kind.value, data_format)

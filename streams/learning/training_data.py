@@ -29,15 +29,19 @@ class ClickHouseExamples:
     below_floor: int
 
 
-def examples_from_clickhouse(settings: Settings, task: str, kind: TaskKind, floor: float) -> ClickHouseExamples:
+def examples_from_clickhouse(
+    settings: Settings, task: str, kind: TaskKind, floor: float, reviewed_only: bool = False
+) -> ClickHouseExamples:
+    """``reviewed_only``: the notes reviewers decided and nothing else (calibration, the learning loop's data)."""
     db = settings.clickhouse_database  # validated identifier; values are bound
     sql = (
         "SELECT note_id, text, status, "  # noqa: S608
         "arrayFilter(x -> x.task = {task:String}, doc_labels) AS labels, "
         "arrayFilter(x -> x.task = {task:String}, entities) AS spans "
-        f"FROM {db}.extractions_final WHERE status IN ('reviewed', 'auto_accepted') ORDER BY note_id"
+        f"FROM {db}.extractions_final WHERE status IN {{statuses:Array(String)}} ORDER BY note_id"
     )
-    rows = run_query(settings, sql, {"task": task}).rows
+    statuses = ["reviewed"] if reviewed_only else ["reviewed", "auto_accepted"]
+    rows = run_query(settings, sql, {"task": task, "statuses": statuses}).rows
     examples: list[Example] = []
     note_ids: list[str] = []
     reviewed = machine = dropped = 0
