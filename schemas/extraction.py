@@ -16,6 +16,9 @@ class ExtractionStatus(StrEnum):
     auto_accepted = "auto_accepted"
     pending_review = "pending_review"
     reviewed = "reviewed"
+    #: the review budget ran out before a reviewer reached the note: its flagged items stay as the model gave them,
+    #: marked ``over_budget``
+    over_budget = "over_budget"
 
 
 class ItemState(StrEnum):

@@ -23,6 +23,13 @@ class ChangeAction(StrEnum):
     set_code = "set_code"
 
 
+class DecisionOutcome(StrEnum):
+    #: a reviewer decided the note
+    reviewed = "reviewed"
+    #: nobody did: the queue was past its budget and the note was released with its flagged items marked over_budget
+    over_budget = "over_budget"
+
+
 class Change(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -46,3 +53,4 @@ class ReviewDecision(AvroModel):
     comment: str | None = None
     #: the reviewed result of every task: the note's new revision (``base_revision + 1``, status ``reviewed``)
     results: list[TaskResult] = Field(default_factory=list)
+    outcome: DecisionOutcome = DecisionOutcome.reviewed

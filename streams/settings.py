@@ -58,6 +58,11 @@ class ReviewSettings(BaseModel):
     #: the queue serves tasks by priority (expected corrections); this share of claims takes a random task instead,
     #: so what reviewers see stays a fair sample of the queue
     random_share: float = Field(default=0.1, ge=0.0, le=1.0)
+    #: review tasks per hour, per task, the reviewers can clear; 0 = no budget. With a budget, a task's queue keeps at
+    #: most ``budget_per_hour * budget_horizon_hours`` tasks (audits always kept); the least valuable beyond that are
+    #: released: their flagged items stay as the model gave them, marked ``over_budget`` (status ``over_budget``)
+    budget_per_hour: int = Field(default=0, ge=0)
+    budget_horizon_hours: float = Field(default=24.0, gt=0)
 
     @field_validator("reviewers")
     @classmethod

@@ -97,7 +97,13 @@ def _stack_settings(settings: Settings, config: SimulationConfig) -> Settings:
     task = base.model_copy(update={"model_dir": config.model.resolve(), "coding": "none", "clinical": False})
     review = settings.review.model_copy(update={"audit_share": config.audit_share})
     return settings.model_copy(
-        update={"tasks": [task], "data_dir": (config.out / "stack").resolve(), "embedded_storage": "memory", "review": review}
+        update={
+            "tasks": [task],
+            "data_dir": (config.out / "stack").resolve(),
+            "embedded_storage": "memory",
+            "review": review,
+            "log_level": "INFO",  # the workers' logs (files under --out/stack) say when they load a promoted version
+        }
     )
 
 

@@ -13,6 +13,7 @@ from schemas.codec import Codecs
 from streams.kafka.schema_registry import build_codecs
 from streams.query.reader import Reader
 from streams.review.backlog import BacklogMonitor
+from streams.review.budget import BudgetKeeper, BudgetThread
 from streams.review.publisher import DecisionPublisher
 from streams.review.server import ReviewApp
 from streams.settings import Settings
@@ -35,6 +36,7 @@ class ReviewServer:
 
     def __init__(self, app: ReviewApp, host: str, port: int) -> None:
         self.backlog: BacklogMonitor | None = None
+        self.budget: BudgetThread | None = None
         self.app = app
         self.host = host
         self.port = port
@@ -80,6 +82,8 @@ class ReviewServer:
     def stop(self) -> None:
         if self.backlog is not None:
             self.backlog.stop()
+        if self.budget is not None:
+            self.budget.stop()
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -94,6 +98,9 @@ def start_review_server(
     app = ReviewApp(settings, reader, DecisionPublisher(settings, bootstrap, codecs or build_codecs(settings)))
     server = ReviewServer(app, host or settings.review.host, settings.review.port if port is None else port)
     server.start()
+    if settings.review.budget_per_hour:
+        keeper = BudgetKeeper(app.store, app.publisher, settings.review)
+        server.budget = BudgetThread(keeper, settings.metrics_lag_seconds, lambda: app.leases.live().keys()).start()
     if settings.metrics_port:
         server.backlog = BacklogMonitor(
             app.store, settings.metrics_lag_seconds, settings.review.target_precision, settings.review.min_audit_items

@@ -16,7 +16,7 @@ from typing import Any
 from schemas.dead_letter import ErrorKind
 from schemas.errors import RecordError
 from schemas.extraction import Extraction, ExtractionStatus
-from schemas.review_decision import ReviewDecision
+from schemas.review_decision import DecisionOutcome, ReviewDecision
 from streams.sink.backend import ClickHouseBackend, as_utc
 
 _BASE_COLUMNS = "note_id, revision, patient_id, encounter_id, note_type, source, created_at, text"
@@ -65,7 +65,7 @@ def reviewed_revision(base: list[Any] | None, decision: ReviewDecision) -> Extra
         source=source,
         created_at=as_utc(created_at),
         text=text,
-        status=ExtractionStatus.reviewed,
+        status=ExtractionStatus.over_budget if decision.outcome is DecisionOutcome.over_budget else ExtractionStatus.reviewed,
         results=decision.results,
         processed_at=decision.decided_at,
     )
