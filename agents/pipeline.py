@@ -48,6 +48,8 @@ class Routed:
     flagged: list[np.ndarray]
     #: per note, how many items are flagged (document labels, entities, possible missed entities): the review load
     items: np.ndarray
+    #: per note, how many items are accepted (document labels, entities): what an audit checks
+    accepted: np.ndarray
 
 
 class ExtractionPipeline:
@@ -188,10 +190,12 @@ class ExtractionPipeline:
                             "threshold": threshold,
                         }
                     )
+        accepted = np.zeros(n_notes, dtype=np.int64)
         for task, items in zip(columns, flagged, strict=True):
             owner = np.arange(n_notes) if task.entities is None else task.entities.note
             per_note += np.bincount(owner[items], minlength=n_notes)
-        return Routed(reasons, priority, flagged, per_note)
+            accepted += np.bincount(owner[~items], minlength=n_notes)
+        return Routed(reasons, priority, flagged, per_note, accepted)
 
     def _encode(self, result: BatchResult, notes: list[Note], columns: list[TaskColumns]) -> None:
         """Each note's Extraction (and ReviewTask) written as Avro straight from the columns."""
@@ -199,7 +203,8 @@ class ExtractionPipeline:
         texts = [note.text for _, note in notes]
         routed = self._route(result, columns, len(notes))
         results = [task.result_records(texts, flags) for task, flags in zip(columns, routed.flagged, strict=True)]
-        audited = self.policy.audited([note.note_id for _, note in notes]).tolist()
+        # an audit checks accepted items: drawn among the notes that have some (a ratio estimate over items stays unbiased)
+        audited = (self.policy.audited([note.note_id for _, note in notes]) & (routed.accepted > 0)).tolist()
         priorities, items = routed.priority.tolist(), routed.items.tolist()
         for i, (record, note) in enumerate(notes):
             reasons = routed.reasons[i]

@@ -6,9 +6,10 @@ Thresholds are per task, with per-label overrides; the "no entity" decisions hav
 recall guard). An item (a document label, an entity) with any decision below its threshold is ``pending``; the others
 are ``accepted`` and usable at once. A note with any flagged item is ``pending_review`` and gets a ReviewTask listing
 only the flagged decisions, with the expected number of corrections (the sum of ``1 - confidence`` over them) as its
-priority. A share of notes (``audit_share``), chosen by a hash of the note id (so a replay chooses the same), also
-gets a ReviewTask marked ``audit``: the reviewer checks every accepted item, which measures what auto-accepted output
-is worth without the bias of looking only where the model doubted.
+priority. A share of the notes that have accepted items (``audit_share``), chosen by a hash of the note id (so a
+replay chooses the same), also gets a ReviewTask marked ``audit``: the reviewer checks every accepted item, which
+measures what auto-accepted output is worth without the bias of looking only where the model doubted (a note with
+nothing accepted has nothing to audit, so drawing among the others loses nothing and wastes no review).
 """
 
 from __future__ import annotations

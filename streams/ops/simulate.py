@@ -34,6 +34,7 @@ from schemas.codec import Codecs
 from streams.learning.loop import score
 from streams.learning.registry import ModelRegistry
 from streams.review.decisions import DecisionRequest, SpanIn, TaskReview, build_decision
+from streams.review.estimate import calibrated_precision
 from streams.review.publisher import DecisionPublisher
 from streams.review.store import QueueFilter, ReviewStore
 from streams.runtime.sink_thread import SinkThread
@@ -56,7 +57,7 @@ class SimulationConfig:
     target_precision: float
     out: Path
     rounds: int = 10
-    audit_share: float = 0.02
+    audit_share: float = 0.05
     epochs: int = 4
     learning_rate: float = 5e-4
     seed: int = 13
@@ -70,10 +71,15 @@ class RoundRow:
     review_rate: float
     dev_f1: float
     live_version: str
+    #: the live estimate (``streams.review.estimate``: every reviewed accepted item, calibrated over the confidences of
+    #: all auto-accepted ones) with its 95% interval
     precision_estimate: float | None
     estimate_lower: float | None
     estimate_upper: float | None
+    #: the audit-only estimate (``auto_precision``, pooled over versions) and the items behind it
+    audit_estimate: float | None
     audited_items: int
+    #: the truth so far: every auto-accepted span of the run against the gold
     auto_precision_true: float | None
     #: the round's auto-accepted spans and how many match the gold (for the pooled true precision)
     auto_accepted_spans: int = 0
@@ -126,16 +132,12 @@ def _round_truth(backend: ClickHouseBackend, task: str, ids: list[str], gold: di
     return flagged / max(1, len(rows)), len(accepted), correct
 
 
-def _estimate(backend: ClickHouseBackend, task: str) -> tuple[float | None, float | None, float | None, int]:
-    """The audited precision of auto-accepted spans, pooled over model versions, with its 95% Wilson interval."""
+def _audit_estimate(backend: ClickHouseBackend, task: str) -> tuple[float | None, int]:
+    """The audited precision of auto-accepted spans, pooled over model versions, and the items behind it."""
     sql = "SELECT sum(items), sum(correct) FROM {db}.auto_precision WHERE task = {task:String} AND label = ''"
     rows = _query(backend, sql, {"task": task})
     items, correct = (int(v or 0) for v in rows[0]) if rows else (0, 0)
-    if not items:
-        return None, None, None, 0
-    z, p = 1.959964, correct / items
-    centre, half = p + z * z / (2 * items), z * math.sqrt(p * (1 - p) / items + z * z / (4 * items * items))
-    return round(p, 4), round((centre - half) / (1 + z * z / items), 4), round((centre + half) / (1 + z * z / items), 4), items
+    return (round(correct / items, 4) if items else None), items
 
 
 def _review(
@@ -230,12 +232,15 @@ def run_simulation(settings: Settings, config: SimulationConfig, echo: Any) -> S
                 since_retrain += decided
                 applied = "SELECT countIf(status = 'reviewed') FROM {db}.extractions_final"
                 _wait(sink.backend, applied, reviewed, workers.all_alive, "the decisions applied")
-                estimate, lower, upper, items = _estimate(sink.backend, task.name)
+                live_estimate = calibrated_precision(sink.backend, task.name)
+                audit, items = _audit_estimate(sink.backend, task.name)
                 live = registry.live(task.name)
-                true_precision = round(correct / accepted, 4) if accepted else None
+                run_accepted = accepted + sum(x.auto_accepted_spans for x in sim.rows)
+                run_correct = correct + sum(x.auto_accepted_correct for x in sim.rows)
                 row = RoundRow(
-                    r + 1, total, reviewed, round(rate, 4), dev_f1, live.version if live else "", estimate, lower, upper, items,
-                    true_precision, accepted, correct,
+                    r + 1, total, reviewed, round(rate, 4), dev_f1, live.version if live else "", live_estimate["precision"],
+                    live_estimate["lower"], live_estimate["upper"], audit, items,
+                    round(run_correct / run_accepted, 4) if run_accepted else None, accepted, correct,
                 )  # fmt: skip
                 if since_retrain >= config.retrain_every:
                     cycle = _learn(stack, config)
@@ -295,8 +300,9 @@ def summary(sim: Simulation) -> dict[str, Any]:
         "dev_f1_last": rows[-1].dev_f1 if rows else None,
         "precision_estimate_last": rows[-1].precision_estimate if rows else None,
         "estimate_interval_last": [rows[-1].estimate_lower, rows[-1].estimate_upper] if rows else None,
+        "audit_estimate_last": rows[-1].audit_estimate if rows else None,
         "audited_items": rows[-1].audited_items if rows else 0,
-        # pooled over the whole run, as the estimate is (every auto-accepted span against the gold)
+        # over the whole run, as the estimates are (every auto-accepted span against the gold)
         "auto_precision_true_last": round(sum(r.auto_accepted_correct for r in rows) / accepted, 4) if accepted else None,
         "rounds": [asdict(r) for r in rows],
     }

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 COLUMNS = ("round", "notes_seen", "reviewed", "review_rate", "dev_f1", "precision_estimate", "estimate_lower", "estimate_upper",
-           "auto_precision_true", "promoted")  # fmt: skip
+           "audit_estimate", "audited_items", "auto_precision_true", "candidate", "promoted")  # fmt: skip
 
 
 def table(rounds: list[dict[str, Any]]) -> str:
@@ -37,7 +37,12 @@ def plots(summary: dict[str, Any], out: Path) -> list[Path]:
     for name, x, series, ylabel in (
         ("review_rate.png", "notes_seen", [("review_rate", "notes with a flagged item")], "share of notes"),
         ("dev_f1.png", "reviewed", [("dev_f1", "live model, strict span F1 on --dev")], "F1"),
-        ("precision.png", "notes_seen", [("precision_estimate", "audited estimate"), ("auto_precision_true", "true (gold)")], "precision"),
+        (
+            "precision.png",
+            "notes_seen",
+            [("precision_estimate", "live estimate"), ("audit_estimate", "audits only"), ("auto_precision_true", "true (gold)")],
+            "precision",
+        ),
     ):
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for key, label in series:
