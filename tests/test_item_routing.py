@@ -177,3 +177,16 @@ def test_audited_precision_of_auto_accepted_items_with_a_wilson_interval(databas
     assert verdicts == {"": "low", "Disease": "low"}  # lower end about 0.64: the target 0.9 is not shown to hold
     assert {r["verdict"] for r in judged(rows, target=0.9, min_items=30)} == {"too_few"}
     assert {r["verdict"] for r in judged(rows, target=0.6, min_items=10)} == {"ok"}
+
+
+def test_live_estimate_learns_precision_by_confidence_from_every_reviewed_accepted_item(database: ChdbBackend) -> None:
+    """The estimate from every review, not only audits: the same three notes (30 accepted spans at confidence 0.97;
+    the reviewers kept 22 of the 30) give P(correct | 0.97) = (22 + 1) / (30 + 2), averaged over every auto-accepted
+    span (all 30 here, in one confidence bin)."""
+    from streams.review.estimate import calibrated_precision
+
+    test_audited_precision_of_auto_accepted_items_with_a_wilson_interval(database)
+    live = calibrated_precision(database, "disease")
+    half = 1.959964 * math.sqrt((23 / 32) * (9 / 32) / 32)
+    assert (live["accepted_items"], live["reviewed_items"]) == (30, 30)
+    assert (live["precision"], live["lower"], live["upper"]) == (round(23 / 32, 4), round(23 / 32 - half, 4), round(23 / 32 + half, 4))

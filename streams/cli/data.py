@@ -119,13 +119,17 @@ def reviewer_hash(reviewer_id: str, password_stdin: bool) -> None:
 @click.pass_obj
 def review_health(obj: CliContext, as_json: bool) -> None:
     """Queue health for the review lead: backlog per task, agreement per label, decisions per reviewer per day, the
-    review load (flagged items per note) and the audited precision of auto-accepted items against the target."""
+    review load (flagged items per note), the audited precision of auto-accepted items against the target, and the live
+    estimate from every reviewed accepted item (streams/review/estimate.py)."""
     from streams.query.reader import open_reader
     from streams.review.audit import judged
+    from streams.review.estimate import calibrated_precision
     from streams.review.store import ReviewStore
 
     settings = obj.settings()
-    health = ReviewStore(open_reader(settings, direct_ok=True), {t.name: t.kind for t in settings.tasks}).health()
+    reader = open_reader(settings, direct_ok=True)
+    health = ReviewStore(reader, {t.name: t.kind for t in settings.tasks}).health()
+    health["auto_precision_live"] = [calibrated_precision(reader, t.name) for t in settings.tasks if t.kind.value == "ner"]
     health["auto_precision"] = judged(health["auto_precision"], settings.review.target_precision, settings.review.min_audit_items)
     low = [r for r in health["auto_precision"] if r["verdict"] == "low" and not r["label"]]
     for row in low:
