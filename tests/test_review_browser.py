@@ -191,6 +191,18 @@ def test_reviewer_fixes_a_note_in_the_browser_and_the_loop_closes(
     assert "MRN-424242" not in log_text and "gout" not in log_text
 
 
+def _take_next_task(chrome: WebDriver, url: str, timeout_s: float) -> WebDriverWait[WebDriver]:
+    """Sign in as alice on the review page and press n (take the next task); returns the wait for what follows."""
+    wait = WebDriverWait(chrome, timeout_s)
+    chrome.get(url + "/")
+    wait.until(ec.presence_of_element_located((By.ID, "sign-in")))
+    chrome.find_element(By.ID, "reviewer").send_keys("alice")
+    chrome.find_element(By.ID, "password").send_keys(PASSWORDS["alice"], Keys.ENTER)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "who"), "alice"))
+    chrome.find_element(By.TAG_NAME, "body").send_keys("n")
+    return wait
+
+
 def test_reviewer_sets_assertion_and_code_from_the_keyboard(
     broker: TansuBroker, tiny_settings: Settings, database: ChdbBackend, chrome: WebDriver
 ) -> None:
@@ -221,13 +233,7 @@ def test_reviewer_sets_assertion_and_code_from_the_keyboard(
     ensure_topics(settings, broker.bootstrap)
     review = start_review_server(settings, database, broker.bootstrap, "127.0.0.1", 0)
     try:
-        wait = WebDriverWait(chrome, 20)
-        chrome.get(review.url + "/")
-        wait.until(ec.presence_of_element_located((By.ID, "sign-in")))
-        chrome.find_element(By.ID, "reviewer").send_keys("alice")
-        chrome.find_element(By.ID, "password").send_keys(PASSWORDS["alice"], Keys.ENTER)
-        wait.until(ec.text_to_be_present_in_element((By.ID, "who"), "alice"))
-        chrome.find_element(By.TAG_NAME, "body").send_keys("n")
+        wait = _take_next_task(chrome, review.url, 20)
         wait.until(ec.text_to_be_present_in_element((By.ID, "note-text"), "gout"))
         assert "2 flagged items (1 document label, 1 span)" in chrome.find_element(By.ID, "reasons").text
         row = chrome.find_element(By.CSS_SELECTOR, "#span-rows tr")
@@ -297,13 +303,7 @@ def test_a_long_note_answers_each_key_within_50_ms(
     ensure_topics(settings, broker.bootstrap)
     review = start_review_server(settings, database, broker.bootstrap, "127.0.0.1", 0)
     try:
-        wait = WebDriverWait(chrome, 30)
-        chrome.get(review.url + "/")
-        wait.until(ec.presence_of_element_located((By.ID, "sign-in")))
-        chrome.find_element(By.ID, "reviewer").send_keys("alice")
-        chrome.find_element(By.ID, "password").send_keys(PASSWORDS["alice"], Keys.ENTER)
-        wait.until(ec.text_to_be_present_in_element((By.ID, "who"), "alice"))
-        chrome.find_element(By.TAG_NAME, "body").send_keys("n")
+        wait = _take_next_task(chrome, review.url, 30)
         wait.until(ec.text_to_be_present_in_element((By.ID, "flag-summary"), "flagged items"))
         summary = chrome.find_element(By.ID, "flag-summary").text
         # 369 doubtful spans + 39 possible missed + the document label, one line instead of 409
