@@ -25,7 +25,8 @@ NOTE_TEXT = "Pt with asthma and gout. No fever."
 
 def review_settings(settings: Settings, lease_seconds: float = 600.0) -> Settings:
     accounts = [ReviewerAccount(id=rid, password_hash=SecretStr(hash_password(pw))) for rid, pw in PASSWORDS.items()]
-    review = ReviewSettings(host="127.0.0.1", port=0, reviewers=accounts, lease_seconds=lease_seconds)
+    # random_share 0: the queue serves its own order every time, so a test knows which task comes next
+    review = ReviewSettings(host="127.0.0.1", port=0, reviewers=accounts, lease_seconds=lease_seconds, random_share=0.0)
     return settings.model_copy(update={"review": review})
 
 

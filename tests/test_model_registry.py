@@ -101,23 +101,31 @@ def test_a_promotion_under_load_switches_versions_between_batches_and_loses_noth
     sink.start()
     worker.start()
     db = database.database
-    n = 400
+    switched = threading.Event()
+    sent: list[str] = []
 
     def publish() -> None:
+        """Notes at a steady pace: 150, then on until the workers have loaded v2, then 150 more (so the switch falls in
+        the middle of the stream however slow the machine)."""
         p = producer(settings, broker.bootstrap)
-        for i in range(n):
+        after = 0
+        while after < 150:
             note = ClinicalNote(
-                note_id=f"hot-{i:04d}",
+                note_id=f"hot-{len(sent):04d}",
                 patient_id="p",
                 note_type="t",
                 created_at="2026-11-01T00:00:00Z",
-                text=f"Patient {i} with asthma, gout and chronic kidney disease.",
+                text=f"Patient {len(sent)} with asthma, gout and chronic kidney disease.",
                 source="test",
             )
             p.send(settings.topics.notes, key=note.note_id.encode(), value=PLAIN.of(ClinicalNote).encode(note))
-            if i % 20 == 19:
+            sent.append(note.note_id)
+            if len(sent) % 10 == 0:
                 p.flush()
-                time.sleep(0.25)
+                time.sleep(0.1)
+            after += len(sent) > 150 and switched.is_set()
+            if len(sent) > 3000:
+                break  # the switch never came: the assertions below say so
         p.flush()
         p.close()
 
@@ -132,9 +140,13 @@ def test_a_promotion_under_load_switches_versions_between_batches_and_loses_noth
         poll_until(lambda: stored(80), 120, "the first notes in ClickHouse", 0.2)
         promoted = cli.invoke(main, ["--config", str(config), "models", "promote", "--task", "disease", "--version", "v2"])
         assert promoted.exit_code == 0, promoted.output
-        publisher.join(timeout=120)
+        poll_until(lambda: "version v2 (" in (tmp_path / "worker.log").read_text(), 120, "the worker to load v2", 0.2)
+        switched.set()
+        publisher.join(timeout=300)
+        n = len(sent)
         poll_until(lambda: stored(n), 120, "every note in ClickHouse", 0.5)
     finally:
+        switched.set()
         worker.stop()
         sink.stop()
     listed = cli.invoke(main, ["--config", str(config), "models"])

@@ -5,6 +5,8 @@ summary accounts for every round and every review, and the final model is a load
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from click.testing import CliRunner
 
 from agents.model_dir import read_manifest
 from streams.cli import main
-from tests.conftest import DATASETS
+from tests.conftest import DATASETS, REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -38,14 +40,15 @@ def test_simulate_replays_a_corpus_reviews_within_budget_and_retrains(tiny_backb
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output
     out = tmp_path / "sim"
-    result = cli.invoke(
-        main,
-        [*base, "simulate", "--task", "disease", "--model", str(tmp_path / "model"), "--stream", str(stream), "--dev", str(dev),
-         "--budget", "12", "--retrain-every", "8", "--rounds", "3", "--epochs", "1", "--strategy", "uncertainty", "--out", str(out),
-         "--json"],
+    # its own process, as an operator runs it: the simulation's sink opens its own chdb, and chdb allows one per process
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *base, "simulate", "--task", "disease", "--model", str(tmp_path / "model"),
+         "--stream", str(stream), "--dev", str(dev), "--budget", "12", "--retrain-every", "8", "--rounds", "3", "--epochs", "1",
+         "--strategy", "uncertainty", "--out", str(out), "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("final_model", "reviewed", "review_rate_first", "review_rate_last", "dev_f1_first", "dev_f1_last",
                 "precision_estimate_last", "auto_precision_true_last"):  # fmt: skip
         assert key in summary
