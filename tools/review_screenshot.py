@@ -2,7 +2,7 @@
 
 Runs ``ehrstream up`` (embedded stack, default models, the review app with its local
 development account), publishes ``samples/clinical_notes.jsonl``, signs in through
-headless Chromium, takes the oldest task, focuses its first span and saves the page.
+headless Chromium, takes the next task, focuses its first flagged item and saves the page.
 
     .venv/bin/python tools/review_screenshot.py docs/review-ui.png
 """
@@ -73,7 +73,7 @@ def main(out: Path) -> None:
             body.send_keys("n")
             wait.until(ec.visibility_of_element_located((By.ID, "note-text")))
             time.sleep(0.5)
-            body.send_keys("j")
+            body.send_keys("f")  # the first flagged item, as a reviewer starts
             time.sleep(1.5)  # one queue refresh
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(driver.get_screenshot_as_png())
