@@ -167,7 +167,10 @@ class Settings(BaseSettings):
     #: micro-batch bounds of the extraction agent
     batch_max_notes: int = Field(default=64, ge=1)
     batch_max_seconds: float = Field(default=0.2, gt=0)
+    #: a forward batch holds at most this many windows, and at most ``inference_batch_tokens`` padded tokens (unset:
+    #: 2048 on a CPU, no token bound on a GPU; 0: no token bound), cut from the batch's windows sorted by length
     inference_batch_size: int = Field(default=32, ge=1)
+    inference_batch_tokens: int | None = Field(default=None, ge=0)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     #: records larger than this go to the dead-letter topic as ``oversized``
     max_note_bytes: int = Field(default=500_000, ge=1024)

@@ -50,7 +50,14 @@ def build_runner_for(settings: Settings, task: TaskSettings, reference: bool = F
     loaded = load_model(task.model_dir, task.kind)
     log.info("task %s: model %s version %s (%s)", task.name, loaded.name, loaded.version, task.kind.value)
     quantization = "none" if reference else task.quantization
-    return build_runner(task.name, loaded, batch_size=settings.inference_batch_size, device=settings.device, quantization=quantization)
+    return build_runner(
+        task.name,
+        loaded,
+        batch_size=settings.inference_batch_size,
+        device=settings.device,
+        quantization=quantization,
+        batch_tokens=settings.inference_batch_tokens,
+    )
 
 
 def build_clinical(settings: Settings) -> dict[str, ClinicalAnnotator]:
@@ -132,10 +139,12 @@ def run_worker(settings: Settings, bootstrap: str) -> None:
     from streams.kafka.lag import monitor_lag
     from streams.kafka.schema_registry import build_codecs
     from streams.metrics import register_gpu_metrics, serve
+    from streams.runtime.processes import settle_heap
 
     serve(settings.metrics_port)
     if settings.metrics_port:
         register_gpu_metrics(settings.device)
     monitor_lag(settings, bootstrap, settings.worker_group, [settings.topics.notes])
     app = create_app(settings, bootstrap, build_codecs(settings))
+    settle_heap()  # the models and libraries are loaded: out of the garbage collector's way
     Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False).execute_from_commandline()

@@ -134,6 +134,21 @@ def test_vectorised_word_probabilities_equal_the_plain_definition(tiny_ner_dir: 
         np.testing.assert_allclose(p1, p2.reshape(p1.shape), rtol=1e-6, atol=1e-7)
 
 
+def test_token_bounded_batches_give_the_probabilities_of_window_bounded_ones(tiny_ner_dir: Path, tiny_cls_dir: Path) -> None:
+    texts = ["Short note.", LONG_NOTE[:3000], "Ünïcode: Crohn's disease.", "a", LONG_NOTE[:700], ""]
+    for directory, kind in ((tiny_ner_dir, TaskKind.ner), (tiny_cls_dir, TaskKind.classification)):
+        loaded = load_model(directory, kind, max_length=32, stride=8)
+        by_windows = build_runner("t", loaded, batch_size=64, device="cpu", batch_tokens=0)
+        by_tokens = build_runner("t", loaded, batch_size=64, device="cpu", batch_tokens=100)
+        assert by_windows.batch_tokens is None and by_tokens.batch_tokens == 100
+        windows = by_windows.preprocess(texts)
+        a, b = by_windows.window_probabilities(windows), by_tokens.window_probabilities(windows)
+        assert len(a) == len(b) == len(windows) and len(windows) > 5
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert build_runner("t", loaded, device="cpu").batch_tokens == 2048  # the CPU default
+
+
 def test_int8_quantisation_replaces_the_linear_layers_and_keeps_the_results_close(tiny_ner_dir: Path, tiny_cls_dir: Path) -> None:
     import torch
 

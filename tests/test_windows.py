@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from agents.model_dir import DEFAULT_BACKBONE, resolve_base
-from agents.runners.windows import TokenCache, Tokenizer, make_windows, window_bounds, windows_of
+from agents.runners.windows import TokenCache, Tokenizer, batch_bounds, make_windows, window_bounds, windows_of
 
 ALPHABET = [*"abcdefghij klmnop  qrs\ttuv\nwxyz.,;:-'()0123456789", "é", "ü", "ß", "中", "文", "😀", "Ω", "ﬁ", "\u00a0"]
 
@@ -76,3 +76,20 @@ def test_window_bounds_cover_every_token_and_refuse_a_stride_as_wide_as_the_wind
     ]
     with pytest.raises(ValueError, match="stride"):
         window_bounds(np.array([3]), content=4, stride=4)
+
+
+def test_forward_batches_hold_at_most_their_windows_and_padded_tokens_and_are_cut_greedily() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        lengths = np.sort(rng.integers(1, 513, size=int(rng.integers(0, 150))))
+        max_windows, max_tokens = int(rng.integers(1, 65)), int(rng.choice([256, 2048, 4096]))
+        bounds = batch_bounds(lengths, max_windows, max_tokens)
+        assert [a for a, _ in bounds] == [0, *[b for _, b in bounds[:-1]]] and (not bounds or bounds[-1][1] == len(lengths))
+        for first, end in bounds:
+            size, width = end - first, int(lengths[end - 1])
+            assert 1 <= size <= max_windows
+            assert size == 1 or size * width <= max_tokens  # a single window wider than the bound still runs
+            if end < len(lengths) and size < max_windows:  # greedy: the next window would have broken a bound
+                assert (size + 1) * int(lengths[end]) > max_tokens
+        plain = batch_bounds(lengths, max_windows, None)
+        assert plain == [(a, min(a + max_windows, len(lengths))) for a in range(0, len(lengths), max_windows)]

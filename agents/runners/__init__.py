@@ -17,9 +17,11 @@ def build_runner(
     device: str = "auto",
     dtype: torch.dtype | None = None,
     quantization: str = "none",
+    batch_tokens: int | None = None,
 ) -> ModelRunner:
-    """The runner for a loaded model's kind (``quantization``: see ``TaskSettings.quantization``)."""
+    """The runner for a loaded model's kind (``quantization``: see ``TaskSettings.quantization``; ``batch_tokens``:
+    see :class:`ModelRunner`)."""
     from schemas.extraction import TaskKind
 
     cls = NerRunner if loaded.kind is TaskKind.ner else ClassificationRunner
-    return cls(task, loaded, batch_size=batch_size, device=device, dtype=dtype, quantization=quantization)
+    return cls(task, loaded, batch_size=batch_size, device=device, dtype=dtype, quantization=quantization, batch_tokens=batch_tokens)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from agents.model_dir import LoadedModel
 from agents.runners.columns import TaskColumns
-from agents.runners.windows import TokenCache, Tokenizer, Windows, windows_of
+from agents.runners.windows import TokenCache, Tokenizer, Windows, batch_bounds, windows_of
 from agents.types import TaskOutput
 
 
@@ -52,6 +52,11 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     return quantized
 
 
+#: padded tokens per forward batch on a CPU when none is configured: measured best for both the near-free bench models
+#: and the default int8 MiniLM models here (README, "the hot path around the model"); a GPU is bounded by windows only
+CPU_BATCH_TOKENS = 2048
+
+
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,11 +74,17 @@ class ModelRunner(ABC):
         device: str = "auto",
         dtype: torch.dtype | None = None,
         quantization: str = "none",
+        batch_tokens: int | None = None,
     ) -> None:
         self.task = task
         self.loaded = loaded
+        #: a forward batch holds at most ``batch_size`` windows and ``batch_tokens`` padded tokens (``None``: no token
+        #: bound on a GPU, :data:`CPU_BATCH_TOKENS` on a CPU; 0: no token bound)
         self.batch_size = batch_size
         self.device = pick_device(device)
+        if batch_tokens is None:
+            batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else 0
+        self.batch_tokens = batch_tokens or None
         # bf16 on CUDA (tensor cores, half the memory traffic); float32 on CPU, where bf16 is slower here
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.model = loaded.model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
@@ -126,11 +137,11 @@ class ModelRunner(ABC):
         lengths = windows.lengths
         order = np.argsort(lengths, kind="stable")
         out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(windows)
-        batches = range(0, len(order), self.batch_size)
+        batches = batch_bounds(lengths[order], self.batch_size, self.batch_tokens)
         bar = tqdm(batches, desc=f"{self.task}: inference", unit="batch", disable=None if progress else True, leave=False)
         with torch.inference_mode():
-            for first in bar:
-                idx = order[first : first + self.batch_size]
+            for first, end in bar:
+                idx = order[first:end]
                 width = int(lengths[idx].max())
                 ids = torch.from_numpy(np.ascontiguousarray(windows.ids[idx, :width]))
                 mask = torch.from_numpy((np.arange(width)[None, :] < lengths[idx, None]).astype(np.int64))

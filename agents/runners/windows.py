@@ -140,6 +140,26 @@ def windows_of(tokenizer: Tokenizer, tokens: Tokens, max_length: int, stride: in
     return Windows(ids, offsets, words, lengths, text, tokenizer.pad_id)
 
 
+def batch_bounds(lengths: np.ndarray, max_windows: int, max_tokens: int | None) -> list[tuple[int, int]]:
+    """Where to cut windows sorted by ascending length into forward batches: ``[first, end)`` pairs, in order, each as
+    long as both limits allow (a batch of ``n`` windows costs ``n * width`` padded tokens, ``width`` its last window's
+    length) and at least one window long. Bounding the padded tokens keeps batches of long windows small, where padding
+    and attention cost most, and lets short windows share one call. One numpy search per batch."""
+    n = len(lengths)
+    if max_tokens is None:
+        return [(first, min(first + max_windows, n)) for first in range(0, n, max_windows)]
+    cost = lengths.astype(np.int64)
+    out = []
+    first = 0
+    while first < n:
+        ahead = cost[first : first + max_windows]
+        padded = np.arange(1, len(ahead) + 1, dtype=np.int64) * ahead  # non-decreasing: widths never shrink
+        size = max(1, int(np.searchsorted(padded, max_tokens, side="right")))
+        out.append((first, first + size))
+        first += size
+    return out
+
+
 class TokenCache:
     """One tokenizer pass per batch and tokenizer fingerprint: tasks that share a tokenizer share the pass."""
 
