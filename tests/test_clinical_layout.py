@@ -114,3 +114,21 @@ def test_names_are_never_entities() -> None:
 def test_a_span_across_inline_bullets_is_cut_at_each_bullet() -> None:
     text = "Problems: \u2022 asthma \u2022 COPD"
     assert _refine(text, [_span(text, "asthma \u2022 COPD")]) == ["asthma", "COPD"]
+
+
+def test_the_batch_content_check_equals_the_plain_one_on_random_spans() -> None:
+    import random
+
+    from agents.clinical.layout import BatchText, has_content
+
+    rng = random.Random(11)
+    pieces = ["no", "No", "of the", "THE", "a", "and", "asthma", "x", "é", "中文", "K", "-", ",", "no,", "is", "their", "theirs"]
+    spaces = [" ", "  ", "\t", "\n", "\u00a0", "\u2003", ""]
+    for _ in range(60):
+        texts = ["".join(rng.choice(pieces) + rng.choice(spaces) for _ in range(rng.randint(0, 25))) for _ in range(rng.randint(1, 5))]
+        batch = BatchText.of(texts)
+        n = len(batch.joined)
+        start = np.array([rng.randint(0, n) for _ in range(80)], dtype=np.int64)
+        end = np.minimum(start + np.array([rng.randint(0, 30) for _ in range(80)], dtype=np.int64), n)
+        want = [has_content(batch.joined[a:b]) for a, b in zip(start.tolist(), end.tolist(), strict=True)]
+        assert batch.has_content(start, end).tolist() == want

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from agents.clinical.assertion import ASSERTIONS, AssertionArrays, AssertionClassifier, section_defaults
-from agents.clinical.layout import refine
+from agents.clinical.layout import BatchText, refine
 from agents.clinical.sections import find_sections
 from agents.runners.columns import EntityContext, TaskColumns
 from agents.runners.spans import SpanArrays
@@ -59,8 +59,9 @@ class ClinicalAnnotator:
         assert columns.entities is not None and columns.possible is not None
         with result.timed("sections"):
             sections = [find_sections(text) for text in texts]
-            entities = refine(texts, columns.entities, sections)
-            possible = refine(texts, columns.possible, sections)
+            batch = BatchText.of(texts)
+            entities = refine(batch, columns.entities, sections)
+            possible = refine(batch, columns.possible, sections)
             section: list[str | None] = [None] * len(entities)
             for i, found in enumerate(sections):
                 mine = np.nonzero(entities.note == i)[0]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.clinical import cues
+from agents.clinical.phrase_trie import phrase_pattern
 from schemas.extraction import Assertion
 
 #: statuses by precedence when cues of several categories govern a mention
@@ -55,26 +56,6 @@ _HISTORICAL_TIMES = [
 ]
 
 
-Trie = dict[str, "Trie"]
-
-
-def _build(phrases: Sequence[str]) -> Trie:
-    root: Trie = {}
-    for phrase in phrases:
-        node = root
-        for ch in phrase:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-    return root
-
-
-def _emit(node: Trie, last: str) -> str:
-    alts = [(r"[\s-]+" if ch == " " else re.escape(ch)) + _emit(child, ch) for ch, child in sorted(node.items()) if ch]
-    if "" in node:
-        alts.append(r"(?!\w)" if re.match(r"\w", last) else "")
-    return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-
-
 def _trie(phrases: Sequence[str]) -> str:
     """One expression for every phrase: a character trie (each position of the text costs one dispatch on its first
     character, not one attempt per phrase), longer continuations tried before a phrase ends, so the longest phrase at a
@@ -82,9 +63,9 @@ def _trie(phrases: Sequence[str]) -> str:
     character must start or end on a word boundary."""
     words = [p for p in phrases if re.match(r"\w", p)]
     others = [p for p in phrases if not re.match(r"\w", p)]
-    parts = [r"(?<![\w-])" + _emit(_build(words), "")] if words else []
+    parts = [r"(?<![\w-])" + phrase_pattern(words, r"[\s-]+")] if words else []
     if others:
-        parts.append(_emit(_build(others), ""))
+        parts.append(phrase_pattern(others, r"[\s-]+"))
     return "(?=(" + "|".join(parts) + "))"
 
 
@@ -131,15 +112,32 @@ ASSERTIONS: tuple[Assertion, ...] = (*PRIORITY, Assertion.present)
 _PRESENT = len(PRIORITY)
 
 
+def times_pattern() -> str:
+    """Every historical time expression starting where no word or hyphen precedes it and ending at a word's end. The
+    cheap look-ahead at a character that can start one comes first, so ``re`` rejects most positions at once."""
+    return r"(?=[0-9a-z])(?<![\w-])(?:" + "|".join(_HISTORICAL_TIMES) + r")(?!\w)"
+
+
+#: abbreviations whose period ends no sentence, checked behind the punctuation mark just matched
+_ABBREVIATIONS = ("dr", "mr", "ms", "mrs", "vs", r"e\.g", r"i\.e", "st", "no")
+
+
+def bounds_pattern() -> str:
+    """Where sentences end: ``.``, ``!`` or ``?`` before white space or the end, unless it follows one of
+    :data:`_ABBREVIATIONS`; and every ``;`` and line break. The expression starts with the one character class, so
+    ``re`` scans for it in C instead of trying look-behinds at every position."""
+    not_after = "".join(rf"(?<!\b{a}.)" for a in _ABBREVIATIONS)
+    return rf"[.!?;\n](?:(?<=[.!?]){not_after}(?=\s|$)|(?<=[;\n]))"
+
+
 class AssertionClassifier:
     """Compiled once (a worker builds it at start-up); :meth:`classify` then runs per batch."""
 
     def __init__(self) -> None:
         self._rules = _rules()
         self._cues = re.compile(_trie(list(self._rules)), re.IGNORECASE)
-        self._times = re.compile("|".join(rf"(?<![\w-])(?:{t})(?!\w)" for t in _HISTORICAL_TIMES), re.IGNORECASE)
-        abbreviations = r"(?<!\bdr)(?<!\bmr)(?<!\bms)(?<!\bmrs)(?<!\bvs)(?<!\be\.g)(?<!\bi\.e)(?<!\bst)(?<!\bno)"
-        self._bounds = re.compile(rf"(?:{abbreviations}[.!?](?=\s|$))|[;\n]", re.IGNORECASE)
+        self._times = re.compile(times_pattern(), re.IGNORECASE)
+        self._bounds = re.compile(bounds_pattern(), re.IGNORECASE)
 
     def _find_cues(self, joined: str) -> tuple[np.ndarray, ...]:
         starts, ends, cats, fwd, bwd, caps = [], [], [], [], [], []

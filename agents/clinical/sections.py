@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agents.clinical.phrase_trie import phrase_pattern
+
 #: canonical section -> the names it is written as (lower case, spaces between words)
 SECTION_NAMES: dict[str, tuple[str, ...]] = {
     "chief_complaint": (
@@ -145,10 +147,9 @@ SECTION_ASSERTION: dict[str, str] = {
 _CANONICAL = {name: section for section, names in SECTION_NAMES.items() for name in names}
 _MARKDOWN = re.compile(r"^[ \t]*#{1,6}[ \t]*(?P<name>[^\n#][^\n]*?)[ \t]*#*[ \t]*$", re.MULTILINE)
 _LABEL = re.compile(r"^[ \t]*(?:[-*\u2022][ \t]+)?(?P<name>[A-Za-z][A-Za-z0-9/&()' \t-]{0,48}?)[ \t]*:(?!//)", re.MULTILINE)
+#: a known section name of more than five characters used as a label within a line (a trie: one branch per position)
 _INLINE = re.compile(
-    r"(?<![\w/])(?P<name>"
-    + "|".join(sorted((re.escape(n).replace(r"\ ", r"[ \t]+") for n in _CANONICAL if len(n) > 5), key=len, reverse=True))
-    + r")[ \t]*:(?!//)",
+    r"(?=[a-z])(?<![\w/])(?P<name>" + phrase_pattern([n for n in _CANONICAL if len(n) > 5], r"[ \t]+") + r")[ \t]*:(?!//)",
     re.IGNORECASE,
 )
 
