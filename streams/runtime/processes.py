@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 import subprocess
@@ -21,6 +22,14 @@ def die_with_parent() -> None:
 
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def settle_heap() -> None:
+    """Call once a process has loaded what it keeps for life (libraries, models, clients): those objects leave the
+    cyclic garbage collector's generations (``gc.freeze``), so its full collections stop walking half a million
+    objects of torch and transformers while the hot path allocates (0.17 ms of CPU per note in a worker, README)."""
+    gc.collect()
+    gc.freeze()
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ import logging
 import threading
 
 from schemas.codec import Codecs
+from streams.runtime.processes import settle_heap
 from streams.settings import Settings
 from streams.sink.backend import ClickHouseBackend
 
@@ -62,8 +63,11 @@ class SinkThread:
             log.exception("sink stopped with an error")
 
     def start(self) -> None:
+        """Start consuming; the process's long-lived objects (chdb, clients, and models where the workers share the
+        process) are in place by now, so they leave the garbage collector's generations (``settle_heap``)."""
         if self.query_server is not None:
             self.query_server.start()
+        settle_heap()
         self._thread.start()
 
     def stop(self) -> None:
