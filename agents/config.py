@@ -36,8 +36,9 @@ class TaskSettings(BaseModel):
     #: NER recall guard: a word tagged O is sent to review when p(O) is below this. Set by policy, not by
     #: ``calibrate`` (which targets the precision of what is accepted, not what is missed).
     possible_entity_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
-    #: CPU inference: "int8" runs the model's linear layers with int8 weights (torch dynamic quantisation; about
-    #: twice as fast on CPU, scores measured in README); "none" keeps float32. On a GPU the model runs in bf16 either way.
+    #: CPU inference: "int8" runs the model exported to ONNX with int8 weights in ONNX Runtime (dynamic quantisation,
+    #: per channel, the head in float32; scores and speed measured in README); "none" keeps float32 in torch. On a GPU
+    #: the model runs in bf16 either way.
     quantization: Literal["none", "int8"] = "none"
     #: NER: clinical-note layout rules, sections and assertion status on every entity (``agents.clinical``)
     clinical: bool = True

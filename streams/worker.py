@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 def build_runners(settings: Settings, reference: bool = False) -> list[ModelRunner]:
     """The tasks' runners, each from its live registered version when it has one (``streams.learning.registry``), else
-    from its configured model. ``reference``: the plain float32 models, whatever the tasks ask (the bench's baseline)."""
+    from its configured model. ``reference``: the bench's fixed baseline, the plain float32 models in batches bounded by
+    windows only (as inference ran before int8 and token-bounded batches), whatever the settings ask."""
     import torch
 
     if settings.torch_threads:
@@ -56,7 +57,7 @@ def build_runner_for(settings: Settings, task: TaskSettings, reference: bool = F
         batch_size=settings.inference_batch_size,
         device=settings.device,
         quantization=quantization,
-        batch_tokens=settings.inference_batch_tokens,
+        batch_tokens=0 if reference else settings.inference_batch_tokens,
     )
 
 

@@ -18,8 +18,10 @@ from tqdm import tqdm
 
 from agents.model_dir import LoadedModel
 from agents.runners.columns import TaskColumns
+from agents.runners.onnx_int8 import OnnxInt8Model
 from agents.runners.windows import TokenCache, Tokenizer, Windows, batch_bounds, windows_of
 from agents.types import TaskOutput
+from schemas.extraction import TaskKind
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -27,29 +29,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     exp = np.exp(shifted)
     out: np.ndarray = (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
     return out
-
-
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """The model with its encoder's ``nn.Linear`` layers dynamically quantised to int8 (weights int8 per output
-    channel, once; activations quantised per batch); embeddings, layer norms, softmax and the task head
-    (``classifier``, a few hundred weights) stay float32. CPU only. Per-channel weights matter: per-tensor int8 over
-    every layer cost the default NER model 0.023 F1 on the NCBI test split, per-channel 0.007 (README)."""
-    import warnings
-
-    spec = {
-        name: torch.ao.quantization.per_channel_dynamic_qconfig
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and not name.split(".")[-1].startswith("classifier")
-    }
-    with warnings.catch_warnings():
-        # torch 2.13 marks its quantised tensors deprecated in favour of torchao (not installed here); the pinned torch
-        # still ships and runs them
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*", category=UserWarning)
-        quantized: torch.nn.Module = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-            model, spec, dtype=torch.qint8
-        )
-    return quantized
 
 
 #: padded tokens per forward batch on a CPU when none is configured: measured best for both the near-free bench models
@@ -88,10 +67,12 @@ class ModelRunner(ABC):
         # bf16 on CUDA (tensor cores, half the memory traffic); float32 on CPU, where bf16 is slower here
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.model = loaded.model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
-        #: what actually runs: int8 applies on CPU only (on a GPU the model runs in bf16)
+        #: what actually runs: int8 applies on CPU only (on a GPU the model runs in bf16), through ONNX Runtime
         self.quantization = quantization if self.device.type == "cpu" else "none"
+        self.int8: OnnxInt8Model | None = None
         if self.quantization == "int8":
-            self.model = quantize_int8(self.model)
+            per_token = loaded.kind is TaskKind.ner
+            self.int8 = OnnxInt8Model(self.model, per_token=per_token, threads=torch.get_num_threads())
         self.tokenizer = Tokenizer(loaded.tokenizer)
         #: wall and CPU seconds spent inside the model's forward calls since this runner was built (see
         #: :meth:`forward_cpu_time` for whose CPU)
@@ -143,10 +124,10 @@ class ModelRunner(ABC):
             for first, end in bar:
                 idx = order[first:end]
                 width = int(lengths[idx].max())
-                ids = torch.from_numpy(np.ascontiguousarray(windows.ids[idx, :width]))
-                mask = torch.from_numpy((np.arange(width)[None, :] < lengths[idx, None]).astype(np.int64))
+                ids = np.ascontiguousarray(windows.ids[idx, :width])
+                mask = (np.arange(width)[None, :] < lengths[idx, None]).astype(np.int64)
                 wall, cpu = time.perf_counter(), self.forward_cpu_time()
-                logits = self._forward(ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)).float()
+                logits = self._logits(ids, mask)
                 if temperature is not None:
                     logits = torch.softmax(logits / temperature, dim=-1)
                 values = logits.cpu().numpy()  # float32 (bf16 on CUDA upcast first); waits for the device
@@ -159,6 +140,15 @@ class ModelRunner(ABC):
                     for row, i in enumerate(idx):
                         out[i] = values[row]
         return out
+
+    def _logits(self, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+        """One padded batch's float32 logits, on the device: the int8 session's on a CPU when quantised, else the
+        model's."""
+        if self.int8 is not None:
+            return torch.from_numpy(self.int8(ids, mask))
+        input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
+        attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
+        return self._forward(input_ids, attention_mask).float()
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).logits

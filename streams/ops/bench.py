@@ -15,7 +15,8 @@
    minus the CPU seconds inside the models' forward calls (the workers' ``forward`` stage), per note:
    what a GPU host pays on its CPUs for every note (``overhead_cpu_ms_per_note``).
 6. **reference**: ``raw_reference_notes_per_s``, the plain float32 HF forward of the same models over
-   the same windows in the same run, measured as raw is (equal to raw unless a task is quantised).
+   the same windows in the same run, measured as raw is but in batches bounded by windows only: the fixed baseline
+   the hot-path work is measured against (int8 and token-bounded batches both count as gains over it).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class BenchResult:
     #: per note; produce and insert are wall only (their work is in client and ClickHouse threads)
     stage_ms_per_note: dict[str, dict[str, float]] = field(default_factory=dict)
     raw_by_task: dict[str, float] = field(default_factory=dict)
-    #: the plain float32 HF forward of the same models (no quantisation), measured like raw, in the same run
+    #: the plain float32 HF forward of the same models (no quantisation, batches bounded by windows only), measured like
+    #: raw, in the same run
     raw_reference_notes_per_s: float = 0.0
     #: CPU ms per note of every process of the stack during the e2e phase, minus the models' forward calls
     overhead_cpu_ms_per_note: float | None = None
