@@ -76,6 +76,7 @@ class ExtractionPipeline:
         self._review_codec = codecs.of(ReviewTask)
         self._dead_codec = codecs.of(DeadLetter)
         self._staged: dict[str, tuple[ModelRunner, TaskSettings]] = {}
+        self._staged_routing: dict[str, TaskSettings] = {}
         self._staged_lock = threading.Lock()
 
     def stage(self, runner: ModelRunner, task: TaskSettings) -> None:
@@ -84,9 +85,18 @@ class ExtractionPipeline:
         with self._staged_lock:
             self._staged[runner.task] = (runner, task)
 
+    def stage_routing(self, task: TaskSettings) -> None:
+        """Route ``task`` with these thresholds from the start of the next batch (a tightened threshold), any thread."""
+        with self._staged_lock:
+            self._staged_routing[task.name] = task
+
     def _take_staged(self) -> None:
         with self._staged_lock:
             staged, self._staged = self._staged, {}
+            routing, self._staged_routing = self._staged_routing, {}
+        for task in routing.values():
+            self.policy.replace(task)
+            log.info("task %s: routing with threshold %.3f from this batch on", task.name, task.threshold)
         for name, (runner, task) in staged.items():
             i = next(k for k, r in enumerate(self.runners) if r.task == name)
             before = self.runners[i].loaded.version

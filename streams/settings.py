@@ -63,6 +63,11 @@ class ReviewSettings(BaseModel):
     #: released: their flagged items stay as the model gave them, marked ``over_budget`` (status ``over_budget``)
     budget_per_hour: int = Field(default=0, ge=0)
     budget_horizon_hours: float = Field(default=24.0, gt=0)
+    #: when the audited precision of the serving model version is low, raise its auto-accept threshold (in the model
+    #: registry, which workers follow without a restart): to where the judged items reach the target, else by
+    #: ``tighten_step`` (``streams.review.tighten``)
+    tighten_thresholds: bool = False
+    tighten_step: float = Field(default=0.05, gt=0.0, le=0.5)
 
     @field_validator("reviewers")
     @classmethod

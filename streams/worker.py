@@ -82,6 +82,25 @@ def build_clinical(settings: Settings) -> dict[str, ClinicalAnnotator]:
     return out
 
 
+def build_pipeline(
+    settings: Settings, codecs: Codecs, runners: Sequence[ModelRunner] | None = None
+) -> tuple[ExtractionPipeline, list[TaskSettings]]:
+    """The worker's pipeline, and each task as it serves: its live registered version (else its configured model), with
+    the thresholds it routes with (the version's own, raised where the review app tightened them)."""
+    registry = ModelRegistry(settings.registry_file())
+    serving = [registry.routing(with_model_thresholds(registry.resolve(t))) for t in settings.tasks]
+    pipeline = ExtractionPipeline(
+        runners if runners is not None else build_runners(settings),
+        RoutingPolicy(serving, settings.review.audit_share),
+        settings.topics,
+        settings.max_note_bytes,
+        settings.max_record_bytes,
+        codecs=codecs,
+        clinical=build_clinical(settings),
+    )
+    return pipeline, serving
+
+
 def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequence[ModelRunner] | None = None) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates its datadir, but not the parents
     app = WorkerApp(
@@ -100,22 +119,12 @@ def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequ
         producer_max_batch_size=settings.producer_batch_bytes,
         **faust_broker_settings(settings, bootstrap),
     )
-    registry = ModelRegistry(settings.registry_file())
-    serving = [registry.resolve(t) for t in settings.tasks]  # each task's live registered version, else its configured model
-    pipeline = ExtractionPipeline(
-        runners if runners is not None else build_runners(settings),
-        RoutingPolicy([with_model_thresholds(t) for t in serving], settings.review.audit_share),
-        settings.topics,
-        settings.max_note_bytes,
-        settings.max_record_bytes,
-        codecs=codecs,
-        clinical=build_clinical(settings),
-    )
+    pipeline, serving = build_pipeline(settings, codecs, runners)
     config = AgentConfig(settings.topics, settings.topic_partitions, settings.batch_max_notes, settings.batch_max_seconds)
     register_extraction_agent(app, config, pipeline, on_batch=record_batch)
     register_undecodable_reports(app, settings, codecs)
     if runners is None:  # models built from the settings: follow the registry's promotions without a restart
-        ModelWatcher(settings, pipeline, {t.name: t.model_dir for t in serving}).start()
+        ModelWatcher(settings, pipeline, serving).start()
     return app
 
 

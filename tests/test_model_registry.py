@@ -167,3 +167,36 @@ def test_a_promotion_under_load_switches_versions_between_batches_and_loses_noth
         assert last_old < first_new  # the switch is a point in each partition: no version interleaving
     log = (tmp_path / "worker.log").read_text()
     assert "model version v2 replaces v1" in log
+
+
+def test_a_tightened_threshold_reaches_the_serving_pipeline_at_its_next_batch_and_is_never_lowered(
+    tiny_ner_dir: Path, tmp_path: Path
+) -> None:
+    from agents.config import TaskSettings
+    from agents.types import InRecord
+    from streams.runtime.model_watcher import ModelWatcher
+    from streams.worker import build_pipeline
+
+    v1 = _version(tiny_ner_dir, tmp_path / "v1", "v1", 0.0)  # calibrated to accept everything
+    task = TaskSettings(name="disease", kind=TaskKind.ner, model_dir=v1, possible_entity_threshold=0.0, clinical=False)
+    settings = Settings(data_dir=tmp_path / "data", tasks=[task], device="cpu")
+    settings = settings.model_copy(update={"review": settings.review.model_copy(update={"audit_share": 0.0})})
+    pipeline, serving = build_pipeline(settings, PLAIN)
+    watcher = ModelWatcher(settings, pipeline, serving)
+    text = "fever and gout " * 8
+    notes = [
+        ClinicalNote(note_id=f"n{i}", patient_id="p", note_type="t", created_at="2026-12-01T00:00:00Z", text=text, source="s")
+        for i in range(6)
+    ]
+    records = [InRecord(PLAIN.of(ClinicalNote).encode(n), b"k", "ehr.notes", 0, i) for i, n in enumerate(notes)]
+
+    before = pipeline.process(records)
+    assert before.extracted == 6 and before.routed_to_review == 0 and before.flagged_items == 0
+
+    registry = ModelRegistry(settings.registry_file())
+    registry.tighten("disease", "v1", 0.999, "audited precision below 0.90")
+    assert registry.tighten("disease", "v1", 0.5, "lower").threshold == 0.999  # never lowered
+    assert watcher.check() == []  # no model to load: only the thresholds moved
+    after = pipeline.process(records)
+    assert after.routed_to_review == 6 and after.flagged_items > 0  # every span of the random model is now below 0.999
+    assert ModelRegistry(settings.registry_file()).routing(serving[0]).threshold == 0.999

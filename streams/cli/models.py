@@ -24,8 +24,8 @@ def _registry(obj: CliContext) -> ModelRegistry:
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per version.")
 @click.pass_context
 def models(ctx: click.Context, as_json: bool) -> None:
-    """Model versions per task, their scores, and which one is live (workers switch to a promoted one between
-    batches, without a restart). Without a subcommand: the list."""
+    """Model versions per task, their scores, which one is live (workers switch to a promoted one between batches,
+    without a restart), and thresholds the review app tightened. Without a subcommand: the list."""
     if ctx.invoked_subcommand is not None:
         return
     obj: CliContext = ctx.obj
@@ -41,6 +41,8 @@ def models(ctx: click.Context, as_json: bool) -> None:
         for v in versions:
             scores = ", ".join(f"{k} {val}" for k, val in v.scores.items() if isinstance(val, int | float))
             click.echo(f"  {v.version}  {v.state:<9}  {v.registered_at}  {scores}  {v.note}".rstrip())
+        for t in (t for t in registry.read().tightened if t.task == task.name):
+            click.echo(f"  {t.version}  threshold tightened to {t.threshold} at {t.at} ({t.note}, {t.audited_items} audited items)")
 
 
 @models.command()

@@ -42,10 +42,26 @@ class ModelVersion(BaseModel):
     promoted_at: list[str] = Field(default_factory=list)
 
 
+class Tightened(BaseModel):
+    """A model version's auto-accept threshold raised because its audited precision fell below the target
+    (``streams.review.tighten``): workers route with it from their next registry poll, without a restart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    version: str
+    threshold: float
+    at: str
+    note: str = ""
+    #: the audited items behind the verdict that set it (the next tightening waits for more)
+    audited_items: int = 0
+
+
 class RegistryDoc(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     versions: list[ModelVersion] = Field(default_factory=list)
+    tightened: list[Tightened] = Field(default_factory=list)
 
 
 def _now() -> str:
@@ -131,6 +147,34 @@ class ModelRegistry:
             raise RegistryError(f"task {task} has no earlier live version to roll back to")
         self.reject(task, current.version, "rolled back")
         return self.promote(task, previous.version, note="rolled back to")
+
+    def tightened(self, task: str, version: str) -> Tightened | None:
+        return next((t for t in self.read().tightened if t.task == task and t.version == version), None)
+
+    def tighten(self, task: str, version: str, threshold: float, note: str, audited_items: int = 0) -> Tightened:
+        """Raise the auto-accept threshold of ``task``'s model ``version`` to ``threshold`` (never lowers it)."""
+        with self._changing() as doc:
+            old = next((t for t in doc.tightened if t.task == task and t.version == version), None)
+            if old is not None and old.threshold >= threshold:
+                return old
+            entry = Tightened(task=task, version=version, threshold=threshold, at=_now(), note=note, audited_items=audited_items)
+            doc.tightened = [t for t in doc.tightened if t is not old] + [entry]
+        return entry
+
+    def routing(self, task: TaskSettings) -> TaskSettings:
+        """``task`` (its thresholds already those it routes with) with the entity and document-label thresholds raised
+        to the tightened one of its model's version, when there is one; decisions about codes, assertions and possible
+        missed entities keep theirs."""
+        manifest = read_manifest(task.model_dir)
+        found = (
+            None
+            if manifest is None
+            else next((t for t in self.read().tightened if t.task == task.name and t.version == manifest.version), None)
+        )
+        if found is None:
+            return task
+        labels = {label: max(value, found.threshold) for label, value in task.label_thresholds.items()}
+        return task.model_copy(update={"threshold": max(task.threshold, found.threshold), "label_thresholds": labels})
 
     def resolve(self, task: TaskSettings) -> TaskSettings:
         """The task with its live version's model directory, when it has one; else as configured."""

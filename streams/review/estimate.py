@@ -40,16 +40,21 @@ _ACCEPTED_SQL = (
 )
 
 
+def judged_items(reader: Reader, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every item of ``task`` the model had accepted and a reviewer judged: its confidence, and whether it was right."""
+    rows = reader.query(_REVIEWED_SQL.replace("{db}", reader.database), {"task": task}).rows  # a validated identifier
+    return np.array([float(r[0]) for r in rows], dtype=np.float64), np.array([bool(r[1]) for r in rows], dtype=bool)
+
+
 def calibrated_precision(reader: Reader, task: str, bins: int = 10) -> dict[str, Any]:
     """The estimate for one NER task over everything in ClickHouse: precision, 95% interval, items behind it."""
     db = reader.database  # validated identifier
-    judged = reader.query(_REVIEWED_SQL.replace("{db}", db), {"task": task}).rows
+    confidence, correct_flags = judged_items(reader, task)
     accepted = np.array([float(r[0]) for r in reader.query(_ACCEPTED_SQL.replace("{db}", db), {"task": task}).rows])
-    out: dict[str, Any] = {"task": task, "accepted_items": int(accepted.size), "reviewed_items": len(judged)}
-    if not accepted.size or not judged:
+    out: dict[str, Any] = {"task": task, "accepted_items": int(accepted.size), "reviewed_items": int(confidence.size)}
+    if not accepted.size or not confidence.size:
         return {**out, "precision": None, "lower": None, "upper": None}
-    confidence = np.array([float(r[0]) for r in judged])
-    correct = np.array([bool(r[1]) for r in judged], dtype=np.float64)
+    correct = correct_flags.astype(np.float64)
     edges = np.unique(np.quantile(accepted, np.linspace(0, 1, bins + 1)))
     if edges.size < 2:
         edges = np.array([accepted.min(), accepted.max() + 1e-9])

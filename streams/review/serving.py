@@ -16,6 +16,7 @@ from streams.review.backlog import BacklogMonitor
 from streams.review.budget import BudgetKeeper, BudgetThread
 from streams.review.publisher import DecisionPublisher
 from streams.review.server import ReviewApp
+from streams.review.tighten import Tightener
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,9 @@ def start_review_server(
     if settings.review.budget_per_hour:
         keeper = BudgetKeeper(app.store, app.publisher, settings.review)
         server.budget = BudgetThread(keeper, settings.metrics_lag_seconds, lambda: app.leases.live().keys()).start()
-    if settings.metrics_port:
+    if settings.metrics_port or settings.review.tighten_thresholds:
+        tightener = Tightener(settings, reader) if settings.review.tighten_thresholds else None
         server.backlog = BacklogMonitor(
-            app.store, settings.metrics_lag_seconds, settings.review.target_precision, settings.review.min_audit_items
+            app.store, settings.metrics_lag_seconds, settings.review.target_precision, settings.review.min_audit_items, tightener
         ).start()
     return server

@@ -3,15 +3,17 @@
 The new model is loaded here, off the inference thread, while the old one keeps serving; the pipeline takes it over at
 the start of its next batch (``ExtractionPipeline.stage``), with the thresholds stored with that version. A batch is
 never split between versions, nothing is re-read or skipped (the offsets are the stream's, not the model's), and every
-row names the version that produced it. A version that does not load is logged and the old one keeps serving.
+row names the version that produced it. A version that does not load is logged and the old one keeps serving. A
+threshold the review app tightened for the serving version (``ModelRegistry.tighten``) is taken over the same way, at
+the start of the next batch, without reloading the model.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 
+from agents.config import TaskSettings
 from agents.model_dir import with_model_thresholds
 from agents.pipeline import ExtractionPipeline
 from streams.learning.registry import ModelRegistry
@@ -21,12 +23,14 @@ log = logging.getLogger(__name__)
 
 
 class ModelWatcher:
-    def __init__(self, settings: Settings, pipeline: ExtractionPipeline, serving: dict[str, Path]) -> None:
-        """``serving``: each task's model directory as the pipeline was built."""
+    def __init__(self, settings: Settings, pipeline: ExtractionPipeline, serving: list[TaskSettings]) -> None:
+        """``serving``: each task as the pipeline was built (its model directory and the thresholds it routes with)."""
         self.settings = settings
         self.pipeline = pipeline
         self.registry = ModelRegistry(settings.registry_file())
-        self.serving = dict(serving)
+        self.serving = {t.name: t.model_dir for t in serving}
+        #: each task's routing thresholds as last handed to the pipeline
+        self.routed = {t.name: (t.threshold, dict(t.label_thresholds)) for t in serving}
         self._seen = -1.0  # the first poll checks: a promotion made while the worker was starting is not missed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
@@ -39,6 +43,7 @@ class ModelWatcher:
         for task in self.settings.tasks:
             wanted = self.registry.resolve(task)
             if wanted.model_dir == self.serving.get(task.name):
+                self._follow_routing(self.registry.routing(with_model_thresholds(wanted)))
                 continue
             try:
                 runner = build_runner_for(self.settings, wanted)
@@ -46,10 +51,19 @@ class ModelWatcher:
                 log.error("task %s: the promoted model could not be loaded (%s); keeping the one serving", task.name, type(exc).__name__)
                 self.serving[task.name] = wanted.model_dir  # do not retry it on every poll
                 continue
-            self.pipeline.stage(runner, with_model_thresholds(wanted))
+            routing = self.registry.routing(with_model_thresholds(wanted))
+            self.pipeline.stage(runner, routing)
+            self.routed[task.name] = (routing.threshold, dict(routing.label_thresholds))
             self.serving[task.name] = wanted.model_dir
             staged.append(task.name)
         return staged
+
+    def _follow_routing(self, routing: TaskSettings) -> None:
+        """Hand the pipeline the serving version's thresholds when they changed since the last look."""
+        now = (routing.threshold, dict(routing.label_thresholds))
+        if now != self.routed.get(routing.name):
+            self.pipeline.stage_routing(routing)
+            self.routed[routing.name] = now
 
     def _run(self) -> None:
         while not self._stop.wait(self.settings.model_poll_seconds):
