@@ -284,8 +284,8 @@ def label(
 @option("--held-back", envvar="EHRSTREAM_LEARN_HELD_BACK", type=float, default=0.2, show_default=True, help="Reviewed share kept to judge.")
 @option("--tolerance", envvar="EHRSTREAM_LEARN_TOLERANCE", type=float, default=0.01, show_default=True, help="F1 a candidate may lose.")
 @option("--target-precision", envvar="EHRSTREAM_LEARN_TARGET_PRECISION", type=float, default=0.9, show_default=True)
-@option("--epochs", envvar="EHRSTREAM_LEARN_EPOCHS", type=int, default=4, show_default=True)
-@option("--learning-rate", envvar="EHRSTREAM_LEARN_LR", type=float, default=5e-4, show_default=True)
+@option("--epochs", envvar="EHRSTREAM_LEARN_EPOCHS", type=int, default=8, show_default=True)
+@option("--learning-rate", envvar="EHRSTREAM_LEARN_LR", type=float, default=1e-3, show_default=True)
 @option("--device", envvar="EHRSTREAM_DEVICE", default="auto", show_default=True)
 @option("--once", envvar="EHRSTREAM_LEARN_ONCE", is_flag=True, help="Run one cycle now and exit (cron, CI) instead of waiting for reviews.")
 @click.pass_obj

@@ -142,7 +142,7 @@ def soak(
 @option("--strategy", envvar="EHRSTREAM_SIM_STRATEGY", type=click.Choice(["uncertainty", "fifo", "random"]), default="uncertainty")
 @option("--target-precision", envvar="EHRSTREAM_SIM_TARGET_PRECISION", type=float, default=0.9, show_default=True)
 @option("--rounds", envvar="EHRSTREAM_SIM_ROUNDS", type=int, default=10, show_default=True, help="Slices of the stream.")
-@option("--epochs", envvar="EHRSTREAM_SIM_EPOCHS", type=int, default=4, show_default=True, help="Per candidate.")
+@option("--epochs", envvar="EHRSTREAM_SIM_EPOCHS", type=int, default=8, show_default=True, help="Per candidate.")
 @option("--out", envvar="EHRSTREAM_SIM_OUT", required=True, type=click.Path(path_type=Path, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the summary.")
 @click.pass_obj

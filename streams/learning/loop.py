@@ -44,8 +44,9 @@ class LoopConfig:
     held_back: float = 0.2
     tolerance: float = 0.01
     target_precision: float = 0.9
-    epochs: int = 4
-    learning_rate: float = 5e-4
+    #: 8 epochs at 1e-3: the best of four settings on the BC5CDR replay's reviewed sentences (README)
+    epochs: int = 8
+    learning_rate: float = 1e-3
     device: str = "auto"
 
 
