@@ -21,8 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
-
 #: ONNX opset of the export (ONNX Runtime 1.32 runs it; the legacy exporter writes it)
 OPSET = 17
 
@@ -105,7 +103,6 @@ class OnnxInt8Model:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         self.session: Any = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        self.size_bytes = len(data)
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         logits: np.ndarray = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]

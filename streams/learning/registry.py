@@ -64,6 +64,10 @@ class RegistryDoc(BaseModel):
     tightened: list[Tightened] = Field(default_factory=list)
 
 
+def _tightened(doc: RegistryDoc, task: str, version: str) -> Tightened | None:
+    return next((t for t in doc.tightened if t.task == task and t.version == version), None)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -149,12 +153,12 @@ class ModelRegistry:
         return self.promote(task, previous.version, note="rolled back to")
 
     def tightened(self, task: str, version: str) -> Tightened | None:
-        return next((t for t in self.read().tightened if t.task == task and t.version == version), None)
+        return _tightened(self.read(), task, version)
 
     def tighten(self, task: str, version: str, threshold: float, note: str, audited_items: int = 0) -> Tightened:
         """Raise the auto-accept threshold of ``task``'s model ``version`` to ``threshold`` (never lowers it)."""
         with self._changing() as doc:
-            old = next((t for t in doc.tightened if t.task == task and t.version == version), None)
+            old = _tightened(doc, task, version)
             if old is not None and old.threshold >= threshold:
                 return old
             entry = Tightened(task=task, version=version, threshold=threshold, at=_now(), note=note, audited_items=audited_items)
@@ -166,11 +170,7 @@ class ModelRegistry:
         to the tightened one of its model's version, when there is one; decisions about codes, assertions and possible
         missed entities keep theirs."""
         manifest = read_manifest(task.model_dir)
-        found = (
-            None
-            if manifest is None
-            else next((t for t in self.read().tightened if t.task == task.name and t.version == manifest.version), None)
-        )
+        found = None if manifest is None else self.tightened(task.name, manifest.version)
         if found is None:
             return task
         labels = {label: max(value, found.threshold) for label, value in task.label_thresholds.items()}

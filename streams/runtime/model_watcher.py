@@ -28,9 +28,8 @@ class ModelWatcher:
         self.settings = settings
         self.pipeline = pipeline
         self.registry = ModelRegistry(settings.registry_file())
-        self.serving = {t.name: t.model_dir for t in serving}
-        #: each task's routing thresholds as last handed to the pipeline
-        self.routed = {t.name: (t.threshold, dict(t.label_thresholds)) for t in serving}
+        #: each task as last handed to the pipeline: its model directory and the thresholds it routes with
+        self.serving = {t.name: t for t in serving}
         self._seen = -1.0  # the first poll checks: a promotion made while the worker was starting is not missed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
@@ -41,29 +40,21 @@ class ModelWatcher:
 
         staged = []
         for task in self.settings.tasks:
-            wanted = self.registry.resolve(task)
-            if wanted.model_dir == self.serving.get(task.name):
-                self._follow_routing(self.registry.routing(with_model_thresholds(wanted)))
+            wanted = self.registry.routing(with_model_thresholds(self.registry.resolve(task)))
+            current = self.serving.get(task.name)
+            self.serving[task.name] = wanted  # a version that fails to load is not retried on every poll
+            if current is not None and wanted.model_dir == current.model_dir:
+                if (wanted.threshold, wanted.label_thresholds) != (current.threshold, current.label_thresholds):
+                    self.pipeline.stage_routing(wanted)  # only the thresholds moved (tightened): no reload
                 continue
             try:
                 runner = build_runner_for(self.settings, wanted)
             except Exception as exc:  # a broken promotion must not stop the stream: the old version keeps serving
                 log.error("task %s: the promoted model could not be loaded (%s); keeping the one serving", task.name, type(exc).__name__)
-                self.serving[task.name] = wanted.model_dir  # do not retry it on every poll
                 continue
-            routing = self.registry.routing(with_model_thresholds(wanted))
-            self.pipeline.stage(runner, routing)
-            self.routed[task.name] = (routing.threshold, dict(routing.label_thresholds))
-            self.serving[task.name] = wanted.model_dir
+            self.pipeline.stage(runner, wanted)
             staged.append(task.name)
         return staged
-
-    def _follow_routing(self, routing: TaskSettings) -> None:
-        """Hand the pipeline the serving version's thresholds when they changed since the last look."""
-        now = (routing.threshold, dict(routing.label_thresholds))
-        if now != self.routed.get(routing.name):
-            self.pipeline.stage_routing(routing)
-            self.routed[routing.name] = now
 
     def _run(self) -> None:
         while not self._stop.wait(self.settings.model_poll_seconds):
