@@ -132,7 +132,8 @@ def _dir_fingerprint(path: Path) -> str:
 class LoadedModel:
     """A model ready for inference, with what the runner and the rows need to know."""
 
-    model: PreTrainedModel
+    #: ``None`` once an int8 runner has compiled it into its own session and let the float32 weights go
+    model: PreTrainedModel | None
     tokenizer: PreTrainedTokenizerBase
     kind: TaskKind
     labels: list[str]

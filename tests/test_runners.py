@@ -156,6 +156,7 @@ def test_int8_runs_an_onnx_session_with_int8_weights_and_keeps_the_results_close
         int8 = build_runner("t", load_model(directory, kind), device="cpu", quantization="int8")
         assert plain.quantization == "none" and plain.int8 is None
         assert int8.quantization == "int8" and int8.int8 is not None
+        assert int8.model is None and int8.loaded.model is None  # the float32 weights are let go
         ops = [op for _, op in int8.int8.nodes]
         heads = [op for name, op in int8.int8.nodes if "classifier" in name]
         assert ops.count("MatMulInteger") >= 6  # every encoder projection runs on int8 weights

@@ -9,6 +9,7 @@ to float32 before numpy).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 
@@ -56,7 +57,6 @@ class ModelRunner(ABC):
         batch_tokens: int | None = None,
     ) -> None:
         self.task = task
-        self.loaded = loaded
         #: a forward batch holds at most ``batch_size`` windows and ``batch_tokens`` padded tokens (``None``: no token
         #: bound on a GPU, :data:`CPU_BATCH_TOKENS` on a CPU; 0: no token bound)
         self.batch_size = batch_size
@@ -66,13 +66,20 @@ class ModelRunner(ABC):
         self.batch_tokens = batch_tokens or None
         # bf16 on CUDA (tensor cores, half the memory traffic); float32 on CPU, where bf16 is slower here
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        self.model = loaded.model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
+        if loaded.model is None:
+            raise ValueError(f"task {task}: the loaded model's weights were already let go by an int8 runner")
+        model: torch.nn.Module | None = loaded.model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
         #: what actually runs: int8 applies on CPU only (on a GPU the model runs in bf16), through ONNX Runtime
         self.quantization = quantization if self.device.type == "cpu" else "none"
         self.int8: OnnxInt8Model | None = None
         if self.quantization == "int8":
-            per_token = loaded.kind is TaskKind.ner
-            self.int8 = OnnxInt8Model(self.model, per_token=per_token, threads=torch.get_num_threads())
+            assert model is not None
+            self.int8 = OnnxInt8Model(model, per_token=loaded.kind is TaskKind.ner, threads=torch.get_num_threads())
+            # the session holds its own weights: the float32 ones (about 90 MB for a MiniLM task) are let go
+            model, loaded = None, dataclasses.replace(loaded, model=None)
+        self.loaded = loaded
+        #: the torch model that runs the forward; ``None`` when the int8 session does
+        self.model = model
         self.tokenizer = Tokenizer(loaded.tokenizer)
         #: wall and CPU seconds spent inside the model's forward calls since this runner was built (see
         #: :meth:`forward_cpu_time` for whose CPU)
@@ -151,6 +158,7 @@ class ModelRunner(ABC):
         return self._forward(input_ids, attention_mask).float()
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        assert self.model is not None  # the int8 path never comes here
         logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         return logits
 
