@@ -32,16 +32,20 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def build_runners(settings: Settings, reference: bool = False) -> list[ModelRunner]:
+def build_runners(settings: Settings, reference: bool = False, tasks: Sequence[TaskSettings] | None = None) -> list[ModelRunner]:
     """The tasks' runners, each from its live registered version when it has one (``streams.learning.registry``), else
-    from its configured model. ``reference``: the bench's fixed baseline, the plain float32 models in batches bounded by
-    windows only (as inference ran before int8 and token-bounded batches), whatever the settings ask."""
+    from its configured model; ``tasks``: those already resolved against the registry (the pipeline resolves once, so
+    a promotion while the worker starts cannot give a runner one version and its routing another). ``reference``: the
+    bench's fixed baseline, the plain float32 models in batches bounded by windows only (as inference ran before int8
+    and token-bounded batches), whatever the settings ask."""
     import torch
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    registry = ModelRegistry(settings.registry_file())
-    return [build_runner_for(settings, registry.resolve(task), reference) for task in settings.tasks]
+    if tasks is None:
+        registry = ModelRegistry(settings.registry_file())
+        tasks = [registry.resolve(task) for task in settings.tasks]
+    return [build_runner_for(settings, task, reference) for task in tasks]
 
 
 def build_runner_for(settings: Settings, task: TaskSettings, reference: bool = False) -> ModelRunner:
@@ -88,9 +92,10 @@ def build_pipeline(
     """The worker's pipeline, and each task as it serves: its live registered version (else its configured model), with
     the thresholds it routes with (the version's own, raised where the review app tightened them)."""
     registry = ModelRegistry(settings.registry_file())
-    serving = [registry.routing(with_model_thresholds(registry.resolve(t))) for t in settings.tasks]
+    resolved = [registry.resolve(t) for t in settings.tasks]  # once: the runners and their routing name one version
+    serving = [registry.routing(with_model_thresholds(t)) for t in resolved]
     pipeline = ExtractionPipeline(
-        runners if runners is not None else build_runners(settings),
+        runners if runners is not None else build_runners(settings, tasks=resolved),
         RoutingPolicy(serving, settings.review.audit_share),
         settings.topics,
         settings.max_note_bytes,
