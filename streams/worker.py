@@ -7,6 +7,7 @@ bad record reaches our code (and the dead-letter topic) instead of failing insid
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 
 import faust
@@ -42,6 +43,9 @@ def build_runners(settings: Settings, reference: bool = False, tasks: Sequence[T
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+        # the fast tokenizers' own pool (rayon) gets the same budget; with one thread they tokenise on the calling thread
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if settings.torch_threads > 1 else "false"
+        os.environ["RAYON_NUM_THREADS"] = str(settings.torch_threads)
     if tasks is None:
         registry = ModelRegistry(settings.registry_file())
         tasks = [registry.resolve(task) for task in settings.tasks]
