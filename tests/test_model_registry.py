@@ -200,3 +200,33 @@ def test_a_tightened_threshold_reaches_the_serving_pipeline_at_its_next_batch_an
     after = pipeline.process(records)
     assert after.routed_to_review == 6 and after.flagged_items > 0  # every span of the random model is now below 0.999
     assert ModelRegistry(settings.registry_file()).routing(serving[0]).threshold == 0.999
+
+
+def test_a_promoted_version_that_cannot_load_leaves_the_serving_one_and_its_thresholds_alone(tiny_ner_dir: Path, tmp_path: Path) -> None:
+    from agents.config import TaskSettings
+    from agents.types import InRecord
+    from streams.runtime.model_watcher import ModelWatcher
+    from streams.worker import build_pipeline
+
+    v1 = _version(tiny_ner_dir, tmp_path / "v1", "v1", 0.0)  # calibrated to accept everything
+    task = TaskSettings(name="disease", kind=TaskKind.ner, model_dir=v1, possible_entity_threshold=0.0, clinical=False)
+    settings = Settings(data_dir=tmp_path / "data", tasks=[task], device="cpu")
+    settings = settings.model_copy(update={"review": settings.review.model_copy(update={"audit_share": 0.0})})
+    pipeline, serving = build_pipeline(settings, PLAIN)
+    watcher = ModelWatcher(settings, pipeline, serving)
+    broken = _version(tiny_ner_dir, tmp_path / "v2", "v2", 0.999)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
+    registry = ModelRegistry(settings.registry_file())
+    registry.register("disease", broken)
+    registry.promote("disease", "v2")
+    text = "fever and gout " * 8
+    note = ClinicalNote(note_id="n", patient_id="p", note_type="t", created_at="2026-12-01T00:00:00Z", text=text, source="s")
+    records = [InRecord(PLAIN.of(ClinicalNote).encode(note), b"k", "ehr.notes", 0, 0)]
+
+    assert watcher.check() == []  # v2 failed to load: nothing staged
+    registry.tighten("disease", "v2", 0.999, "audited precision below 0.90")
+    assert watcher.check() == []
+    result = pipeline.process(records)
+    assert result.extracted == 1 and result.routed_to_review == 0  # v1 serves with its own 0.0, not v2's 0.999
+    assert watcher.serving["disease"].model_dir == v1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 from agents.config import TaskSettings
 from agents.model_dir import with_model_thresholds
@@ -30,6 +31,8 @@ class ModelWatcher:
         self.registry = ModelRegistry(settings.registry_file())
         #: each task as last handed to the pipeline: its model directory and the thresholds it routes with
         self.serving = {t.name: t for t in serving}
+        #: per task, the model directory of a promoted version that failed to load (not retried on every poll)
+        self.failed: dict[str, Path] = {}
         self._seen = -1.0  # the first poll checks: a promotion made while the worker was starting is not missed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
@@ -42,17 +45,21 @@ class ModelWatcher:
         for task in self.settings.tasks:
             wanted = self.registry.routing(with_model_thresholds(self.registry.resolve(task)))
             current = self.serving.get(task.name)
-            self.serving[task.name] = wanted  # a version that fails to load is not retried on every poll
             if current is not None and wanted.model_dir == current.model_dir:
                 if (wanted.threshold, wanted.label_thresholds) != (current.threshold, current.label_thresholds):
                     self.pipeline.stage_routing(wanted)  # only the thresholds moved (tightened): no reload
+                    self.serving[task.name] = wanted
+                continue
+            if wanted.model_dir == self.failed.get(task.name):
                 continue
             try:
                 runner = build_runner_for(self.settings, wanted)
             except Exception as exc:  # a broken promotion must not stop the stream: the old version keeps serving
                 log.error("task %s: the promoted model could not be loaded (%s); keeping the one serving", task.name, type(exc).__name__)
+                self.failed[task.name] = wanted.model_dir  # and keeps its own thresholds
                 continue
             self.pipeline.stage(runner, wanted)
+            self.serving[task.name] = wanted
             staged.append(task.name)
         return staged
 
