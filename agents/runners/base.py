@@ -68,18 +68,17 @@ class ModelRunner(ABC):
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         if loaded.model is None:
             raise ValueError(f"task {task}: the loaded model's weights were already let go by an int8 runner")
-        model: torch.nn.Module | None = loaded.model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
+        model = loaded.model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
         #: what actually runs: int8 applies on CPU only (on a GPU the model runs in bf16), through ONNX Runtime
         self.quantization = quantization if self.device.type == "cpu" else "none"
         self.int8: OnnxInt8Model | None = None
+        #: the torch model that runs the forward; ``None`` when the int8 session does
+        self.model: torch.nn.Module | None = model
         if self.quantization == "int8":
-            assert model is not None
             self.int8 = OnnxInt8Model(model, per_token=loaded.kind is TaskKind.ner, threads=torch.get_num_threads())
             # the session holds its own weights: the float32 ones (about 90 MB for a MiniLM task) are let go
-            model, loaded = None, dataclasses.replace(loaded, model=None)
+            self.model, loaded = None, dataclasses.replace(loaded, model=None)
         self.loaded = loaded
-        #: the torch model that runs the forward; ``None`` when the int8 session does
-        self.model = model
         self.tokenizer = Tokenizer(loaded.tokenizer)
         #: wall and CPU seconds spent inside the model's forward calls since this runner was built (see
         #: :meth:`forward_cpu_time` for whose CPU)
