@@ -9,6 +9,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -169,20 +170,26 @@ def test_a_promotion_under_load_switches_versions_between_batches_and_loses_noth
     assert "model version v2 replaces v1" in log
 
 
-def test_a_tightened_threshold_reaches_the_serving_pipeline_at_its_next_batch_and_is_never_lowered(
-    tiny_ner_dir: Path, tmp_path: Path
-) -> None:
+def _serving_v1(tiny_ner_dir: Path, tmp_path: Path) -> tuple[Path, Settings, Any, list[Any], Any]:
+    """A worker's pipeline and model watcher serving the tiny NER model as version v1, whose thresholds accept all."""
     from agents.config import TaskSettings
-    from agents.types import InRecord
     from streams.runtime.model_watcher import ModelWatcher
     from streams.worker import build_pipeline
 
-    v1 = _version(tiny_ner_dir, tmp_path / "v1", "v1", 0.0)  # calibrated to accept everything
+    v1 = _version(tiny_ner_dir, tmp_path / "v1", "v1", 0.0)
     task = TaskSettings(name="disease", kind=TaskKind.ner, model_dir=v1, possible_entity_threshold=0.0, clinical=False)
     settings = Settings(data_dir=tmp_path / "data", tasks=[task], device="cpu")
     settings = settings.model_copy(update={"review": settings.review.model_copy(update={"audit_share": 0.0})})
     pipeline, serving = build_pipeline(settings, PLAIN)
-    watcher = ModelWatcher(settings, pipeline, serving)
+    return v1, settings, pipeline, serving, ModelWatcher(settings, pipeline, serving)
+
+
+def test_a_tightened_threshold_reaches_the_serving_pipeline_at_its_next_batch_and_is_never_lowered(
+    tiny_ner_dir: Path, tmp_path: Path
+) -> None:
+    from agents.types import InRecord
+
+    _, settings, pipeline, serving, watcher = _serving_v1(tiny_ner_dir, tmp_path)
     text = "fever and gout " * 8
     notes = [
         ClinicalNote(note_id=f"n{i}", patient_id="p", note_type="t", created_at="2026-12-01T00:00:00Z", text=text, source="s")
@@ -203,17 +210,9 @@ def test_a_tightened_threshold_reaches_the_serving_pipeline_at_its_next_batch_an
 
 
 def test_a_promoted_version_that_cannot_load_leaves_the_serving_one_and_its_thresholds_alone(tiny_ner_dir: Path, tmp_path: Path) -> None:
-    from agents.config import TaskSettings
     from agents.types import InRecord
-    from streams.runtime.model_watcher import ModelWatcher
-    from streams.worker import build_pipeline
 
-    v1 = _version(tiny_ner_dir, tmp_path / "v1", "v1", 0.0)  # calibrated to accept everything
-    task = TaskSettings(name="disease", kind=TaskKind.ner, model_dir=v1, possible_entity_threshold=0.0, clinical=False)
-    settings = Settings(data_dir=tmp_path / "data", tasks=[task], device="cpu")
-    settings = settings.model_copy(update={"review": settings.review.model_copy(update={"audit_share": 0.0})})
-    pipeline, serving = build_pipeline(settings, PLAIN)
-    watcher = ModelWatcher(settings, pipeline, serving)
+    v1, settings, pipeline, _, watcher = _serving_v1(tiny_ner_dir, tmp_path)
     broken = _version(tiny_ner_dir, tmp_path / "v2", "v2", 0.999)
     for weights in broken.glob("*.safetensors"):
         weights.write_bytes(b"not a safetensors file")
