@@ -152,6 +152,9 @@ def test_sink_writes_rows_then_commits_and_dead_letters_what_it_cannot_read(
     admin.close()
     extraction_offsets = sum(o.offset for tp, o in committed.items() if tp.topic == settings.topics.extractions)
     assert extraction_offsets == 21
+    assert sum(o.offset for tp, o in committed.items() if tp.topic == settings.topics.deadletter) == 1  # the letter it stored
+    # only partitions a batch read from are committed (each commit is a durable write on the broker)
+    assert not [tp for tp in committed if tp.topic == settings.topics.review_decisions]
 
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter, ErrorKind
@@ -54,12 +55,20 @@ class _Batch:
     #: decisions whose reviewed revision is built at write time (it needs the base row from ClickHouse)
     decisions: list[PendingDecision] = field(default_factory=list)
     count: int = 0
+    #: per partition the batch read from, the offset to commit once it is written (past its last record)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+    def read(self, topic: str, partition: int, last_offset: int) -> None:
+        self.count += 1
+        tp = TopicPartition(topic, partition)
+        self.offsets[tp] = max(self.offsets.get(tp, 0), last_offset + 1)
 
     def clear(self) -> None:
         self.rows.clear()
         self.dead.clear()
         self.decisions.clear()
         self.count = 0
+        self.offsets = {}  # a new dict: the caller still holds the written batch's to commit
 
 
 class ClickHouseSink:
@@ -103,16 +112,24 @@ class ClickHouseSink:
                         for message in messages:
                             self._add(message)
                 if self._batch.count:
+                    offsets = self._batch.offsets
                     if not self._flush(consumer, producer, stop):
                         return  # stopped while ClickHouse was refusing: nothing committed, records will be replayed
-                    consumer.commit()
+                    self._commit(consumer, offsets)
         finally:
             producer.close(timeout=5)
             consumer.close(autocommit=False)
 
+    @staticmethod
+    def _commit(consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        """Commit the partitions the written batch read from, and only those still assigned: every commit is a durable
+        write on the broker, and the result topics' other partitions (dead letters, decisions) rarely move."""
+        owned = consumer.assignment()
+        consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items() if tp in owned})
+
     def _add(self, message: Any) -> None:
         batch = self._batch
-        batch.count += 1
+        batch.read(message.topic, message.partition, message.offset)
         value: bytes = message.value or b""
         try:
             if message.topic == self.topics.extractions:
@@ -131,7 +148,7 @@ class ClickHouseSink:
         """A batch the consumer could not read and skipped (already logged and counted): one dead letter, written with
         the batch it was skipped in, so the offsets past it are committed only once the letter is stored."""
         DEAD_LETTERS.labels("sink", ErrorKind.undecodable.value).inc()
-        self._batch.count += 1
+        self._batch.read(skipped.topic, skipped.partition, skipped.last_offset)
         letter = skipped.dead_letter("sink")
         if skipped.topic == self.topics.deadletter:
             self._batch.rows["dead_letters"].append(dead_letter_row(letter))
