@@ -67,6 +67,10 @@ class BenchStack:
         self.codec = build_codecs(settings).of(ClinicalNote)
 
     def publish(self, phase: str, texts: list[str], pace: Callable[[int], None] | None = None, first_index: int = 0) -> dict[str, float]:
+        """Send the notes (``pace(i)`` waits for note ``i``'s turn), each timed when handed to the producer; the
+        producer's linger (20 ms) groups what arrives together, as a publishing EHR feed's would, so pacing does
+        not wait for each acknowledgement (a flush per note held the offered rate to about one produce round trip
+        per note). Returns when every note is acknowledged."""
         sent: dict[str, float] = {}
         now = datetime.now(UTC)
         for i, text in enumerate(texts):
@@ -76,8 +80,6 @@ class BenchStack:
             note = ClinicalNote(note_id=note_id, patient_id="bench", note_type="abstract", created_at=now, text=text, source="bench")
             sent[note_id] = time.time()
             self.producer.send(self.settings.topics.notes, key=note_id.encode(), value=self.codec.encode(note))
-            if pace is not None:
-                self.producer.flush()
         self.producer.flush()
         return sent
 
