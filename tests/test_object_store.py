@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -75,7 +77,41 @@ def test_parallel_compare_and_set_increments_lose_no_update(served: tuple[Object
     assert found is not None and found[0] == b"100"  # every increment applied exactly once
     assert found[1] == _md5(b"100")
     listed = store.listing("bucket", "records/")
-    assert len(listed) == 100 and all(etag == _md5(store.path("bucket", key).read_bytes()) for key, _, _, etag in listed)
+    assert len(listed) == 100 and all(item.etag == _md5(store.path("bucket", item.key).read_bytes()) for item in listed)
+    with urllib.request.urlopen(f"{base}?list-type=2&prefix=records/", timeout=10) as resp:
+        page = ElementTree.fromstring(resp.read())
+    namespace = {"s3": "http://s3.amazonaws.com/doc/2006-03-01/"}
+    keys = [e.text for e in page.findall("s3:Contents/s3:Key", namespace)]
+    assert keys == [item.key for item in listed] and page.findtext("s3:KeyCount", None, namespace) == "100"
+
+
+def test_a_kept_listing_follows_writes_deletes_and_new_folders_as_a_read_from_disk_does(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path, max_cached_etags=8)
+    rng = random.Random(7)
+
+    def from_disk(prefix: str) -> list[tuple[str, int, str]]:
+        return [(i.key, i.size, i.etag) for i in ObjectStore(tmp_path).listing("b", prefix)]
+
+    def kept(prefix: str) -> list[tuple[str, int, str]]:
+        return [(i.key, i.size, i.etag) for i in store.listing("b", prefix)]
+
+    store.write("b", "c/a.batch", b"a")
+    assert kept("c/") == from_disk("c/")  # a folder of files only: kept from now on
+    store.write("b", "c/d/x.batch", b"x")  # now it holds a folder too
+    assert kept("c/") == from_disk("c/") == [("c/a.batch", 1, _md5(b"a")), ("c/d/x.batch", 1, _md5(b"x"))]
+    for step in range(300):
+        folder = rng.choice(["t/p0/records", "t/p1/records", "t/p0", "u"])
+        key = f"{folder}/{rng.randrange(12):04d}.batch"
+        if rng.random() < 0.2:
+            store.delete("b", key)
+        else:
+            store.write("b", key, os.urandom(rng.randrange(1, 40)))
+        prefix = rng.choice(["t/p0/records/", "t/p1/records/", "t/p0/", "t/", "u/", "t/p0/records/000", ""])
+        assert kept(prefix) == from_disk(prefix), (step, prefix)
+    # more objects than the bound: listings are still complete, read from disk
+    for i in range(20):
+        store.write("b", f"big/{i:04d}.batch", b"x")
+    assert len(kept("big/")) == 20 == len(from_disk("big/"))
 
 
 def test_an_etag_is_recomputed_when_the_file_is_replaced_behind_the_cache(tmp_path: Path) -> None:

@@ -7,8 +7,9 @@ file under ``root/<bucket>/``, written to a temporary file, fsynced, and renamed
 fsynced), so an object the broker was told is stored survives a crash of every process. The conditional writes and
 deletes of one key are serialised by a lock; different keys are written (and fsynced) in parallel, and reads and
 listings take no lock (an ETag is cached for the inode it was computed from). Tansu lists a partition's objects on
-every fetch, so a listing is one ``scandir`` per directory. Request signatures are not checked: it listens on
-127.0.0.1 only, for the broker this process started. Run as ``python -m streams.runtime.object_store ROOT PORT``.
+every fetch, so listings of directories are kept in memory (``streams.runtime.object_listing``). Request signatures
+are not checked: it listens on 127.0.0.1 only, for the broker this process started.
+Run as ``python -m streams.runtime.object_store ROOT PORT``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
-from xml.sax.saxutils import escape
+
+from streams.runtime.object_listing import DirectoryListings, Listed, list_bucket_result
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class ObjectStore:
         self._etags: OrderedDict[str, tuple[int, str]] = OrderedDict()
         self.max_cached_etags = max_cached_etags
         self._etag_lock = threading.Lock()
+        self._listings = DirectoryListings(max_cached_etags)
 
     def path(self, bucket: str, key: str) -> Path:
         path = (self.root / bucket / key).resolve()
@@ -102,14 +105,20 @@ class ObjectStore:
 
     def write(self, bucket: str, key: str, data: bytes) -> str:
         path = self.path(bucket, key)
+        new_folder = not path.parent.is_dir()
         path.parent.mkdir(parents=True, exist_ok=True)
+        if new_folder:  # the folders above now hold a directory: they are no longer kept as listings of files
+            for folder in path.parent.parents:
+                self._listings.forget(str(folder))
+                if folder == self.root:
+                    break
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-                inode = os.fstat(fh.fileno()).st_ino
+                stat = os.fstat(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -119,44 +128,66 @@ class ObjectStore:
             os.fsync(directory)
         finally:
             os.close(directory)
-        return self._remember(str(path), inode, data)
+        etag = self._remember(str(path), stat.st_ino, data)
+        self._listings.put(str(path.parent), path.name, Listed.of(key, stat.st_size, stat.st_mtime, etag))
+        return etag
 
     def delete(self, bucket: str, key: str) -> None:
         path = self.path(bucket, key)
         path.unlink(missing_ok=True)
         with self._etag_lock:
             self._etags.pop(str(path), None)
+        self._listings.drop(str(path.parent), path.name)
 
-    def listing(self, bucket: str, prefix: str) -> list[tuple[str, int, float, str]]:
-        """(key, size, mtime, ETag) of the objects whose key starts with ``prefix``, sorted by key: only the directory
-        the prefix names is walked (one ``scandir`` per directory, no lock: a listing that races a write shows either
-        version); an object is read only for its first ETag since start or since it was rewritten."""
+    def listing(self, bucket: str, prefix: str) -> list[Listed]:
+        """The objects whose key starts with ``prefix``, sorted by key. A directory of files only (a partition's
+        ``records/``) is read from disk once and then kept current in memory; otherwise only the directory the prefix
+        names is walked, one ``scandir`` per directory. No lock: a listing that races a write shows either version."""
         base = str(self.root / bucket) + os.sep
-        start = self.path(bucket, prefix.rpartition("/")[0]) if "/" in prefix else self.root / bucket
+        start = str(self.path(bucket, prefix.rpartition("/")[0]) if "/" in prefix else self.root / bucket)
+        items = self._listings.listing(start, lambda: self._files_only(base, start))
+        if items is None:
+            items = self._walk(base, start)
+        return sorted(item for item in items if item.key.startswith(prefix))
+
+    def _entry(self, base: str, entry: os.DirEntry[str]) -> Listed | None:
+        try:
+            stat = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        etag = self._cached(entry.path, stat.st_ino) or self.etag(entry.path)
+        if etag is None:
+            return None
+        return Listed.of(entry.path[len(base) :].replace(os.sep, "/"), stat.st_size, stat.st_mtime, etag)
+
+    def _files_only(self, base: str, folder: str) -> dict[str, Listed] | None:
+        """The objects of a directory that holds files only; None if it holds a directory or does not exist."""
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        found: dict[str, Listed] = {}
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                return None
+            if not entry.name.startswith(".tmp-") and (item := self._entry(base, entry)) is not None:
+                found[entry.name] = item
+        return found
+
+    def _walk(self, base: str, start: str) -> list[Listed]:
         out = []
-        folders = [str(start)]
+        folders = [start]
         while folders:
             try:
                 entries = list(os.scandir(folders.pop()))
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for entry in entries:
-                if entry.name.startswith(".tmp-"):
-                    continue
                 if entry.is_dir(follow_symlinks=False):
                     folders.append(entry.path)
-                    continue
-                key = entry.path[len(base) :].replace(os.sep, "/")
-                if not key.startswith(prefix):
-                    continue
-                try:
-                    stat = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                etag = self._cached(entry.path, stat.st_ino) or self.etag(entry.path)
-                if etag is not None:
-                    out.append((key, stat.st_size, stat.st_mtime, etag))
-        return sorted(out)
+                elif not entry.name.startswith(".tmp-") and (item := self._entry(base, entry)) is not None:
+                    out.append(item)
+        return out
 
 
 def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
@@ -236,17 +267,7 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
 
         def _list(self, bucket: str, query: dict[str, list[str]]) -> None:
             prefix = query.get("prefix", [""])[0]
-            items = store.listing(bucket, prefix)
-            contents = "".join(
-                f"<Contents><Key>{escape(key)}</Key><LastModified>{datetime.fromtimestamp(mtime, UTC).strftime('%Y-%m-%dT%H:%M:%S.000Z')}"
-                f"</LastModified><ETag>{escape(etag)}</ETag><Size>{size}</Size><StorageClass>STANDARD</StorageClass></Contents>"
-                for key, size, mtime, etag in items
-            )
-            body = (
-                '<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-                f"<Name>{escape(bucket)}</Name><Prefix>{escape(prefix)}</Prefix><KeyCount>{len(items)}</KeyCount>"
-                f"<MaxKeys>{max(1000, len(items))}</MaxKeys><IsTruncated>false</IsTruncated>{contents}</ListBucketResult>"
-            ).encode()
+            body = list_bucket_result(bucket, prefix, store.listing(bucket, prefix))
             self._reply(200, body, {"Content-Type": "application/xml"})
 
     return Handler
