@@ -136,3 +136,15 @@ def test_the_object_stores_etag_cache_is_bounded_and_a_miss_recomputes_the_same_
     assert len(store._etags) == 2
     assert sorted(e[3] for e in store.listing("b", "k/")) == sorted(written.values()) and len(store._etags) == 2
     assert store.current_etag("b", "k/missing") is None and store.read("b", "k/missing") is None
+
+
+def test_kept_listings_stay_within_their_bound_dropping_the_least_recently_listed(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path, max_cached_etags=100)
+    for folder in range(5):
+        store.write("b", f"p{folder}/0000.batch", b"x")
+        store.listing("b", f"p{folder}/")  # kept from now on
+        for i in range(1, 40):
+            store.write("b", f"p{folder}/{i:04d}.batch", b"x")
+        assert store._listings._entries <= 100 and len(store._etags) <= 100
+    assert [len(store.listing("b", f"p{folder}/")) for folder in range(5)] == [40] * 5  # still complete, from disk
+    assert store._listings._entries <= 100

@@ -58,6 +58,11 @@ class TansuBroker:
         return self._broker.proc.pid if self._broker is not None and self._broker.proc is not None else None
 
     @property
+    def store_pid(self) -> int | None:
+        """The object store's process, when the broker keeps its log on disk."""
+        return self._store.proc.pid if self._store is not None and self._store.proc is not None else None
+
+    @property
     def durable(self) -> bool:
         return self.storage_dir is not None
 
