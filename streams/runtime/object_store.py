@@ -77,28 +77,27 @@ class ObjectStore:
                 self._etags.popitem(last=False)
         return etag
 
-    def etag(self, path: Path | str) -> str | None:
-        """A file's ETag: the MD5 of its content, cached by inode, so memory stays bounded however many objects the
-        broker keeps and a cached ETag never outlives the version it was computed for. None when there is no file."""
-        name = str(path)
-        try:
-            with open(name, "rb") as fh:  # the inode and the bytes of one version, even if a write replaces the file
-                inode = os.fstat(fh.fileno()).st_ino
-                cached = self._cached(name, inode)
-                return cached if cached is not None else self._remember(name, inode, fh.read())
-        except (FileNotFoundError, IsADirectoryError):
-            return None
-
-    def read(self, bucket: str, key: str) -> tuple[bytes, str] | None:
-        """The object's bytes and ETag, or None."""
-        name = str(self.path(bucket, key))
+    def _version(self, name: str, with_data: bool) -> tuple[bytes, str] | None:
+        """The bytes (empty unless ``with_data``) and the ETag of one version of a file, even if a write replaces it
+        meanwhile (the inode and the bytes come from one open file); the file is read only when needed. None: no file."""
         try:
             with open(name, "rb") as fh:
                 inode = os.fstat(fh.fileno()).st_ino
-                data = fh.read()
+                cached = self._cached(name, inode)
+                data = fh.read() if with_data or cached is None else b""
         except (FileNotFoundError, IsADirectoryError):
             return None
-        return data, self._cached(name, inode) or self._remember(name, inode, data)
+        return data, cached or self._remember(name, inode, data)
+
+    def etag(self, path: Path | str) -> str | None:
+        """A file's ETag: the MD5 of its content, cached by inode, so memory stays bounded however many objects the
+        broker keeps and a cached ETag never outlives the version it was computed for. None when there is no file."""
+        found = self._version(str(path), with_data=False)
+        return found[1] if found is not None else None
+
+    def read(self, bucket: str, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag, or None."""
+        return self._version(str(self.path(bucket, key)), with_data=True)
 
     def current_etag(self, bucket: str, key: str) -> str | None:
         return self.etag(self.path(bucket, key))
