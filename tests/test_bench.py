@@ -7,6 +7,7 @@ keeps the benchmark working, including the workers' Prometheus endpoints it scra
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,12 @@ def test_bench_reports_raw_e2e_ratio_latency_and_stages(tiny_settings: Settings,
     config = write_child_config(tiny_settings, tmp_path / "ehrstream.toml")
     cmd = [sys.executable, "-m", "streams.cli", "--config", str(config), "--log-level", "WARNING", "bench"]
     cmd += ["--notes", "12", "--latency-seconds", "2", "--device", "cpu", "--datasets", str(DATASETS), "--json"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
+    scratch = tmp_path / "tmp"  # the bench's own temporary folder: it must be left empty
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list(scratch.iterdir()), "the bench left its data directory behind"
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("raw_notes_per_s", "e2e_notes_per_s", "ratio", "p50_ms", "p99_ms", "device"):
         assert key in result, key
