@@ -3,9 +3,10 @@ the test: a few thousand entries). Each case is a failure mode of a plain neares
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from agents.clinical.coding import Icd10Coder, default_code
+from agents.clinical.coding import EMBEDDING_WEIGHT, PENALTY, Icd10Coder, combined_scores, default_code
 
 PREFIXES = ("I1", "E11", "E13", "J44", "N18", "S51", "S52", "C34", "C78", "O03", "O26", "S82", "M84", "M80", "R73", "Z86", "Z87")
 
@@ -61,3 +62,18 @@ def test_repeated_mentions_come_from_the_cache(coder: Icd10Coder) -> None:
     first = coder.candidates(["COPD"])
     coder.encoder = None  # a search would now fail: only the cache can answer
     assert coder.candidates(["COPD", "copd"]) == [first[0], first[0]]
+
+
+@pytest.mark.parametrize("block", [7, 2048, 100_000])
+def test_scores_block_by_block_equal_the_whole_array_expression(block: int) -> None:
+    rng = np.random.default_rng(block)
+    mentions, entries, values = 13, 5_003, 9  # entries: not a multiple of any block
+    meaning = rng.random((mentions, entries), dtype=np.float32)
+    wording = rng.random((mentions, entries), dtype=np.float32)
+    per_value = rng.integers(0, 3, (mentions, values)).astype(np.float32)
+    flag_index = rng.integers(0, values, entries)
+    prior = rng.choice(np.array([-0.03, 0.0, 0.01], dtype=np.float32), entries)
+    plain = EMBEDDING_WEIGHT * meaning + (1 - EMBEDDING_WEIGHT) * wording - PENALTY * per_value[:, flag_index] + prior[None, :]
+    blocked = combined_scores(meaning, wording, per_value, flag_index, prior, block=block)
+    assert blocked.dtype == plain.dtype == np.float32
+    assert np.array_equal(blocked, plain)

@@ -208,6 +208,29 @@ def _tfidf(docs: list[list[str]], vocabulary: dict[str, int], idf: np.ndarray) -
     return sparse.diags(1.0 / np.maximum(norms, 1e-9)).dot(matrix).tocsr()
 
 
+#: entries scored at a time: blocks of [mentions, 2048] float32 stay in the CPU's cache, where whole rows of the index
+#: (16 MB per array for 64 mentions) went through memory once per operation: 11 against 32 ms per 64 mentions (README)
+SCORE_BLOCK = 2048
+
+
+def combined_scores(
+    meaning: np.ndarray, wording: np.ndarray, per_value: np.ndarray, flag_index: np.ndarray, prior: np.ndarray, block: int = SCORE_BLOCK
+) -> np.ndarray:
+    """``[mentions, entries]``: the weighted sum of the two cosines, less ``PENALTY`` per unlicensed kind of code
+    (``per_value[m, flag_index[e]]``), plus the entry's prior. Computed block by block of entries: the same operations
+    in the same order on every element as the whole-array expression, so the same values to the bit."""
+    out = np.empty_like(meaning)
+    for lo in range(0, meaning.shape[1], block):
+        cols = slice(lo, lo + block)
+        out[:, cols] = (
+            EMBEDDING_WEIGHT * meaning[:, cols]
+            + (1 - EMBEDDING_WEIGHT) * wording[:, cols]
+            - PENALTY * per_value[:, flag_index[cols]]
+            + prior[None, cols]
+        )
+    return out
+
+
 class Icd10Coder:
     """Loaded once per worker; :meth:`candidates` codes a batch of mentions (repeated mentions come from a cache)."""
 
@@ -345,8 +368,7 @@ class Icd10Coder:
         per_value = np.zeros(unlicensed.shape, dtype=np.float32)
         for bit in range(len(FLAGS)):
             per_value += ((unlicensed >> bit) & 1).astype(np.float32)
-        penalties = per_value[:, self._flag_index]
-        score = EMBEDDING_WEIGHT * meaning + (1 - EMBEDDING_WEIGHT) * wording - PENALTY * penalties + self.prior[None, :]
+        score = combined_scores(meaning, wording, per_value, self._flag_index, self.prior)
         results = []
         for row in score:
             order = np.argpartition(-row, min(64, len(row) - 1))[:64]
