@@ -219,7 +219,7 @@ def combined_scores(
     """``[mentions, entries]``: the weighted sum of the two cosines, less ``PENALTY`` per unlicensed kind of code
     (``per_value[m, flag_index[e]]``), plus the entry's prior. Computed block by block of entries: the same operations
     in the same order on every element as the whole-array expression, so the same values to the bit."""
-    out = np.empty_like(meaning)
+    out = np.empty(meaning.shape, dtype=np.result_type(meaning, wording, per_value, prior))
     for lo in range(0, meaning.shape[1], block):
         cols = slice(lo, lo + block)
         out[:, cols] = (
