@@ -32,6 +32,8 @@ GROWTH_LIMIT_PCT = 10.0
 #: the embedded broker on memory storage keeps every record in memory (no retention): it grows with the log by design,
 #: so it is reported per note and left out of the verdict (on disk storage its object store is sampled and judged)
 BROKER = "tansu"
+#: the broker's object store, when it keeps its log on disk: an ehrstream process, judged like the others
+OBJECT_STORE = "object store"
 
 
 def rss_mb(pid: int) -> float:
@@ -68,6 +70,8 @@ class SoakResult:
     max_lag_notes: int = 0
     #: the embedded broker's growth per published note over the whole run (KiB)
     broker_kib_per_note: float = 0.0
+    #: the broker kept its log on disk (in its object store) rather than in memory
+    broker_on_disk: bool = False
     #: every ehrstream process (the broker aside) grew less than GROWTH_LIMIT_PCT between the quarters
     levels_off: bool = False
 
@@ -111,10 +115,10 @@ def run_soak(
     total = min(max_notes, int(duration * rate))
     texts = bench_texts(min(total, 500), datasets)
     stack = BenchStack(settings, workers, work)
-    result = SoakResult(rate_per_s=rate, seconds=0.0, published=0, stored=0, workers=workers)
+    result = SoakResult(rate_per_s=rate, seconds=0.0, published=0, stored=0, workers=workers, broker_on_disk=stack.broker.durable)
     pids = {"sink+chdb (this process)": os.getpid(), BROKER: stack.broker.pid or 0}
     if stack.broker.store_pid is not None:
-        pids["object store"] = stack.broker.store_pid
+        pids[OBJECT_STORE] = stack.broker.store_pid
     pids.update({f"worker-{i}": w.pid or 0 for i, w in enumerate(stack.pool.workers)})
     try:
         warm = texts[: max(2 * workers, 8)]
@@ -166,7 +170,7 @@ def format_result(result: SoakResult) -> str:
         )
     verdict = "levels off" if result.levels_off else f"still growing (>{GROWTH_LIMIT_PCT:g}% in some process)"
     lines.append(f"memory of the ehrstream processes: {verdict}")
-    storage = "its log on disk, in the object store" if "object store" in result.growth_pct else "memory storage keeps the whole log"
+    storage = "its log on disk, in the object store" if result.broker_on_disk else "memory storage keeps the whole log"
     lines.append(f"embedded broker ({storage}): {result.broker_kib_per_note:.2f} KiB per note published")
     return "\n".join(lines)
 
