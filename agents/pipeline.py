@@ -3,8 +3,9 @@
 This is everything the extraction agent does between receiving a batch and sending
 its results, kept free of Faust so it runs in a worker thread (off the event loop)
 and can be tested directly: decode each record (bad ones become DeadLetters), run
-every configured task over the good notes in one batch per task, route each note,
-and encode an Extraction (and a ReviewTask when needed) per note.
+every configured task over the good notes in one batch per task, route every decision
+of the batch at once, and write the batch's Extractions (and ReviewTasks where needed)
+as Avro straight from the columns (:mod:`schemas.avro_columns`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from agents.runners.columns import TaskColumns
 from agents.runners.windows import TokenCache
 from agents.types import BatchResult, InRecord, OutRecord
 from schemas._base import utc_now
+from schemas.avro_columns import array_blocks, arrays
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter, ErrorKind
@@ -39,11 +41,50 @@ Note = tuple[InRecord, ClinicalNote]
 
 
 @dataclass(frozen=True)
-class Routed:
-    """A batch's routing: per note its flagged decisions (ReviewReason records) and priority; per task which items
-    (document labels by note, or entities) are flagged."""
+class Reasons:
+    """A batch's flagged decisions as ReviewReason columns, in note order (within a note: task, then decision order)."""
 
-    reasons: list[list[dict[str, Any]]]
+    note: np.ndarray
+    task: np.ndarray
+    kind: np.ndarray
+    label: np.ndarray
+    #: character span, masked where the decision has none (a document label)
+    start: np.ma.MaskedArray
+    end: np.ma.MaskedArray
+    confidence: np.ndarray
+    threshold: np.ndarray
+
+    @classmethod
+    def of(cls, parts: list[tuple[np.ndarray, ...]]) -> Reasons:
+        if not parts:
+            none, names, values = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object), np.zeros(0, dtype=np.float64)
+            parts = [(none, names, names, names, none, none, values, values)]
+        note, task, kind, label, start, end, confidence, threshold = (np.concatenate(column) for column in zip(*parts, strict=True))
+        order = np.argsort(note, kind="stable")
+        start, end = start[order], end[order]
+        return cls(
+            note[order],
+            task[order],
+            kind[order],
+            label[order],
+            np.ma.MaskedArray(start, mask=start < 0),
+            np.ma.MaskedArray(end, mask=end < 0),
+            confidence[order],
+            threshold[order],
+        )
+
+    def columns(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in ("task", "kind", "label", "start", "end", "confidence", "threshold")}
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A batch's routing: its flagged decisions (ReviewReason columns) and per note their count and its priority; per
+    task which items (document labels by note, or entities) are flagged."""
+
+    reasons: Reasons
+    #: per note, how many of its decisions are flagged
+    reason_counts: np.ndarray
     priority: np.ndarray
     flagged: list[np.ndarray]
     #: per note, how many items are flagged (document labels, entities, possible missed entities): the review load
@@ -156,9 +197,9 @@ class ExtractionPipeline:
         return chunks
 
     def _route(self, result: BatchResult, columns: list[TaskColumns], n_notes: int) -> Routed:
-        """The batch's decisions compared with their thresholds at once: per note, the ReviewReason records of its
-        flagged decisions (in task and decision order) and its priority; per task, which items are flagged."""
-        reasons: list[list[dict[str, Any]]] = [[] for _ in range(n_notes)]
+        """The batch's decisions compared with their thresholds at once: the ReviewReason columns of the flagged ones,
+        per note their count and its priority; per task, which items are flagged."""
+        parts: list[tuple[np.ndarray, ...]] = []
         priority = np.zeros(n_notes, dtype=np.float64)
         per_note = np.zeros(n_notes, dtype=np.int64)
         flagged: list[np.ndarray] = []
@@ -178,62 +219,71 @@ class ExtractionPipeline:
                 np.add.at(priority, group.note[picked], 1.0 - confidence)
                 for label, count in zip(*np.unique(group.label[picked], return_counts=True), strict=True):
                     result.review_reasons[(task.task, group.kind.value, group.labels[int(label)])] += int(count)
-                rows = zip(
-                    group.note[picked].tolist(),
-                    group.label[picked].tolist(),
-                    confidence.tolist(),
-                    thresholds[picked].tolist(),
-                    group.start[picked].tolist(),
-                    group.end[picked].tolist(),
-                    strict=True,
-                )
-                kind, labels = group.kind.value, group.labels
-                for note, label, conf, threshold, start, end in rows:
-                    reasons[note].append(
-                        {
-                            "task": task.task,
-                            "kind": kind,
-                            "label": labels[label],
-                            "start": None if start < 0 else start,
-                            "end": None if end < 0 else end,
-                            "confidence": conf,
-                            "threshold": threshold,
-                        }
+                k = len(picked)
+                parts.append(
+                    (
+                        group.note[picked],
+                        np.full(k, task.task, dtype=object),
+                        np.full(k, group.kind.value, dtype=object),
+                        np.asarray(group.labels, dtype=object)[group.label[picked]],
+                        group.start[picked],
+                        group.end[picked],
+                        confidence,
+                        thresholds[picked],
                     )
+                )
         accepted = np.zeros(n_notes, dtype=np.int64)
         for task, items in zip(columns, flagged, strict=True):
             owner = np.arange(n_notes) if task.entities is None else task.entities.note
             per_note += np.bincount(owner[items], minlength=n_notes)
             accepted += np.bincount(owner[~items], minlength=n_notes)
-        return Routed(reasons, priority, flagged, per_note, accepted)
+        reasons = Reasons.of(parts)
+        return Routed(reasons, np.bincount(reasons.note, minlength=n_notes), priority, flagged, per_note, accepted)
 
     def _encode(self, result: BatchResult, notes: list[Note], columns: list[TaskColumns]) -> None:
-        """Each note's Extraction (and ReviewTask) written as Avro straight from the columns."""
+        """The batch's Extractions (and ReviewTasks) written as Avro straight from the columns, all notes at once."""
         now = utc_now()
+        n = len(notes)
         texts = [note.text for _, note in notes]
-        routed = self._route(result, columns, len(notes))
-        results = [task.result_records(texts, flags) for task, flags in zip(columns, routed.flagged, strict=True)]
-        # an audit checks accepted items: drawn among the notes that have some (a ratio estimate over items stays unbiased)
-        audited = (self.policy.audited([note.note_id for _, note in notes]) & (routed.accepted > 0)).tolist()
-        priorities, items = routed.priority.tolist(), routed.items.tolist()
-        for i, (record, note) in enumerate(notes):
-            reasons = routed.reasons[i]
-            status = ExtractionStatus.pending_review if reasons else ExtractionStatus.auto_accepted
-            extraction = {
-                "note_id": note.note_id,
-                "revision": 0,
-                "patient_id": note.patient_id,
-                "encounter_id": note.encounter_id,
-                "note_type": note.note_type,
-                "source": note.source,
-                "created_at": note.created_at,
-                "text": note.text,
-                "status": status.value,
-                "results": [per_task[i] for per_task in results],
-                "processed_at": now,
+        routed = self._route(result, columns, n)
+        writer = self._extraction_codec.columns_writer
+        per_task = [task.result_rows(texts, writer.item("results"), flags) for task, flags in zip(columns, routed.flagged, strict=True)]
+        pending = routed.reason_counts > 0
+        extractions = self._extraction_codec.encode_rows(
+            {
+                "note_id": [note.note_id for _, note in notes],
+                "revision": np.zeros(n, dtype=np.int64),
+                "patient_id": [note.patient_id for _, note in notes],
+                "encounter_id": [note.encounter_id for _, note in notes],
+                "note_type": [note.note_type for _, note in notes],
+                "source": [note.source for _, note in notes],
+                "created_at": [note.created_at for _, note in notes],
+                "text": texts,
+                "status": np.where(pending, ExtractionStatus.pending_review.value, ExtractionStatus.auto_accepted.value),
+                "results": arrays(per_task, np.full(n, len(per_task))),
+                "processed_at": [now] * n,
             }
-            key = note.note_id.encode("utf-8")
-            encoded = self._extraction_codec.encode_record(extraction)
+        )
+        # an audit checks accepted items: drawn among the notes that have some (a ratio estimate over items stays unbiased)
+        audited = self.policy.audited([note.note_id for _, note in notes]) & (routed.accepted > 0)
+        tasked = np.nonzero(pending | audited)[0]
+        reasons = self._review_codec.columns_writer.item("reasons").rows(routed.reasons.columns())
+        # every note with a reason has a task: each reason's note, as an index among the tasks
+        blocks = array_blocks(reasons, np.searchsorted(tasked, routed.reasons.note), len(tasked))
+        reviews = self._review_codec.encode_rows(
+            {
+                "note_id": [notes[i][1].note_id for i in tasked.tolist()],
+                "revision": np.zeros(len(tasked), dtype=np.int64),
+                "note_type": [notes[i][1].note_type for i in tasked.tolist()],
+                "created_at": [now] * len(tasked),
+                "audit": audited[tasked],
+                "priority": routed.priority[tasked],
+                "reasons": blocks,
+            }
+        )
+        review_of = dict(zip(tasked.tolist(), reviews, strict=True))
+        items = routed.items.tolist()
+        for i, ((record, note), encoded) in enumerate(zip(notes, extractions, strict=True)):
             if len(encoded) > self.max_record_bytes:
                 self._dead(
                     result,
@@ -242,21 +292,13 @@ class ExtractionPipeline:
                     f"extraction of {len(encoded)} bytes exceeds max_record_bytes {self.max_record_bytes}",
                 )
                 continue
+            key = note.note_id.encode("utf-8")
             result.records.append(OutRecord(self.topics.extractions, key, encoded))
             result.extracted += 1
-            if reasons or audited[i]:
-                task = {
-                    "note_id": note.note_id,
-                    "revision": 0,
-                    "note_type": note.note_type,
-                    "created_at": now,
-                    "audit": audited[i],
-                    "priority": priorities[i],
-                    "reasons": reasons,
-                }
-                result.records.append(OutRecord(self.topics.review, key, self._review_codec.encode_record(task)))
+            if i in review_of:
+                result.records.append(OutRecord(self.topics.review, key, review_of[i]))
                 result.audited += int(audited[i])
-            if reasons:
+            if pending[i]:
                 result.routed_to_review += 1
                 result.flagged_items += items[i]
             else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable, Mapping
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any, Generic, TypeVar
 
@@ -30,6 +30,7 @@ import fastavro.schema
 from pydantic import ValidationError
 
 from schemas._base import AvroModel
+from schemas.avro_columns import RecordWriter
 from schemas.clinical_note import ClinicalNote
 from schemas.dead_letter import ErrorKind
 from schemas.errors import RecordError
@@ -134,6 +135,18 @@ class AvroCodec(Generic[M]):
         out.write(self._confluent_header() if self.produce_confluent else self.header)
         fastavro.schemaless_writer(out, self.schema, record)
         return out.getvalue()
+
+    @cached_property
+    def columns_writer(self) -> RecordWriter:
+        """This schema's columnar writer (:mod:`schemas.avro_columns`), built on first use: the hot path's way to write
+        a batch of records; a schema it cannot write is refused then."""
+        return RecordWriter(self.schema)
+
+    def encode_rows(self, columns: Mapping[str, Any]) -> list[bytes]:
+        """Many records at once from columns (see :class:`RecordWriter`), each framed as :meth:`encode_record` frames
+        one: the same bytes."""
+        head = self._confluent_header() if self.produce_confluent else self.header
+        return [head + body for body in self.columns_writer.rows(columns).items()]
 
     def _confluent_header(self) -> bytes:
         if self.registry is None or self.subject is None:

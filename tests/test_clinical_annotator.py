@@ -67,6 +67,37 @@ def test_doubtful_codes_and_ambiguous_assertions_are_review_decisions() -> None:
     assert conf == 0.5
 
 
+def test_records_written_from_columns_with_codes_are_fastavros_bytes() -> None:
+    """The hot path writes each note's TaskResult from the columns (sections, assertion cues, code arrays included):
+    the same bytes fastavro writes for the dicts of ``result_records``, whatever is flagged."""
+    import io
+
+    import fastavro
+
+    from schemas.codec import Codecs
+    from schemas.extraction import Extraction
+
+    writer = Codecs().of(Extraction).columns_writer.item("results")
+    schema = Codecs().of(Extraction).schema["fields"][9]["type"]["items"]
+    texts = [*NOTES, "no entity here", "naïve 中文 😀 COPD"]
+    mentions = [(0, "cough"), (0, "fever"), (0, "COPD"), (0, "diabetes"), (1, "Pneumonia"), (1, "asthma"), (3, "COPD")]
+    start = np.array([texts[i].index(w) for i, w in mentions])
+    note = np.array([i for i, _ in mentions], dtype=np.int64)
+    ends = start + np.array([len(w) for _, w in mentions])
+    spans = SpanArrays(note, np.zeros(7, dtype=np.int64), start, ends, np.array([0.95, 0.5, 1.0, 0.25, 0.7, 0.125, 0.9]))
+    plain = TaskColumns("disease", TaskKind.ner, "m", "1", ["Disease"], len(texts), entities=spans, possible=SpanArrays.none())
+    for columns in (plain, ClinicalAnnotator(FixedCoder()).annotate(BatchResult(), texts, plain)):
+        assert columns.entities is not None
+        for flagged in (None, np.arange(len(columns.entities)) % 2 == 0):
+            want = []
+            for record in columns.result_records(texts, flagged):
+                out = io.BytesIO()
+                fastavro.schemaless_writer(out, schema, record)
+                want.append(out.getvalue())
+            assert columns.result_rows(texts, writer, flagged).items() == want
+    assert any(e["codes"] for r in columns.result_records(texts) for e in r["entities"])  # the code arrays were written
+
+
 def _one(text: str, word: str) -> TaskColumns:
     start = text.index(word)
     spans = SpanArrays(np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([start]), np.array([start + len(word)]), np.array([0.9]))

@@ -1,14 +1,16 @@
 """One task's results for a batch of notes as columns: the hot path's form of :class:`~agents.types.TaskOutput`.
 
 Runners fill these with numpy over the whole batch; the pipeline routes every decision of the batch at once
-(:meth:`agents.routing.RoutingPolicy.below`) and writes each note's Avro record straight from them
-(:meth:`TaskColumns.result_record`). :meth:`TaskColumns.outputs` gives the same results as pydantic objects, for the
-offline callers (evaluation, calibration, the review tools); the tests check both forms agree.
+(:meth:`agents.routing.RoutingPolicy.below`) and writes the notes' Avro records straight from them, all at once
+(:meth:`TaskColumns.result_rows`). :meth:`TaskColumns.result_records` gives the same results as plain dicts (the
+simple version: the tests check both give fastavro's bytes) and :meth:`TaskColumns.outputs` as pydantic objects, for
+the offline callers (evaluation, calibration, the review tools).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from agents.runners.spans import SpanArrays
 from agents.types import Decision, TaskOutput
+from schemas.avro_columns import Parts, Ragged, RecordWriter, array_blocks
 from schemas.extraction import DocumentLabel, Entity, TaskKind, TaskResult
 from schemas.review_task import ReasonKind
 
@@ -179,6 +182,58 @@ class TaskColumns:
             out.append({**head, "label_state": "accepted", "labels": [], "entities": entities})
         return out
 
+    def result_rows(self, texts: list[str], writer: RecordWriter, flagged: np.ndarray | None = None) -> Ragged:
+        """Per note, its TaskResult written as Avro by ``writer`` (the ``TaskResult`` writer of the Extraction schema)
+        straight from the columns: the bytes fastavro writes for :meth:`result_records` (the tests check both)."""
+        n = self.n_notes
+        n_items = n if self.kind is TaskKind.classification else len(self.entities or ())
+        states = np.where(flagged, "pending", "accepted") if flagged is not None else np.full(n_items, "accepted")
+        none = _empty_arrays(n)
+        if self.kind is TaskKind.classification:
+            assert self.probs is not None
+            order = np.argsort(-self.probs, axis=1, kind="stable")
+            ranked = np.minimum(1.0, np.take_along_axis(self.probs, order, axis=1).astype(np.float64))
+            names = np.asarray(self.labels, dtype=object)[order].ravel()
+            rows = writer.item("labels").rows({"label": names, "probability": ranked.ravel()})
+            labels, entities, label_state = array_blocks(rows, np.repeat(np.arange(n), order.shape[1]), n), none, states
+        else:
+            assert self.entities is not None
+            labels, entities, label_state = none, self._entity_rows(texts, writer.item("entities"), states), np.full(n, "accepted")
+        head = {"task": [self.task] * n, "kind": [self.kind.value] * n, "model_name": [self.model_name] * n}
+        return writer.rows(
+            {**head, "model_version": [self.model_version] * n, "label_state": label_state, "labels": labels, "entities": entities}
+        )
+
+    def _entity_rows(self, texts: list[str], writer: RecordWriter, states: np.ndarray) -> Parts:
+        """Per note, its array of Entity records."""
+        assert self.entities is not None
+        spans, n = self.entities, len(self.entities)
+        status: Sequence[str]
+        if self.context is not None:
+            status, cue, section, codes = self.context.assertion, self.context.cue, self.context.section, self.context.codes
+            code_rows = writer.item("codes").rows(
+                {field: [c[field] for row in codes for c in row] for field in ("system", "code", "display", "score")}
+            )
+            coded = array_blocks(code_rows, np.repeat(np.arange(n), [len(row) for row in codes]), n)
+        else:
+            status, cue, section, coded = ["present"] * n, [None] * n, [None] * n, _empty_arrays(n)
+        note, start, end = spans.note.tolist(), spans.start.tolist(), spans.end.tolist()
+        rows = writer.rows(
+            {
+                "label": np.asarray(self.labels, dtype=object)[spans.label],
+                "start": spans.start,
+                "end": spans.end,
+                "text": [texts[i][a:b] for i, a, b in zip(note, start, end, strict=True)],
+                "confidence": np.minimum(1.0, spans.confidence),
+                "assertion": status,
+                "assertion_cue": cue,
+                "section": section,
+                "state": states,
+                "codes": coded,
+            }
+        )
+        return array_blocks(rows, spans.note, self.n_notes)
+
     def outputs(self, texts: list[str], flagged: np.ndarray | None = None) -> list[TaskOutput]:
         """The same results as pydantic objects with their decisions, per note (offline callers)."""
         decisions: list[list[Decision]] = [[] for _ in range(self.n_notes)]
@@ -200,3 +255,8 @@ class TaskColumns:
             )
             outputs.append(TaskOutput(result, decided))
         return outputs
+
+
+def _empty_arrays(n: int) -> Parts:
+    """``n`` empty Avro arrays."""
+    return [Ragged(np.zeros(n, dtype=np.uint8), np.ones(n, dtype=np.int64))]
