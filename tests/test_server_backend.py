@@ -45,7 +45,7 @@ def test_server_backend_runs_the_same_sql_through_clickhouse_connect(tmp_path: P
     proc = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path / "chdb")], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    migrations = ["001_tables.sql", "002_review.sql", "003_analytics.sql", "004_clinical.sql", "005_items.sql"]
+    migrations = ["001_tables.sql", "002_review.sql", "003_analytics.sql", "004_clinical.sql", "005_items.sql", "006_merges.sql"]
     assert out["migrations"] == migrations and out["again"] == []
     assert out["final"] == [["n0", ["asthma"]], ["n2", ["asthma"]]]  # the injection attempt is just a value
     assert out["count"] == 3  # the replay collapsed

@@ -55,7 +55,14 @@ def extraction(
 
 
 def test_migrations_are_idempotent(database: ChdbBackend) -> None:
-    assert migrate(database) == ["001_tables.sql", "002_review.sql", "003_analytics.sql", "004_clinical.sql", "005_items.sql"]
+    assert migrate(database) == [
+        "001_tables.sql",
+        "002_review.sql",
+        "003_analytics.sql",
+        "004_clinical.sql",
+        "005_items.sql",
+        "006_merges.sql",
+    ]
     assert migrate(database) == []
     tables = {r[0] for r in database.query("SELECT name FROM system.tables WHERE database = {db:String}", {"db": database.database}).rows}
     assert {"extractions", "review_tasks", "dead_letters", "extractions_final", "schema_migrations", "review_decisions"} <= tables
