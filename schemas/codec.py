@@ -126,14 +126,10 @@ class AvroCodec(Generic[M]):
         return fastavro.schema.parse_schema(json.loads(text))
 
     def encode(self, obj: M) -> bytes:
-        return self.encode_record(obj.model_dump())
-
-    def encode_record(self, record: dict[str, Any]) -> bytes:
-        """A record already in the model's shape (``model_dump()``'s dict): the hot path builds these from arrays
-        without the pydantic objects; fastavro still checks every field against the schema."""
+        """One record, by fastavro (the hot path writes its batches with :meth:`encode_rows`)."""
         out = io.BytesIO()
         out.write(self._confluent_header() if self.produce_confluent else self.header)
-        fastavro.schemaless_writer(out, self.schema, record)
+        fastavro.schemaless_writer(out, self.schema, obj.model_dump())
         return out.getvalue()
 
     @cached_property
@@ -143,8 +139,8 @@ class AvroCodec(Generic[M]):
         return RecordWriter(self.schema)
 
     def encode_rows(self, columns: Mapping[str, Any]) -> list[bytes]:
-        """Many records at once from columns (see :class:`RecordWriter`), each framed as :meth:`encode_record` frames
-        one: the same bytes."""
+        """Many records at once from columns (see :class:`RecordWriter`), each framed as :meth:`encode` frames one:
+        the bytes :meth:`encode` gives for the same records."""
         head = self._confluent_header() if self.produce_confluent else self.header
         return [head + body for body in self.columns_writer.rows(columns).items()]
 

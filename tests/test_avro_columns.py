@@ -118,13 +118,15 @@ def random_review_task(rng: random.Random) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("model", "make"), [(Extraction, random_extraction), (ReviewTask, random_review_task)])
 def test_rows_written_from_columns_are_fastavros_bytes(model: Any, make: Any) -> None:
-    schema = Codecs().of(model).schema
+    codec = Codecs().of(model)
+    schema = codec.schema
     writer = RecordWriter(schema)
     rng = random.Random(15)
     for _ in range(6):
         records = [make(rng) for _ in range(rng.choice([1, 7, 40]))]
         written = writer.rows(columns_of(writer, records)).items()
         assert written == [fastavro_bytes(schema, r) for r in records]
+        assert codec.encode_rows(columns_of(writer, records)) == [codec.header + b for b in written]  # framed as encode frames
         assert [fastavro.schemaless_reader(io.BytesIO(b), schema, None)["note_id"] for b in written] == [r["note_id"] for r in records]
 
 
