@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,11 +90,11 @@ def tokenize(tokenizer: Tokenizer, texts: list[str]) -> Tokens:
     bounds = np.zeros(len(encodings) + 1, dtype=np.int64)
     np.cumsum(counts, out=bounds[1:])
     total = int(bounds[-1])
-    if total == 0:
-        return Tokens(np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0, np.int64), bounds)
-    ids = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
-    offsets = np.concatenate([np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) for e in encodings])
-    words = np.concatenate([np.asarray(e.word_ids, dtype=np.int64) for e in encodings])
+    # each encoding's lists read straight into one array per field (no array per note, no list of pairs to convert)
+    flat = itertools.chain.from_iterable
+    ids = np.fromiter(flat(e.ids for e in encodings), dtype=np.int64, count=total)
+    offsets = np.fromiter(flat(flat(e.offsets for e in encodings)), dtype=np.int64, count=2 * total).reshape(total, 2)
+    words = np.fromiter(flat(e.word_ids for e in encodings), dtype=np.int64, count=total)
     return Tokens(ids, offsets, words, bounds)
 
 
