@@ -22,6 +22,8 @@ PLAIN_NAMES = re.compile(layout.NAME_FORMS, re.MULTILINE)
 WORDS = [
     *("past medical history", "Past  Medical\tHistory", "history", "Family history", "follow-up", "impression/plan"),
     *("in 2019", "3 years ago", "for the past 2 years", "at age 5", "in March of 2020", "a few months ago"),
+    *("since 1999", "two weeks ago", "over the last 3 decades", "several yrs prior", "circa 2001", "of 2005", "until 2010"),
+    *("at the age of 12", "a couple of months before", "an year ago", "12 weeks ago", "twenty years", "for", "in", "at the"),
     *("allergies", "Medications", "Dr.", "dr!", "e.g.", "i.e.", "No.", "st.", "vs.", "Mrs.", "?", ";", "é", "中文"),
     *("-", "x", "foo/", "a", ":", " ", "\n", "9"),
     *("Mr.", "Mrs", "John", "Smith", "Corrin41", "is a 45 year old", "[**Name**]", "**NAME[x]", "Patient Name:", "name:", "O'Neil"),
