@@ -83,14 +83,18 @@ class Routed:
     task which items (document labels by note, or entities) are flagged."""
 
     reasons: Reasons
-    #: per note, how many of its decisions are flagged
-    reason_counts: np.ndarray
     priority: np.ndarray
     flagged: list[np.ndarray]
     #: per note, how many items are flagged (document labels, entities, possible missed entities): the review load
     items: np.ndarray
     #: per note, how many items are accepted (document labels, entities): what an audit checks
     accepted: np.ndarray
+
+    @property
+    def pending(self) -> np.ndarray:
+        """Per note, whether any of its decisions is flagged (the note goes to review)."""
+        flagged: np.ndarray = np.bincount(self.reasons.note, minlength=len(self.priority)) > 0
+        return flagged
 
 
 class ExtractionPipeline:
@@ -237,8 +241,7 @@ class ExtractionPipeline:
             owner = np.arange(n_notes) if task.entities is None else task.entities.note
             per_note += np.bincount(owner[items], minlength=n_notes)
             accepted += np.bincount(owner[~items], minlength=n_notes)
-        reasons = Reasons.of(parts)
-        return Routed(reasons, np.bincount(reasons.note, minlength=n_notes), priority, flagged, per_note, accepted)
+        return Routed(Reasons.of(parts), priority, flagged, per_note, accepted)
 
     def _encode(self, result: BatchResult, notes: list[Note], columns: list[TaskColumns]) -> None:
         """The batch's Extractions (and ReviewTasks) written as Avro straight from the columns, all notes at once."""
@@ -248,7 +251,7 @@ class ExtractionPipeline:
         routed = self._route(result, columns, n)
         writer = self._extraction_codec.columns_writer
         per_task = [task.result_rows(texts, writer.item("results"), flags) for task, flags in zip(columns, routed.flagged, strict=True)]
-        pending = routed.reason_counts > 0
+        pending = routed.pending
         extractions = self._extraction_codec.encode_rows(
             {
                 "note_id": [note.note_id for _, note in notes],

@@ -97,7 +97,7 @@ def array_blocks(items: Ragged, owner: np.ndarray, n: int) -> Parts:
     if len(owner) > 1 and bool((np.diff(owner) < 0).any()):
         raise ValueError("array items must come grouped by their owner, in owner order")
     if not len(owner):
-        return arrays([Ragged(items.data, np.zeros(n, dtype=np.int64))], np.zeros(n, dtype=np.int64))
+        return empty_arrays(n)
     sizes = np.bincount(owner, weights=items.lengths, minlength=n)[:n].astype(np.int64)
     return arrays([Ragged(items.data, sizes)], np.bincount(owner, minlength=n)[:n])
 
@@ -111,6 +111,11 @@ def arrays(grouped: Parts, counts: np.ndarray) -> Parts:
     head = Ragged(head.data[np.repeat(present, head.lengths)], head.lengths * present)
     n = len(counts)
     return [head, *grouped, Ragged(np.zeros(n, dtype=np.uint8), np.ones(n, dtype=np.int64))]
+
+
+def empty_arrays(n: int) -> Parts:
+    """``n`` empty Avro arrays: a zero count each."""
+    return [Ragged(np.zeros(n, dtype=np.uint8), np.ones(n, dtype=np.int64))]
 
 
 def _millis(value: Any) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 
 from agents.runners.spans import SpanArrays
 from agents.types import Decision, TaskOutput
-from schemas.avro_columns import Parts, Ragged, RecordWriter, array_blocks
+from schemas.avro_columns import Parts, Ragged, RecordWriter, array_blocks, empty_arrays
 from schemas.extraction import DocumentLabel, Entity, TaskKind, TaskResult
 from schemas.review_task import ReasonKind
 
@@ -188,7 +188,7 @@ class TaskColumns:
         n = self.n_notes
         n_items = n if self.kind is TaskKind.classification else len(self.entities or ())
         states = np.where(flagged, "pending", "accepted") if flagged is not None else np.full(n_items, "accepted")
-        none = _empty_arrays(n)
+        none = empty_arrays(n)
         if self.kind is TaskKind.classification:
             assert self.probs is not None
             order = np.argsort(-self.probs, axis=1, kind="stable")
@@ -216,7 +216,7 @@ class TaskColumns:
             )
             coded = array_blocks(code_rows, np.repeat(np.arange(n), [len(row) for row in codes]), n)
         else:
-            status, cue, section, coded = ["present"] * n, [None] * n, [None] * n, _empty_arrays(n)
+            status, cue, section, coded = ["present"] * n, [None] * n, [None] * n, empty_arrays(n)
         note, start, end = spans.note.tolist(), spans.start.tolist(), spans.end.tolist()
         rows = writer.rows(
             {
@@ -255,8 +255,3 @@ class TaskColumns:
             )
             outputs.append(TaskOutput(result, decided))
         return outputs
-
-
-def _empty_arrays(n: int) -> Parts:
-    """``n`` empty Avro arrays."""
-    return [Ragged(np.zeros(n, dtype=np.uint8), np.ones(n, dtype=np.int64))]
