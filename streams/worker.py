@@ -37,8 +37,8 @@ def build_runners(settings: Settings, reference: bool = False, tasks: Sequence[T
     """The tasks' runners, each from its live registered version when it has one (``streams.learning.registry``), else
     from its configured model; ``tasks``: those already resolved against the registry (the pipeline resolves once, so
     a promotion while the worker starts cannot give a runner one version and its routing another). ``reference``: the
-    bench's fixed baseline, the plain float32 models in batches bounded by windows only (as inference ran before int8
-    and token-bounded batches), whatever the settings ask."""
+    bench's fixed baseline, the plain float32 models with transformers' own padding masks, in batches bounded by
+    windows only (as inference ran before int8, token-bounded batches and prebuilt masks), whatever the settings ask."""
     import torch
 
     if settings.torch_threads:
@@ -66,6 +66,7 @@ def build_runner_for(settings: Settings, task: TaskSettings, reference: bool = F
         device=settings.device,
         quantization=quantization,
         batch_tokens=0 if reference else settings.inference_batch_tokens,
+        prebuilt_mask=not reference,
     )
 
 

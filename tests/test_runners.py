@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from agents.errors import ModelLoadError
 from agents.learning.datasets import ClassificationExample, NerExample, read_examples
 from agents.learning.training import TrainConfig, evaluate_loaded, train
 from agents.model_dir import MANIFEST, load_model
 from agents.runners import build_runner
+from agents.runners.base import additive_mask, takes_additive_mask
 from agents.runners.ner import word_probabilities
 from schemas.extraction import TaskKind
 from tests.conftest import DATASETS
@@ -165,3 +168,53 @@ def test_int8_runs_an_onnx_session_with_int8_weights_and_keeps_the_results_close
         b = int8.window_probabilities(int8.preprocess(texts))
         assert len(a) == len(b) and max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) < 0.05
         assert [o.result.kind for o in int8(texts)] == [kind] * len(texts)
+
+
+def test_prebuilt_padding_masks_give_the_probabilities_of_transformers_own(tiny_ner_dir: Path, tiny_cls_dir: Path) -> None:
+    texts = ["Short note.", LONG_NOTE[:3000], "Ünïcode  spacing\tand\nnewlines: Crohn's disease.", "a", LONG_NOTE[:700], ""]
+    for directory, kind in ((tiny_ner_dir, TaskKind.ner), (tiny_cls_dir, TaskKind.classification)):
+        loaded = load_model(directory, kind, max_length=48, stride=8)
+        plain = build_runner("t", loaded, batch_size=64, device="cpu", prebuilt_mask=False)
+        prebuilt = build_runner("t", loaded, batch_size=64, device="cpu")
+        assert not plain.prebuilt_mask and prebuilt.prebuilt_mask
+        windows = plain.preprocess(texts)
+        assert len(set(windows.lengths.tolist())) > 3  # batches with padding
+        a, b = plain.window_probabilities(windows), prebuilt.window_probabilities(windows)
+        assert len(a) == len(b) == len(windows)
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+class _Logits:
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+
+class _MaskModel(torch.nn.Module):
+    """A one-layer stand-in: the mean of the embeddings the mask keeps (``form``: how it reads the mask)."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=100)
+        self.embed = torch.nn.Embedding(100, 4)
+        self.form = form
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> _Logits:
+        if self.form == "2d only" and attention_mask.ndim != 2:
+            raise ValueError("expected a 2D attention mask")
+        keep = attention_mask.reshape(attention_mask.shape[0], -1)[:, -input_ids.shape[1] :].float()
+        if self.form == "additive" and attention_mask.ndim == 4:
+            keep = (keep == 0).float()
+        pooled = (self.embed(input_ids) * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
+        return _Logits(pooled)
+
+
+def test_models_that_do_not_take_a_prebuilt_mask_keep_the_2d_one() -> None:
+    cpu = torch.device("cpu")
+    assert takes_additive_mask(_MaskModel("additive"), cpu, torch.float32)
+    assert not takes_additive_mask(_MaskModel("2d only"), cpu, torch.float32)  # refuses it
+    assert not takes_additive_mask(_MaskModel("multiplies"), cpu, torch.float32)  # reads it as 0/1: other logits
+    mask = torch.tensor([[1, 1, 0]])
+    bias = additive_mask(mask, torch.bfloat16)
+    assert bias.shape == (1, 1, 1, 3) and bias.dtype == torch.bfloat16
+    assert bias[0, 0, 0, :2].tolist() == [0.0, 0.0] and bias[0, 0, 0, 2] == torch.finfo(torch.bfloat16).min

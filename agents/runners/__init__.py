@@ -18,10 +18,20 @@ def build_runner(
     dtype: torch.dtype | None = None,
     quantization: str = "none",
     batch_tokens: int | None = None,
+    prebuilt_mask: bool = True,
 ) -> ModelRunner:
     """The runner for a loaded model's kind (``quantization``: see ``TaskSettings.quantization``; ``batch_tokens``:
-    see :class:`ModelRunner`)."""
+    see :class:`ModelRunner`; ``prebuilt_mask``: see :func:`~agents.runners.base.additive_mask`)."""
     from schemas.extraction import TaskKind
 
     cls = NerRunner if loaded.kind is TaskKind.ner else ClassificationRunner
-    return cls(task, loaded, batch_size=batch_size, device=device, dtype=dtype, quantization=quantization, batch_tokens=batch_tokens)
+    return cls(
+        task,
+        loaded,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        quantization=quantization,
+        batch_tokens=batch_tokens,
+        prebuilt_mask=prebuilt_mask,
+    )
