@@ -174,15 +174,18 @@ def test_prebuilt_padding_masks_give_the_probabilities_of_transformers_own(tiny_
     texts = ["Short note.", LONG_NOTE[:3000], "Ünïcode  spacing\tand\nnewlines: Crohn's disease.", "a", LONG_NOTE[:700], ""]
     for directory, kind in ((tiny_ner_dir, TaskKind.ner), (tiny_cls_dir, TaskKind.classification)):
         loaded = load_model(directory, kind, max_length=48, stride=8)
-        plain = build_runner("t", loaded, batch_size=64, device="cpu", prebuilt_mask=False)
-        prebuilt = build_runner("t", loaded, batch_size=64, device="cpu")
-        assert not plain.prebuilt_mask and prebuilt.prebuilt_mask
-        windows = plain.preprocess(texts)
-        assert len(set(windows.lengths.tolist())) > 3  # batches with padding
-        a, b = plain.window_probabilities(windows), prebuilt.window_probabilities(windows)
-        assert len(a) == len(b) == len(windows)
-        for x, y in zip(a, b, strict=True):
-            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+        # one batch of every window (padded), and batches of 4 (the long notes' full windows: some without padding)
+        for batch_size in (64, 4):
+            plain = build_runner("t", loaded, batch_size=batch_size, device="cpu", prebuilt_mask=False)
+            prebuilt = build_runner("t", loaded, batch_size=batch_size, device="cpu")
+            assert not plain.prebuilt_mask and prebuilt.prebuilt_mask
+            windows = plain.preprocess(texts)
+            widths = np.sort(windows.lengths)
+            assert len(set(widths.tolist())) > 3 and widths[-4] == widths[-1]
+            a, b = plain.window_probabilities(windows), prebuilt.window_probabilities(windows)
+            assert len(a) == len(b) == len(windows)
+            for x, y in zip(a, b, strict=True):
+                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 class _Logits:
