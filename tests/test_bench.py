@@ -54,3 +54,34 @@ def test_bench_reports_raw_e2e_ratio_latency_and_stages(tiny_settings: Settings,
     assert result["total_cpu_ms_per_note"] == pytest.approx(sum(by_process.values()), abs=0.01)
     assert 0 < result["overhead_cpu_ms_per_note"] < result["total_cpu_ms_per_note"]
     assert "ratio e2e / raw" in proc.stderr  # the table goes to stderr with --json
+
+
+def test_a_phase_ends_when_every_note_is_stored_not_when_replayed_rows_reach_the_count(tmp_path: Path) -> None:
+    """A rebalance redelivers a batch, so the sink writes some notes twice: its row counter reaches the phase's count
+    before the last notes are stored. The phase must wait for the distinct notes, and the next phase must count from
+    every row written, replays included."""
+    from types import SimpleNamespace
+
+    from streams.ops.bench_stack import BenchStack
+
+    rows = {"extractions": 0}
+    stored = iter([8, 9, 10])  # distinct notes in ClickHouse at each check once the counter is there
+    checks: list[int] = []
+
+    def count(_phase: str) -> int:
+        checks.append(len(checks))
+        return next(stored)
+
+    stack = BenchStack.__new__(BenchStack)
+    stack._written = 0
+    stack.data_dir = tmp_path
+    stack.pool = SimpleNamespace(all_alive=lambda: True)
+    stack.sink = SimpleNamespace(error=None, sink=SimpleNamespace(stats=SimpleNamespace(rows=rows)))
+    stack.stored = count  # type: ignore[method-assign]
+    rows["extractions"] = 12  # 10 notes, 2 of them written twice
+    stack.wait_for("peak", 10, timeout_s=5)
+    assert len(checks) == 3  # it kept counting until all 10 were in
+    assert stack.stored_rows() == 0  # the replays do not count towards the next phase
+    stored = iter([3])
+    with pytest.raises(TimeoutError, match="only 3 of 5"):
+        stack.wait_for("next", 5, timeout_s=0.1)
