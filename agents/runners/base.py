@@ -113,9 +113,15 @@ class ModelRunner(ABC):
             # the session holds its own weights: the float32 ones (about 90 MB for a MiniLM task) are let go
             self.model, loaded = None, dataclasses.replace(loaded, model=None)
         self.loaded = loaded
-        #: the torch forward gets :func:`additive_mask` (``prebuilt_mask`` asks for it, and the model is checked to take
-        #: it); else the plain 2D mask, as the bench's reference runs
-        self.prebuilt_mask = prebuilt_mask and self.model is not None and takes_additive_mask(self.model, self.device, self.dtype)
+        #: the torch forward gets :func:`additive_mask` on a CPU (``prebuilt_mask`` asks for it, and the model is checked
+        #: to take it); else the plain 2D mask, as the bench's reference runs. A GPU keeps the 2D mask: the prebuilt one
+        #: was measured on CPUs only, and CUDA's attention kernels were never run with it here (no device was lent)
+        self.prebuilt_mask = (
+            prebuilt_mask
+            and self.device.type == "cpu"
+            and self.model is not None
+            and takes_additive_mask(self.model, self.device, self.dtype)
+        )
         self.tokenizer = Tokenizer(loaded.tokenizer)
         #: wall and CPU seconds spent inside the model's forward calls since this runner was built (see
         #: :meth:`forward_cpu_time` for whose CPU)
