@@ -196,12 +196,11 @@ class ModelRunner(ABC):
         if self.int8 is not None:
             return torch.from_numpy(self.int8(ids, mask))
         input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
-        attention_mask: torch.Tensor | None = None
+        attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
         if not self.prebuilt_mask:
-            attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
-        elif not mask.all():  # a batch without padding needs no mask (transformers drops an all-ones one too)
-            attention_mask = additive_mask(torch.from_numpy(mask).to(self.device, non_blocking=True), self.dtype)
-        return self._forward(input_ids, attention_mask).float()
+            return self._forward(input_ids, attention_mask).float()
+        # a batch without padding needs no mask (transformers drops an all-ones one too)
+        return self._forward(input_ids, None if mask.all() else additive_mask(attention_mask, self.dtype)).float()
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         assert self.model is not None  # the int8 path never comes here
