@@ -3,19 +3,27 @@ the test: a few thousand entries). Each case is a failure mode of a plain neares
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from agents.clinical.coding import EMBEDDING_WEIGHT, PENALTY, Icd10Coder, combined_scores, default_code
+from agents.clinical.encoder import SentenceEncoder
+from agents.runners.precision import native_bf16
 
 PREFIXES = ("I1", "E11", "E13", "J44", "N18", "S51", "S52", "C34", "C78", "O03", "O26", "S82", "M84", "M80", "R73", "Z86", "Z87")
 
 
-@pytest.fixture(scope="module")
-def coder(tmp_path_factory: pytest.TempPathFactory) -> Icd10Coder:
+@pytest.fixture(scope="module", params=["int8", "bf16"])
+def coder(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Icd10Coder:
+    """Both encoder precisions ``auto`` may pick (bf16 where the CPU multiplies it natively, int8 elsewhere)."""
     directory = tmp_path_factory.mktemp("icd") / "index"
-    Icd10Coder.build(directory, prefixes=PREFIXES)
-    return Icd10Coder.load(directory)  # what a worker does: the stored index, not the one in memory
+    Icd10Coder.build(directory, prefixes=PREFIXES, quantization=request.param)
+    loaded = Icd10Coder.load(directory)  # what a worker does: the stored index, not the one in memory
+    assert loaded.encoder.quantization == request.param  # mentions are embedded as the index was
+    return loaded
 
 
 CASES = [
@@ -77,3 +85,16 @@ def test_scores_block_by_block_equal_the_whole_array_expression(block: int) -> N
     blocked = combined_scores(meaning, wording, per_value, flag_index, prior, block=block)
     assert blocked.dtype == plain.dtype == np.float32
     assert np.array_equal(blocked, plain)
+
+
+def test_bf16_embeddings_stay_close_to_float32_and_auto_is_resolved_in_the_index(tmp_path: Path) -> None:
+    mentions = ["essential hypertension", "T2DM with CKD stage 3", "Ünïcode: Crohn's disease", "fracture of ankle", "x"]
+    plain = SentenceEncoder().encode(mentions)
+    bf16 = SentenceEncoder(quantization="bf16").encode(mentions)
+    assert bf16.dtype == np.float32 and bf16.shape == plain.shape
+    assert float((plain * bf16).sum(axis=1).min()) > 0.99
+    with pytest.raises(ValueError, match="fp8"):
+        SentenceEncoder(quantization="fp8")
+    Icd10Coder.build(tmp_path / "index", prefixes=("I10",))  # the default, "auto"
+    recorded = json.loads((tmp_path / "index" / "index.json").read_text(encoding="utf-8"))["encoder"]
+    assert recorded == ("bf16" if native_bf16() else "int8")

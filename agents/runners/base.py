@@ -20,6 +20,7 @@ from tqdm import tqdm
 from agents.model_dir import LoadedModel
 from agents.runners.columns import TaskColumns
 from agents.runners.onnx_int8 import OnnxInt8Model
+from agents.runners.precision import cpu_precision
 from agents.runners.windows import TokenCache, Tokenizer, Windows, batch_bounds, windows_of
 from agents.types import TaskOutput
 from schemas.extraction import TaskKind
@@ -98,13 +99,15 @@ class ModelRunner(ABC):
         if batch_tokens is None:
             batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else 0
         self.batch_tokens = batch_tokens or None
-        # bf16 on CUDA (tensor cores, half the memory traffic); float32 on CPU, where bf16 is slower here
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        #: what actually runs on a CPU: "none" (float32), "int8" (ONNX Runtime) or "bf16" ("auto" resolved for this host,
+        #: :func:`~agents.runners.precision.cpu_precision`); on a GPU the model runs in bf16 and this is "none"
+        self.quantization = cpu_precision(quantization) if self.device.type == "cpu" else "none"
+        # bf16 on CUDA (tensor cores, half the memory traffic) and on a CPU that asks for it; float32 otherwise
+        bf16 = self.device.type == "cuda" or self.quantization == "bf16"
+        self.dtype = dtype or (torch.bfloat16 if bf16 else torch.float32)
         if loaded.model is None:
             raise ValueError(f"task {task}: the loaded model's weights were already let go by an int8 runner")
         model = loaded.model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
-        #: what actually runs: int8 applies on CPU only (on a GPU the model runs in bf16), through ONNX Runtime
-        self.quantization = quantization if self.device.type == "cpu" else "none"
         self.int8: OnnxInt8Model | None = None
         #: the torch model that runs the forward; ``None`` when the int8 session does
         self.model: torch.nn.Module | None = model
