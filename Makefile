@@ -73,7 +73,7 @@ evaluate: venv
 
 bench: venv
 	$(BIN)/python benchmarks/codec_bench.py
-	$(BIN)/python benchmarks/int8_bench.py
+	$(BIN)/python benchmarks/precision_bench.py
 
 # Memory under a steady load (a benchmark, not a test): 10 minutes at 2 notes/s on the embedded stack.
 soak: venv

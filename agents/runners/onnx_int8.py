@@ -2,7 +2,7 @@
 dynamically quantised to int8 (per output channel; activations quantised per batch), the task head and the attention
 output projections kept in float32 (:data:`FLOAT_NODES`).
 
-Measured on this 2-core CPU against torch's own dynamic quantisation of the same layers (``benchmarks/int8_bench.py``,
+Measured on this 2-core CPU against torch's own dynamic quantisation of the same layers (``benchmarks/precision_bench.py``,
 README "Quantised CPU inference"): the disease model's forward about 20% less CPU per note, the condition model's about
 the same, the default stream's forward about 10% less, at test-split scores within 0.01 of float32. Export and
 quantisation take a few seconds per model at worker start; nothing is written next to the model (a temporary

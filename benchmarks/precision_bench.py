@@ -15,6 +15,7 @@ import torch
 from agents.clinical.encoder import quantize_int8
 from agents.model_dir import load_model
 from agents.runners import build_runner
+from agents.runners.precision import native_bf16
 from schemas.extraction import TaskKind
 from streams.ops.bench import bench_texts
 
@@ -27,16 +28,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    print(f"bf16 native on this CPU: {native_bf16()}")
     texts = bench_texts(args.notes, ROOT.parent / "shared" / "datasets")
     for task, kind in (("disease", TaskKind.ner), ("condition", TaskKind.classification)):
         plain = build_runner(task, load_model(ROOT / "models" / task, kind), device="cpu")
         torch_int8 = build_runner(task, load_model(ROOT / "models" / task, kind), device="cpu")
         torch_int8.model = quantize_int8(torch_int8.model)
         onnx_int8 = build_runner(task, load_model(ROOT / "models" / task, kind), device="cpu", quantization="int8")
+        bf16 = build_runner(task, load_model(ROOT / "models" / task, kind), device="cpu", quantization="bf16")
         chunks = [plain.preprocess(texts[i : i + 64]) for i in range(0, len(texts), 64)]
         reference = [plain.window_logits(w) for w in chunks]
         for _ in range(args.rounds):
-            for name, runner in (("torch float32", plain), ("torch int8", torch_int8), ("onnx runtime int8", onnx_int8)):
+            runners = (("torch float32", plain), ("torch int8", torch_int8), ("onnx runtime int8", onnx_int8), ("torch bf16", bf16))
+            for name, runner in runners:
                 started = time.process_time()
                 logits = [runner.window_logits(w) for w in chunks]
                 cpu = time.process_time() - started
