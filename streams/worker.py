@@ -59,7 +59,7 @@ def build_runner_for(settings: Settings, task: TaskSettings, reference: bool = F
     loaded = load_model(task.model_dir, task.kind)
     log.info("task %s: model %s version %s (%s)", task.name, loaded.name, loaded.version, task.kind.value)
     quantization = "none" if reference else task.quantization
-    return build_runner(
+    runner = build_runner(
         task.name,
         loaded,
         batch_size=settings.inference_batch_size,
@@ -68,6 +68,8 @@ def build_runner_for(settings: Settings, task: TaskSettings, reference: bool = F
         batch_tokens=0 if reference else settings.inference_batch_tokens,
         prebuilt_mask=not reference,
     )
+    log.info("task %s: runs on %s in %s (quantization %s)", task.name, runner.device.type, runner.runs_in, quantization)
+    return runner
 
 
 def build_clinical(settings: Settings) -> dict[str, ClinicalAnnotator]:

@@ -38,6 +38,7 @@ def test_bench_reports_raw_e2e_ratio_latency_and_stages(tiny_settings: Settings,
     assert result["ratio"] == pytest.approx(result["e2e_notes_per_s"] / result["raw_notes_per_s"], rel=0.01, abs=0.002)
     assert result["latency_notes"] >= 20 and 0 < result["p50_ms"] <= result["p99_ms"]
     assert result["device"].startswith("cpu")
+    assert result["precision_by_task"] == {"condition": "float32", "disease": "float32"}  # the tiny tasks ask for none
     stages = result["stage_ms_per_note"]
     assert set(stages) == {
         *("decode", "tokenise", "infer", "postprocess", "encode", "forward", "produce", "insert"),

@@ -176,6 +176,7 @@ def test_bf16_runs_the_torch_model_in_bfloat16_and_keeps_the_results_close(tiny_
         plain = build_runner("t", load_model(directory, kind), device="cpu")
         bf16 = build_runner("t", load_model(directory, kind), device="cpu", quantization="bf16")
         assert bf16.quantization == "bf16" and bf16.int8 is None and bf16.model is not None
+        assert (bf16.runs_in, plain.runs_in) == ("bf16", "float32")
         assert bf16.dtype == torch.bfloat16 and {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
         assert bf16.prebuilt_mask  # the bias is built in the model's dtype and checked at start
         a = plain.window_probabilities(plain.preprocess(texts))
@@ -191,7 +192,7 @@ def test_auto_picks_bf16_where_the_cpu_multiplies_it_natively_and_int8_elsewhere
 ) -> None:
     monkeypatch.setattr(precision, "native_bf16", lambda: native)
     runner = build_runner("t", load_model(tiny_cls_dir, TaskKind.classification), device="cpu", quantization="auto")
-    assert runner.quantization == picked
+    assert runner.quantization == picked and runner.runs_in == picked
     assert (runner.int8 is not None) == (picked == "int8")
     assert runner.dtype == (torch.bfloat16 if picked == "bf16" else torch.float32)
     assert [precision.cpu_precision(q) for q in ("none", "int8", "bf16")] == ["none", "int8", "bf16"]

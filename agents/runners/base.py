@@ -131,6 +131,13 @@ class ModelRunner(ABC):
         self.forward_seconds = 0.0
         self.forward_cpu_seconds = 0.0
 
+    @property
+    def runs_in(self) -> str:
+        """What the forward computes in: "bf16" (on a GPU, or asked for on a CPU), "int8" or "float32"."""
+        if self.int8 is not None:
+            return "int8"
+        return "bf16" if self.dtype == torch.bfloat16 else "float32" if self.dtype == torch.float32 else str(self.dtype)
+
     def forward_cpu_time(self) -> float:
         """The CPU clock a forward call is charged by: the calling thread's when torch computes on it alone (one
         intra-op thread, or a GPU, where the CPU only launches kernels); the whole process's when torch's intra-op

@@ -80,6 +80,8 @@ class BenchResult:
     #: per note; produce and insert are wall only (their work is in client and ClickHouse threads)
     stage_ms_per_note: dict[str, dict[str, float]] = field(default_factory=dict)
     raw_by_task: dict[str, float] = field(default_factory=dict)
+    #: what each task's model ran in (``ModelRunner.runs_in``: "bf16", "int8" or "float32"; "auto" resolved)
+    precision_by_task: dict[str, str] = field(default_factory=dict)
     #: the plain float32 HF forward of the same models (no quantisation, batches bounded by windows only), measured like
     #: raw, in the same run
     raw_reference_notes_per_s: float = 0.0
@@ -140,9 +142,10 @@ def random_bert_tasks(folder: Path, size: str) -> list[TaskSettings]:
     return tasks
 
 
-def raw_throughput(settings: Settings, texts: list[str], reference: bool = False) -> tuple[float, dict[str, float]]:
-    """Notes/s of the models alone over pre-tokenised windows (all tasks), and per task. ``reference``: the plain
-    float32 HF models, whatever the tasks' quantisation."""
+def raw_throughput(settings: Settings, texts: list[str], reference: bool = False) -> tuple[float, dict[str, float], dict[str, str]]:
+    """Notes/s of the models alone over pre-tokenised windows (all tasks), per task, and what each task's model ran in
+    (see ``BenchResult.precision_by_task``). ``reference``: the plain float32 HF models, whatever the tasks'
+    quantisation."""
     import gc
 
     import torch
@@ -153,6 +156,7 @@ def raw_throughput(settings: Settings, texts: list[str], reference: bool = False
     runners = build_runners(settings.model_copy(update={"torch_threads": 0}), reference=reference)
     total = 0.0
     by_task: dict[str, float] = {}
+    precision = {r.task: r.runs_in for r in runners}
     for runner in runners:
         windows = runner.preprocess(texts)
         warm = runner.preprocess(texts[: settings.inference_batch_size])
@@ -170,7 +174,7 @@ def raw_throughput(settings: Settings, texts: list[str], reference: bool = False
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return len(texts) / total, by_task
+    return len(texts) / total, by_task, precision
 
 
 def run_bench(
@@ -227,9 +231,9 @@ def _bench_in(
     echo(f"bench: {notes} notes (median {int(statistics.median(len(t) for t in texts))} chars), models {models}, device {device}")
     echo(f"{workers} worker process(es), {threads} torch thread(s) each, {partitions} partitions")
 
-    raw_before, raw_by_task = raw_throughput(settings, texts)
-    echo(f"raw model throughput: {raw_before:.1f} notes/s {raw_by_task}")
-    reference, _ = raw_throughput(settings, texts, reference=True)
+    raw_before, raw_by_task, precision = raw_throughput(settings, texts)
+    echo(f"raw model throughput: {raw_before:.1f} notes/s {raw_by_task}, models in {precision}")
+    reference, _, _ = raw_throughput(settings, texts, reference=True)
     echo(f"raw reference (plain float32 HF forward): {reference:.1f} notes/s")
 
     stack = BenchStack(settings, workers, work)
@@ -289,7 +293,7 @@ def _bench_in(
     finally:
         stack.close()
     # the raw rate again, after the stack is gone: on a shared machine the mean of before and after is the fairer baseline
-    raw_after, _ = raw_throughput(settings, texts)
+    raw_after, _, _ = raw_throughput(settings, texts)
     raw = (raw_before + raw_after) / 2
     echo(f"raw model throughput again: {raw_after:.1f} notes/s; baseline {raw:.1f}")
     return BenchResult(
@@ -314,6 +318,7 @@ def _bench_in(
         },
         stage_ms_per_note=stage_ms,
         raw_by_task=raw_by_task,
+        precision_by_task=precision,
         raw_reference_notes_per_s=round(reference, 2),
         overhead_cpu_ms_per_note=overhead_ms,
         total_cpu_ms_per_note=total_ms,
@@ -351,6 +356,7 @@ def format_result(result: BenchResult) -> str:
         ("notes (median chars)", f"{result.notes} ({result.median_note_chars})"),
         ("raw model, notes/s", f"{result.raw_notes_per_s:.1f} (before {result.raw_before_after[0]}, after {result.raw_before_after[1]})"),
         ("  per task alone", str(result.raw_by_task)),
+        ("  models in", str(result.precision_by_task)),
         ("raw reference (float32 HF), notes/s", f"{result.raw_reference_notes_per_s:.1f}"),
         ("end to end, notes/s", f"{result.e2e_notes_per_s:.1f}"),
         ("ratio e2e / raw", f"{result.ratio:.3f}"),
