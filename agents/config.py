@@ -37,8 +37,8 @@ class TaskSettings(BaseModel):
     #: ``calibrate`` (which targets the precision of what is accepted, not what is missed).
     possible_entity_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
     #: CPU inference: "int8" runs the model exported to ONNX with int8 weights in ONNX Runtime (dynamic quantisation,
-    #: per channel, the head in float32); "bf16" runs it in bfloat16 in torch (fast only on CPUs with AMX or
-    #: AVX512-BF16); "auto" picks bf16 where the CPU multiplies it natively and int8 elsewhere
+    #: per channel, the head in float32); "bf16" runs it in bfloat16 in torch (for CPUs with AMX or AVX512-BF16,
+    #: which multiply it natively); "auto" picks bf16 where the CPU multiplies it natively and int8 elsewhere
     #: (``agents.runners.precision``); "none" keeps float32 in torch. Scores and speed measured in README. On a GPU the
     #: model runs in bf16 either way.
     quantization: Literal["none", "int8", "bf16", "auto"] = "none"

@@ -1,7 +1,7 @@
 """Sentence embeddings from the packaged backbone (all-MiniLM-L6-v2): mean-pooled over tokens, L2-normalised, as
 the model was trained to be used. Batched and length-sorted; no gradients. An index and its mentions must be embedded
 the same way (the coder records which in its index). ``bf16`` runs the model in bfloat16: on CPUs that multiply it
-natively (:func:`agents.runners.precision.native_bf16`) 3x faster than float32 here, with embeddings within a cosine of
+natively (:func:`agents.runners.precision.native_bf16`) 2.5-3x faster than float32 here, with embeddings within a cosine of
 0.996 of float32's. ``int8`` runs the linear layers with int8 weights through torch's dynamic quantisation: 1.6x faster
 than float32 here, embeddings down to a cosine of 0.87 (README, "bf16 on CPUs that multiply it natively")."""
 

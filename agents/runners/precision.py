@@ -1,10 +1,10 @@
 """How a task's model runs on a CPU: what ``TaskSettings.quantization`` asks for, resolved against the host.
 
-``"bf16"`` runs the torch model in bfloat16. CPUs with AMX or AVX512-BF16 multiply bf16 matrices natively (oneDNN, the
-path torch takes when :func:`native_bf16` says so); on this 2-core AMX host the default MiniLM models' forward costs a
-quarter of float32's CPU and about half of ONNX Runtime int8's, with logits closer to float32's (README, "bf16 on CPUs
-that multiply it natively"). Elsewhere torch emulates bf16 and it is slower than float32. ``"auto"`` picks bf16 where it
-is native and the int8 ONNX Runtime session (:mod:`agents.runners.onnx_int8`) where it is not.
+``"bf16"`` runs the torch model in bfloat16. CPUs with AMX or AVX512-BF16 multiply bf16 matrices natively (oneDNN,
+the path torch takes when :func:`native_bf16` says so). On this 2-core AMX host the default MiniLM models' forward
+costs a quarter to a third of float32's CPU and about half of ONNX Runtime int8's, with logits closer to float32's
+(README, "bf16 on CPUs that multiply it natively"). CPUs without native bf16 were not measured here; ``"auto"`` takes
+the int8 ONNX Runtime session (:mod:`agents.runners.onnx_int8`) on them and bf16 where it is native.
 """
 
 from __future__ import annotations
