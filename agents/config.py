@@ -17,6 +17,9 @@ from schemas.review_task import ReasonKind
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = REPO_ROOT / "models"
 
+#: how a task's model runs on a CPU (``TaskSettings.quantization``; resolved by ``agents.runners.precision``)
+Quantization = Literal["none", "int8", "bf16", "auto"]
+
 
 class TaskSettings(BaseModel):
     """One configured task: its model and its routing thresholds."""
@@ -41,7 +44,7 @@ class TaskSettings(BaseModel):
     #: which multiply it natively); "auto" picks bf16 where the CPU multiplies it natively and int8 elsewhere
     #: (``agents.runners.precision``); "none" keeps float32 in torch. Scores and speed measured in README. On a GPU the
     #: model runs in bf16 either way.
-    quantization: Literal["none", "int8", "bf16", "auto"] = "none"
+    quantization: Quantization = "none"
     #: NER: clinical-note layout rules, sections and assertion status on every entity (``agents.clinical``)
     clinical: bool = True
     #: NER: code candidates for every entity: "icd10cm" (``agents.clinical.coding``) or none

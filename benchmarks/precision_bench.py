@@ -38,8 +38,8 @@ def main() -> None:
         bf16 = build_runner(task, load_model(ROOT / "models" / task, kind), device="cpu", quantization="bf16")
         chunks = [plain.preprocess(texts[i : i + 64]) for i in range(0, len(texts), 64)]
         reference = [plain.window_logits(w) for w in chunks]
+        runners = (("torch float32", plain), ("torch int8", torch_int8), ("onnx runtime int8", onnx_int8), ("torch bf16", bf16))
         for _ in range(args.rounds):
-            runners = (("torch float32", plain), ("torch int8", torch_int8), ("onnx runtime int8", onnx_int8), ("torch bf16", bf16))
             for name, runner in runners:
                 started = time.process_time()
                 logits = [runner.window_logits(w) for w in chunks]

@@ -287,10 +287,8 @@ class Icd10Coder:
         the worker (``auto``: bf16 on a CPU that multiplies it natively, int8 elsewhere; see
         :mod:`agents.clinical.encoder`)."""
         from agents.clinical.encoder import SentenceEncoder
-        from agents.runners.precision import cpu_precision
 
         entries, families = table_entries(prefixes)
-        quantization = cpu_precision(quantization)
         encoder = SentenceEncoder(backbone, quantization=quantization)
         log.info("embedding %d ICD-10-CM entries", len(entries))
         embeddings = encoder.encode([clean(e.text) for e in entries]).astype(np.float16)
@@ -303,7 +301,7 @@ class Icd10Coder:
         meta = {
             "system": SYSTEM,
             "backbone": backbone,
-            "encoder": quantization,
+            "encoder": encoder.quantization,  # "auto" resolved: mentions are embedded the same way later
             "texts": [e.text for e in entries],
             "codes": [e.code for e in entries],
             "families": families,

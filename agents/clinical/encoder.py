@@ -45,18 +45,18 @@ class SentenceEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         from agents.model_dir import quiet_transformers, resolve_base
+        from agents.runners.precision import cpu_precision
 
         path = resolve_base(backbone)
         with quiet_transformers():
             self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
             self.model: Any = AutoModel.from_pretrained(path).eval()
-        if quantization == "int8":
+        #: what the encoder runs in ("auto" resolved for this host, :func:`agents.runners.precision.cpu_precision`)
+        self.quantization = cpu_precision(quantization)
+        if self.quantization == "int8":
             self.model = quantize_int8(self.model)
-        elif quantization == "bf16":
+        elif self.quantization == "bf16":
             self.model = self.model.to(torch.bfloat16)
-        elif quantization != "none":
-            raise ValueError(f"encoder quantization {quantization!r}: expected none, int8 or bf16")
-        self.quantization = quantization
         self.batch_size = batch_size
         self.max_length = max_length
         self._torch = torch

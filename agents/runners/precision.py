@@ -9,10 +9,14 @@ the int8 ONNX Runtime session (:mod:`agents.runners.onnx_int8`) on them and bf16
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 
+from agents.config import Quantization
+
 #: what a task may ask for (``TaskSettings.quantization``)
-CPU_PRECISIONS = ("none", "int8", "bf16", "auto")
+CPU_PRECISIONS: tuple[str, ...] = get_args(Quantization)
 
 
 def native_bf16() -> bool:
