@@ -46,6 +46,11 @@ def build_runners(settings: Settings, reference: bool = False, tasks: Sequence[T
         # the fast tokenizers' own pool (rayon) gets the same budget; with one thread they tokenise on the calling thread
         os.environ["TOKENIZERS_PARALLELISM"] = "true" if settings.torch_threads > 1 else "false"
         os.environ["RAYON_NUM_THREADS"] = str(settings.torch_threads)
+        # and numpy's BLAS pool: left at one thread per core, its threads spun on the other worker's core after each
+        # product (4 ms of CPU per note in the default bench, README "seventh session"); none is on the hot path now
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(settings.torch_threads, user_api="blas")
     if tasks is None:
         registry = ModelRegistry(settings.registry_file())
         tasks = [registry.resolve(task) for task in settings.tasks]

