@@ -37,7 +37,7 @@ def build_runners(settings: Settings, reference: bool = False, tasks: Sequence[T
     """The tasks' runners, each from its live registered version when it has one (``streams.learning.registry``), else
     from its configured model; ``tasks``: those already resolved against the registry (the pipeline resolves once, so
     a promotion while the worker starts cannot give a runner one version and its routing another). ``reference``: the
-    bench's fixed baseline, the plain float32 models with transformers' own padding masks, in batches bounded by
+    bench's fixed baseline, the plain float32 models, whole, with transformers' own padding masks, in batches bounded by
     windows only (as inference ran before int8, token-bounded batches and prebuilt masks), whatever the settings ask."""
     import torch
 
@@ -72,6 +72,7 @@ def build_runner_for(settings: Settings, task: TaskSettings, reference: bool = F
         quantization=quantization,
         batch_tokens=0 if reference else settings.inference_batch_tokens,
         prebuilt_mask=not reference,
+        first_position=not reference,
     )
     log.info("task %s: runs on %s in %s (quantization %s)", task.name, runner.device.type, runner.runs_in, quantization)
     return runner

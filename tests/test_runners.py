@@ -19,6 +19,7 @@ from agents.learning.training import TrainConfig, evaluate_loaded, train
 from agents.model_dir import MANIFEST, load_model
 from agents.runners import build_runner, precision
 from agents.runners.base import additive_mask, takes_additive_mask
+from agents.runners.first_position import FirstPositionLayer, use_first_position
 from agents.runners.ner import word_probabilities
 from schemas.extraction import TaskKind
 from tests.conftest import DATASETS, REPO
@@ -269,3 +270,45 @@ def test_a_worker_sizes_every_thread_pool_it_uses() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["1", "[1]"]
+
+
+@pytest.mark.parametrize(("quantization", "tolerance"), [("none", 1e-5), ("bf16", 0.05)])
+@pytest.mark.parametrize("prebuilt_mask", [True, False])
+def test_a_classifier_s_last_layer_at_the_first_position_gives_the_whole_model_s_probabilities(
+    tiny_cls_dir: Path, quantization: str, tolerance: float, prebuilt_mask: bool
+) -> None:
+    """Short, windowed, multi-byte, one-token and empty notes, in padded batches and in a batch without padding, with
+    the prebuilt additive mask and with transformers' own."""
+    texts = ["Short note.", LONG_NOTE[:3000], "Ünïcode  spacing\tand\nnewlines: Crohn's disease.", "a", LONG_NOTE[:700], ""]
+    runners = {
+        first: build_runner(
+            "t",
+            load_model(tiny_cls_dir, TaskKind.classification, max_length=48, stride=8),
+            batch_size=4,
+            device="cpu",
+            quantization=quantization,
+            prebuilt_mask=prebuilt_mask,
+            first_position=first,
+        )
+        for first in (False, True)
+    }
+    whole, pruned = runners[False], runners[True]
+    assert pruned.first_position and not whole.first_position
+    assert isinstance(pruned.model.bert.encoder.layer[-1], FirstPositionLayer)
+    assert not isinstance(whole.model.bert.encoder.layer[-1], FirstPositionLayer)
+    windows = whole.preprocess(texts)
+    a, b = whole.window_probabilities(windows), pruned.window_probabilities(windows)
+    assert len(a) == len(b) == len(windows) > 6
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=tolerance, atol=tolerance)
+    assert [o.result.labels[0].label for o in whole(texts)] == [o.result.labels[0].label for o in pruned(texts)]
+
+
+def test_only_bert_classifiers_get_the_first_position_layer(tiny_ner_dir: Path) -> None:
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    ner = build_runner("t", load_model(tiny_ner_dir, TaskKind.ner), device="cpu")
+    assert not any(isinstance(m, FirstPositionLayer) for m in ner.model.modules())
+    other = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64)).eval()
+    assert not use_first_position(other, lambda mask: mask)
+    assert not any(isinstance(m, FirstPositionLayer) for m in other.modules())

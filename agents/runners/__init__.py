@@ -19,15 +19,28 @@ def build_runner(
     quantization: str = "none",
     batch_tokens: int | None = None,
     prebuilt_mask: bool = True,
+    first_position: bool = True,
 ) -> ModelRunner:
     """The runner for a loaded model's kind (``quantization``: see ``TaskSettings.quantization``; ``batch_tokens``:
-    see :class:`ModelRunner`; ``prebuilt_mask``: see :func:`~agents.runners.base.additive_mask`)."""
+    see :class:`ModelRunner`; ``prebuilt_mask``: see :func:`~agents.runners.base.additive_mask`; ``first_position``:
+    see :class:`ClassificationRunner`)."""
     from schemas.extraction import TaskKind
 
-    cls = NerRunner if loaded.kind is TaskKind.ner else ClassificationRunner
-    return cls(
+    if loaded.kind is TaskKind.ner:
+        return NerRunner(
+            task,
+            loaded,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            quantization=quantization,
+            batch_tokens=batch_tokens,
+            prebuilt_mask=prebuilt_mask,
+        )
+    return ClassificationRunner(
         task,
         loaded,
+        first_position=first_position,
         batch_size=batch_size,
         device=device,
         dtype=dtype,
