@@ -15,8 +15,9 @@ scored against every entry by two measures, each a cosine in [0, 1]:
 
 The score is their weighted sum, less a penalty for each kind of code the mention gives no grounds for (a secondary
 neoplasm, a history-of or family-history code, pregnancy, perinatal, congenital, a pathological fracture, an
-encounter for screening or observation). The three best codes are kept, best first; the score of the first is what
-routing compares with the task's code threshold.
+encounter for screening or observation). The three best distinct codes are kept, best first (ties in table order);
+the score of the first is what routing compares with the task's code threshold. Only the entries that can matter are
+scored exactly (:mod:`agents.clinical.code_search`); the table itself is read by :mod:`agents.clinical.icd10_table`.
 """
 
 from __future__ import annotations
