@@ -23,28 +23,18 @@ def build_runner(
 ) -> ModelRunner:
     """The runner for a loaded model's kind (``quantization``: see ``TaskSettings.quantization``; ``batch_tokens``:
     see :class:`ModelRunner`; ``prebuilt_mask``: see :func:`~agents.runners.base.additive_mask`; ``first_position``:
-    see :class:`ClassificationRunner`)."""
+    see :class:`ModelRunner`)."""
     from schemas.extraction import TaskKind
 
-    if loaded.kind is TaskKind.ner:
-        return NerRunner(
-            task,
-            loaded,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            quantization=quantization,
-            batch_tokens=batch_tokens,
-            prebuilt_mask=prebuilt_mask,
-        )
-    return ClassificationRunner(
+    cls = NerRunner if loaded.kind is TaskKind.ner else ClassificationRunner
+    return cls(
         task,
         loaded,
-        first_position=first_position,
         batch_size=batch_size,
         device=device,
         dtype=dtype,
         quantization=quantization,
         batch_tokens=batch_tokens,
         prebuilt_mask=prebuilt_mask,
+        first_position=first_position,
     )

@@ -90,6 +90,7 @@ class ModelRunner(ABC):
         quantization: str = "none",
         batch_tokens: int | None = None,
         prebuilt_mask: bool = True,
+        first_position: bool = True,
     ) -> None:
         self.task = task
         #: a forward batch holds at most ``batch_size`` windows and ``batch_tokens`` padded tokens (``None``: no token
@@ -125,11 +126,20 @@ class ModelRunner(ABC):
             and self.model is not None
             and takes_additive_mask(self.model, self.device, self.dtype)
         )
+        #: whether the model's last layer runs for the first position only (``first_position`` asks for it on a CPU, where
+        #: :meth:`_first_position_only` finds it gives the same results: BERT document classifiers)
+        self.first_position = first_position and self.device.type == "cpu" and self.model is not None and self._first_position_only()
         self.tokenizer = Tokenizer(loaded.tokenizer)
         #: wall and CPU seconds spent inside the model's forward calls since this runner was built (see
         #: :meth:`forward_cpu_time` for whose CPU)
         self.forward_seconds = 0.0
         self.forward_cpu_seconds = 0.0
+
+    def _first_position_only(self) -> bool:
+        """Make the model compute its last layer for the first position only, where that gives the same results;
+        whether it now does. Only a document classifier's pooler reads nothing else
+        (:class:`~agents.runners.classification.ClassificationRunner`)."""
+        return False
 
     @property
     def runs_in(self) -> str:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from agents.model_dir import LoadedModel
 from agents.runners.base import ModelRunner, additive_mask
 from agents.runners.columns import TaskColumns
 from agents.runners.first_position import use_first_position
@@ -28,17 +25,11 @@ def merge_window_probabilities(
 
 
 class ClassificationRunner(ModelRunner):
-    def __init__(self, task: str, loaded: LoadedModel, *, first_position: bool = True, **kwargs: Any) -> None:
-        """``first_position``: on a CPU, a BERT classifier's last layer runs for the first position only, the one its
-        pooler reads (:mod:`agents.runners.first_position`); the bench's reference keeps the plain model."""
-        super().__init__(task, loaded, **kwargs)
-        #: whether the model's last layer runs for the first position only
-        self.first_position = (
-            first_position
-            and self.device.type == "cpu"
-            and self.model is not None
-            and use_first_position(self.model, lambda mask: additive_mask(mask, self.dtype) if self.prebuilt_mask else mask)
-        )
+    def _first_position_only(self) -> bool:
+        """A BERT classifier's last layer for the first position only, the one its pooler reads
+        (:mod:`agents.runners.first_position`), checked against the whole model with the runner's own mask."""
+        assert self.model is not None
+        return use_first_position(self.model, lambda mask: additive_mask(mask, self.dtype) if self.prebuilt_mask else mask)
 
     def columns(self, texts: list[str], windows: Windows, probs: list[np.ndarray]) -> TaskColumns:
         doc = merge_window_probabilities(probs, windows.lengths, windows.samples, len(texts))
