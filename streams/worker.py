@@ -74,7 +74,8 @@ def build_runner_for(settings: Settings, task: TaskSettings, reference: bool = F
         prebuilt_mask=not reference,
         first_position=not reference,
     )
-    log.info("task %s: runs on %s in %s (quantization %s)", task.name, runner.device.type, runner.runs_in, quantization)
+    shortcut = ", its last layer at the first position only" if runner.first_position else ""
+    log.info("task %s: runs on %s in %s (quantization %s)%s", task.name, runner.device.type, runner.runs_in, quantization, shortcut)
     return runner
 
 
