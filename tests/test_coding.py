@@ -14,7 +14,7 @@ from agents.clinical.code_search import best_above, best_of_all, ranked_codes
 from agents.clinical.coding import EMBEDDING_WEIGHT, PENALTY, Icd10Coder, combined_scores
 from agents.clinical.encoder import SentenceEncoder
 from agents.clinical.icd10_table import default_code
-from agents.runners.precision import native_bf16
+from agents.runners.precision import cpu_precision
 
 PREFIXES = ("I1", "E11", "E13", "J44", "N18", "S51", "S52", "C34", "C78", "O03", "O26", "S82", "M84", "M80", "R73", "Z86", "Z87")
 
@@ -100,7 +100,7 @@ def test_bf16_embeddings_stay_close_to_float32_and_auto_is_resolved_in_the_index
         SentenceEncoder(quantization="fp8")
     Icd10Coder.build(tmp_path / "index", prefixes=("I10",))  # the default, "auto"
     recorded = json.loads((tmp_path / "index" / "index.json").read_text(encoding="utf-8"))["encoder"]
-    assert recorded == ("bf16" if native_bf16() else "int8")
+    assert recorded == cpu_precision("auto") != "auto"
 
 
 def brute_force(coder: Icd10Coder, keys: list[str]) -> list[list[tuple[str, float]]]:

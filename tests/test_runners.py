@@ -190,15 +190,19 @@ def test_bf16_runs_the_torch_model_in_bfloat16_and_keeps_the_results_close(tiny_
         assert [o.result.kind for o in bf16(texts)] == [kind] * len(texts)
 
 
-@pytest.mark.parametrize(("native", "picked"), [(True, "bf16"), (False, "int8")])
-def test_auto_picks_bf16_where_the_cpu_multiplies_it_natively_and_int8_elsewhere(
-    tiny_cls_dir: Path, monkeypatch: pytest.MonkeyPatch, native: bool, picked: str
+@pytest.mark.parametrize(
+    ("bf16", "int8", "picked"), [(True, True, "bf16"), (True, False, "bf16"), (False, True, "int8"), (False, False, "none")]
+)
+def test_auto_picks_bf16_where_the_cpu_multiplies_it_natively_then_int8_where_it_has_int8_dot_products_else_float32(
+    tiny_cls_dir: Path, monkeypatch: pytest.MonkeyPatch, bf16: bool, int8: bool, picked: str
 ) -> None:
-    monkeypatch.setattr(precision, "native_bf16", lambda: native)
+    monkeypatch.setattr(precision, "native_bf16", lambda: bf16)
+    monkeypatch.setattr(precision, "native_int8", lambda: int8)
     runner = build_runner("t", load_model(tiny_cls_dir, TaskKind.classification), device="cpu", quantization="auto")
-    assert runner.quantization == picked and runner.runs_in == picked
+    assert runner.quantization == picked and runner.runs_in == {"none": "float32"}.get(picked, picked)
     assert (runner.int8 is not None) == (picked == "int8")
     assert runner.dtype == (torch.bfloat16 if picked == "bf16" else torch.float32)
+    assert runner.first_position == (picked != "int8")  # the torch paths compute the last layer at the first position only
     assert [precision.cpu_precision(q) for q in ("none", "int8", "bf16")] == ["none", "int8", "bf16"]
     with pytest.raises(ValueError, match="fp8"):
         precision.cpu_precision("fp8")

@@ -3,8 +3,11 @@
 ``"bf16"`` runs the torch model in bfloat16. CPUs with AMX or AVX512-BF16 multiply bf16 matrices natively (oneDNN,
 the path torch takes when :func:`native_bf16` says so). On this 2-core AMX host the default MiniLM models' forward
 costs a quarter to a third of float32's CPU and about half of ONNX Runtime int8's, with logits closer to float32's
-(README, "bf16 on CPUs that multiply it natively"). CPUs without native bf16 were not measured here; ``"auto"`` takes
-the int8 ONNX Runtime session (:mod:`agents.runners.onnx_int8`) on them and bf16 where it is native.
+(README, "bf16 on CPUs that multiply it natively"). ``"int8"`` runs an ONNX Runtime session with int8 weights
+(:mod:`agents.runners.onnx_int8`): on that AMX host 1.8x faster than float32. On an AVX2-only AMD EPYC (Zen 1: no VNNI,
+no AVX-512) it was not faster than float32 at all, and the torch float32 path, which computes a classifier's last layer
+for the first position only, was faster than int8 (README, "eighth session"). So ``"auto"`` takes bf16 where the CPU
+multiplies it natively, int8 where it has int8 dot-product instructions (:func:`native_int8`), and float32 elsewhere.
 """
 
 from __future__ import annotations
@@ -27,11 +30,19 @@ def native_bf16() -> bool:
     return bool(built and check is not None and check())
 
 
+def native_int8() -> bool:
+    """Whether the CPU has int8 dot-product instructions (AVX512-VNNI, the check torch makes; AMX-INT8 hosts have it
+    too). Without them an int8 matrix product is built from 16-bit multiply-adds, and ONNX Runtime's dynamic int8
+    gained nothing over float32 on the AVX2 host measured."""
+    check = getattr(torch.cpu, "_is_vnni_supported", None)
+    return bool(check is not None and check())
+
+
 def cpu_precision(quantization: str) -> str:
-    """What runs on a CPU for ``quantization``: ``"none"`` (float32), ``"int8"`` or ``"bf16"``; ``"auto"`` resolved
-    by :func:`native_bf16`."""
+    """What runs on a CPU for ``quantization``: ``"none"`` (float32), ``"int8"`` or ``"bf16"``; ``"auto"``: bf16 where
+    :func:`native_bf16`, else int8 where :func:`native_int8`, else float32."""
     if quantization not in CPU_PRECISIONS:
         raise ValueError(f"quantization {quantization!r}: expected one of {', '.join(CPU_PRECISIONS)}")
     if quantization == "auto":
-        return "bf16" if native_bf16() else "int8"
+        return "bf16" if native_bf16() else "int8" if native_int8() else "none"
     return quantization
