@@ -30,7 +30,7 @@ browser:
 	fi
 	@chromium --version 2>/dev/null | head -1
 
-# The ICD-10-CM index the disease task codes with (ehrstream.toml: coding = "icd10cm"): built once, about 2 minutes (demo, up and bench also build it when missing)
+# The ICD-10-CM index the disease task codes with (ehrstream.toml: coding = "icd10cm"): built once, 1-9 minutes on 2 cores (demo, up and bench also build it when missing)
 models/icd10cm/index.json: | venv
 	$(BIN)/ehrstream codes build
 
