@@ -288,12 +288,13 @@ def _long_note(note_id: str) -> tuple[Extraction, ReviewTask]:
     return extraction, task.model_copy(update={"reasons": [task.reasons[0], *flagged, *possible]})
 
 
-def test_a_long_note_answers_each_key_within_50_ms(
+def test_a_long_note_changes_only_what_each_key_touches(
     broker: TansuBroker, tiny_settings: Settings, database: ChdbBackend, chrome: WebDriver
 ) -> None:
     """95 KB, 738 spans, 409 reasons: the page leads from flagged item to flagged item (f), the reasons folded into
-    their items, and a keypress (f, j, a: the focus moves, the item scrolls into view, one span changes) is handled,
-    laid out and painted within 50 ms (median of 15 presses each, measured in the page up to the next frame)."""
+    their items, and a keypress (f, j, a) moves the focus and refreshes the one item it touched: a MutationObserver
+    counts the nodes each press changes, added or removed, up to the next painted frame (a redraw of the note changes
+    thousands). The time per key is printed, not asserted: speed is a number a run reports (`pytest -s -k long_note`)."""
     from tests.review_helpers import store_pending
 
     settings = review_settings(tiny_settings)
@@ -308,17 +309,34 @@ def test_a_long_note_answers_each_key_within_50_ms(
         summary = chrome.find_element(By.ID, "flag-summary").text
         # 369 doubtful spans + 39 possible missed + the document label, one line instead of 409
         assert "409 flagged items (1 document label, 369 spans, 39 possible missed spans), 0 decided" in summary, summary
+        marks = len(chrome.find_elements(By.CSS_SELECTOR, "#note-text [data-start]"))
+        assert marks > 738, marks
         press = """
             const [key, done] = arguments;
+            const touched = new Set();
+            let churn = 0;
+            const count = (records) => { for (const r of records) {
+                touched.add(r.target); churn += r.addedNodes.length + r.removedNodes.length; } };
+            const observer = new MutationObserver(count);
+            observer.observe(document.body, { subtree: true, childList: true, attributes: true, characterData: true });
             const t0 = performance.now();
             document.dispatchEvent(new KeyboardEvent("keydown", { key, bubbles: true }));
-            requestAnimationFrame(() => setTimeout(() => done(performance.now() - t0), 0));
+            requestAnimationFrame(() => setTimeout(() => {
+                const ms = performance.now() - t0;
+                count(observer.takeRecords());
+                observer.disconnect();
+                done([touched.size, churn, ms]);
+            }, 0));
         """
-        timings = {}
+        changes: dict[str, list[tuple[int, int]]] = {}
+        timings: dict[str, float] = {}
         for key in ("f", "j", "a"):
-            times = sorted(chrome.execute_async_script(press, key) for _ in range(15))
-            timings[key] = times[len(times) // 2]
-        assert all(ms < 50 for ms in timings.values()), timings
+            presses = [chrome.execute_async_script(press, key) for _ in range(15)]
+            changes[key] = [(touched, churn) for touched, churn, _ in presses]
+            timings[key] = sorted(ms for _, _, ms in presses)[len(presses) // 2]
+        print(f"\nlong note, ms per key (median of 15, to the next frame): {timings}; nodes touched, added+removed: {changes}")
+        assert all(touched <= 30 and churn <= 60 for presses in changes.values() for touched, churn in presses), changes
+        assert all(touched >= 2 for presses in changes.values() for touched, _ in presses), changes  # the focus moved
         # the path went where it should: f visits flagged items in reading order, a kept one and moved on
         focused = chrome.find_element(By.CSS_SELECTOR, "#note-text .focused")
         assert focused.is_displayed()
