@@ -47,7 +47,8 @@ layers: venv
 typecheck: venv
 	$(BIN)/mypy
 
-unit: venv browser
+# the index first: the demo tests run the demo as a user does, and would otherwise build it inside a test
+unit: venv browser models/icd10cm/index.json
 	$(BIN)/pytest
 
 test: lint layers typecheck unit
