@@ -1,7 +1,8 @@
-"""The default models' forward alone, one thread: float32 torch, torch's dynamic int8 (the path shipped until
-2026-12-02, still the ICD coder's encoder's), and ONNX Runtime int8 (the shipped path), alternating, over the bench notes
+"""The default models' forward alone, one thread: the runner's float32, torch's dynamic int8 (the path shipped until
+2026-12-02, still the ICD coder's encoder's when its index was built in int8), ONNX Runtime int8 (the ``int8`` path; for
+the classifier also exported whole, without the first-position last layer) and bf16, alternating, over the bench notes
 cut into the worker's batches (64 notes, windows sorted by length, token-bounded batches). Prints CPU ms per note and
-the largest logit difference from float32. ``python benchmarks/int8_bench.py [--notes N] [--rounds R]``."""
+the largest logit difference from float32. ``python benchmarks/precision_bench.py [--notes N] [--rounds R]``."""
 
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def main() -> None:
         bf16 = build_runner(task, load_model(ROOT / "models" / task, kind), device="cpu", quantization="bf16")
         chunks = [plain.preprocess(texts[i : i + 64]) for i in range(0, len(texts), 64)]
         reference = [plain.window_logits(w) for w in chunks]
-        runners = (("torch float32", plain), ("torch int8", torch_int8), ("onnx runtime int8", onnx_int8), ("torch bf16", bf16))
+        runners = [("torch float32", plain), ("torch int8", torch_int8), ("onnx runtime int8", onnx_int8), ("torch bf16", bf16)]
+        if onnx_int8.first_position:
+            whole = build_runner(task, load_model(ROOT / "models" / task, kind), device="cpu", quantization="int8", first_position=False)
+            runners.insert(3, ("onnx int8, whole", whole))
         for _ in range(args.rounds):
             for name, runner in runners:
                 started = time.process_time()

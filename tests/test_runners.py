@@ -18,7 +18,7 @@ from agents.learning.datasets import ClassificationExample, NerExample, read_exa
 from agents.learning.training import TrainConfig, evaluate_loaded, train
 from agents.model_dir import MANIFEST, load_model
 from agents.runners import build_runner, precision
-from agents.runners.base import additive_mask, takes_additive_mask
+from agents.runners.base import ModelRunner, additive_mask, takes_additive_mask
 from agents.runners.first_position import FirstPositionLayer, use_first_position
 from agents.runners.ner import word_probabilities
 from schemas.extraction import TaskKind
@@ -202,7 +202,7 @@ def test_auto_picks_bf16_where_the_cpu_multiplies_it_natively_then_int8_where_it
     assert runner.quantization == picked and runner.runs_in == {"none": "float32"}.get(picked, picked)
     assert (runner.int8 is not None) == (picked == "int8")
     assert runner.dtype == (torch.bfloat16 if picked == "bf16" else torch.float32)
-    assert runner.first_position == (picked != "int8")  # the torch paths compute the last layer at the first position only
+    assert runner.first_position  # every CPU path computes the classifier's last layer at the first position only
     assert [precision.cpu_precision(q) for q in ("none", "int8", "bf16")] == ["none", "int8", "bf16"]
     with pytest.raises(ValueError, match="fp8"):
         precision.cpu_precision("fp8")
@@ -306,6 +306,31 @@ def test_a_classifier_s_last_layer_at_the_first_position_gives_the_whole_model_s
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, rtol=tolerance, atol=tolerance)
     assert [o.result.labels[0].label for o in whole(texts)] == [o.result.labels[0].label for o in pruned(texts)]
+
+
+def test_an_int8_classifier_is_exported_with_its_last_layer_at_the_first_position(tiny_cls_dir: Path) -> None:
+    """The ONNX graph holds the first-position layer and gives the whole int8 model's
+    and float32's probabilities, up to int8's own error; the same windows and notes as the torch test above."""
+    texts = ["Short note.", LONG_NOTE[:3000], "Ünïcode  spacing\tand\nnewlines: Crohn's disease.", "a", LONG_NOTE[:700], ""]
+
+    def runner(quantization: str, first: bool) -> ModelRunner:
+        loaded = load_model(tiny_cls_dir, TaskKind.classification, max_length=48, stride=8)
+        return build_runner("t", loaded, batch_size=4, device="cpu", quantization=quantization, first_position=first)
+
+    plain, whole, pruned = runner("none", False), runner("int8", False), runner("int8", True)
+    assert pruned.first_position and not whole.first_position and pruned.int8 is not None and whole.int8 is not None
+    # the first-position layer calls the attention's projections itself: its nodes are named "layer.N/query/...", the
+    # whole layer's "layer.N/attention/self/query/..."
+    last = len(plain.model.bert.encoder.layer) - 1
+    names = {r: " ".join(name for name, _ in r.int8.nodes) for r in (whole, pruned)}
+    assert f"layer.{last}/query/MatMul" in names[pruned] and f"layer.{last}/attention/self/query/MatMul" not in names[pruned]
+    assert f"layer.{last}/query/MatMul" not in names[whole] and f"layer.{last}/attention/self/query/MatMul" in names[whole]
+    windows = plain.preprocess(texts)
+    a, b, c = (r.window_probabilities(windows) for r in (plain, whole, pruned))
+    assert len(a) == len(b) == len(c) == len(windows) > 6
+    for x, y, z in zip(a, b, c, strict=True):
+        np.testing.assert_allclose(z, y, atol=0.03)
+        np.testing.assert_allclose(z, x, atol=0.05)
 
 
 def test_only_bert_classifiers_get_the_first_position_layer(tiny_ner_dir: Path) -> None:

@@ -109,26 +109,24 @@ class ModelRunner(ABC):
         if loaded.model is None:
             raise ValueError(f"task {task}: the loaded model's weights were already let go by an int8 runner")
         model = loaded.model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
-        self.int8: OnnxInt8Model | None = None
+        int8 = self.quantization == "int8"
         #: the torch model that runs the forward; ``None`` when the int8 session does
         self.model: torch.nn.Module | None = model
-        if self.quantization == "int8":
+        #: the torch forward gets :func:`additive_mask` on a CPU (``prebuilt_mask`` asks for it, and the model is checked
+        #: to take it); else the plain 2D mask, as the bench's reference runs and the int8 export traces. A GPU keeps the
+        #: 2D mask: the prebuilt one was measured on CPUs only, and CUDA's attention kernels were never run with it here
+        cpu = self.device.type == "cpu"
+        self.prebuilt_mask = prebuilt_mask and cpu and not int8 and takes_additive_mask(model, self.device, self.dtype)
+        #: whether the model's last layer runs for the first position only (``first_position`` asks for it on a CPU, where
+        #: :meth:`_first_position_only` finds it gives the same results: BERT document classifiers); the int8 session is
+        #: exported from the model with that layer in place
+        self.first_position = first_position and cpu and self._first_position_only()
+        self.int8: OnnxInt8Model | None = None
+        if int8:
             self.int8 = OnnxInt8Model(model, per_token=loaded.kind is TaskKind.ner, threads=torch.get_num_threads())
             # the session holds its own weights: the float32 ones (about 90 MB for a MiniLM task) are let go
             self.model, loaded = None, dataclasses.replace(loaded, model=None)
         self.loaded = loaded
-        #: the torch forward gets :func:`additive_mask` on a CPU (``prebuilt_mask`` asks for it, and the model is checked
-        #: to take it); else the plain 2D mask, as the bench's reference runs. A GPU keeps the 2D mask: the prebuilt one
-        #: was measured on CPUs only, and CUDA's attention kernels were never run with it here (no device was lent)
-        self.prebuilt_mask = (
-            prebuilt_mask
-            and self.device.type == "cpu"
-            and self.model is not None
-            and takes_additive_mask(self.model, self.device, self.dtype)
-        )
-        #: whether the model's last layer runs for the first position only (``first_position`` asks for it on a CPU, where
-        #: :meth:`_first_position_only` finds it gives the same results: BERT document classifiers)
-        self.first_position = first_position and self.device.type == "cpu" and self.model is not None and self._first_position_only()
         self.tokenizer = Tokenizer(loaded.tokenizer)
         #: wall and CPU seconds spent inside the model's forward calls since this runner was built (see
         #: :meth:`forward_cpu_time` for whose CPU)
