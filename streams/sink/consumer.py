@@ -32,6 +32,7 @@ from streams.kafka.clients import producer as make_producer
 from streams.kafka.undecodable import SkippedBatch
 from streams.metrics import DEAD_LETTERS, SINK_RETRIES, SINK_ROWS, STAGE_SECONDS
 from streams.settings import Settings
+from streams.sink.avro_intake import AvroIntake, Pending
 from streams.sink.backend import ClickHouseBackend
 from streams.sink.reviews import PendingDecision, base_rows, reviewed_revision
 from streams.sink.rows import TABLE_COLUMNS, dead_letter_row, extraction_row, json_each_row, review_decision_row, review_task_row
@@ -54,6 +55,8 @@ class _Batch:
     dead: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     #: decisions whose reviewed revision is built at write time (it needs the base row from ClickHouse)
     decisions: list[PendingDecision] = field(default_factory=list)
+    #: per table, the records handed to ClickHouse unread (``streams.sink.avro_intake``)
+    avro: dict[str, Pending] = field(default_factory=lambda: defaultdict(Pending))
     count: int = 0
     #: per partition the batch read from, the offset to commit once it is written (past its last record)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
@@ -67,6 +70,8 @@ class _Batch:
         self.rows.clear()
         self.dead.clear()
         self.decisions.clear()
+        for pending in self.avro.values():
+            pending.clear()
         self.count = 0
         self.offsets = {}  # a new dict: the caller still holds the written batch's to commit
 
@@ -82,6 +87,16 @@ class ClickHouseSink:
         self._reviews = codecs.of(ReviewTask)
         self._decisions = codecs.of(ReviewDecision)
         self._dead = codecs.of(DeadLetter)
+        #: per topic, the columnar intake of its records where the backend reads Avro (the other records are read here)
+        self._intakes = (
+            {
+                self.topics.extractions: AvroIntake(self._extractions, "extractions"),
+                self.topics.review: AvroIntake(self._reviews, "review_tasks"),
+            }
+            if backend.reads_avro
+            else {}
+        )
+        self._statements = {t: i.statement(backend.database, TABLE_COLUMNS[i.table]) for t, i in self._intakes.items()}
         self._batch = _Batch()
 
     def run(self, stop: threading.Event) -> None:
@@ -131,18 +146,27 @@ class ClickHouseSink:
         batch = self._batch
         batch.read(message.topic, message.partition, message.offset)
         value: bytes = message.value or b""
+        intake = self._intakes.get(message.topic)
+        if intake is not None and intake.takes(value):
+            batch.avro[intake.table].add(message.partition, message.offset, message.key, value)
+        else:
+            self._read(message.topic, message.partition, message.offset, message.key, value)
+
+    def _read(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes) -> None:
+        """One record decoded here (the codec validates it) into its table's row, or dead-lettered."""
+        batch = self._batch
         try:
-            if message.topic == self.topics.extractions:
-                batch.rows["extractions"].append(extraction_row(self._extractions.decode(value), message.partition, message.offset))
-            elif message.topic == self.topics.review:
+            if topic == self.topics.extractions:
+                batch.rows["extractions"].append(extraction_row(self._extractions.decode(value), partition, offset))
+            elif topic == self.topics.review:
                 batch.rows["review_tasks"].append(review_task_row(self._reviews.decode(value)))
-            elif message.topic == self.topics.review_decisions:
+            elif topic == self.topics.review_decisions:
                 decision = self._decisions.decode(value)
-                batch.decisions.append(PendingDecision(decision, message.partition, message.offset, value, message.key))
+                batch.decisions.append(PendingDecision(decision, partition, offset, value, key))
             else:
                 batch.rows["dead_letters"].append(dead_letter_row(self._dead.decode(value)))
         except RecordError as exc:
-            self._dead_letter(value, message.key, message.topic, message.partition, message.offset, exc)
+            self._dead_letter(value, key, topic, partition, offset, exc)
 
     def _skipped(self, skipped: SkippedBatch) -> None:
         """A batch the consumer could not read and skipped (already logged and counted): one dead letter, written with
@@ -166,6 +190,30 @@ class ClickHouseSink:
             self._batch.rows["dead_letters"].append(dead_letter_row(letter))
         else:
             self._batch.dead.append((key, self._dead.encode(letter)))
+
+    def _write_avro(self) -> None:
+        """Each table's unread records as one Avro container, from ``sink_avro_min_bytes`` on (smaller batches are read
+        here: see the setting). A batch ClickHouse refuses (a record it cannot parse, or one the models would refuse)
+        is read here record by record instead: the good rows are stored, the rest dead-lettered. A ClickHouse outage
+        takes the same turn, and the rows then wait with the others for the retry."""
+        for topic, intake in self._intakes.items():
+            pending = self._batch.avro.get(intake.table)
+            if not pending:
+                continue
+            if pending.size >= self.settings.sink_avro_min_bytes:
+                try:
+                    with STAGE_SECONDS.labels("insert").time():
+                        self.backend.insert_avro(self._statements[topic], intake.structure, intake.container(pending))
+                except SinkError as exc:
+                    log.warning("ClickHouse did not take %d %s records as Avro (code %s); reading them here", len(pending), topic, exc.code)
+                else:
+                    self.stats.rows[intake.table] += len(pending)
+                    SINK_ROWS.labels(intake.table).inc(len(pending))
+                    pending.clear()
+                    continue
+            for partition, offset, key, value in zip(pending.partitions, pending.offsets, pending.keys, pending.values, strict=True):
+                self._read(topic, partition, offset, key, value)
+            pending.clear()
 
     def _apply_decisions(self) -> None:
         """Turn the batch's decisions into reviewed revisions (or dead letters). Raises SinkError to retry."""
@@ -226,6 +274,7 @@ class ClickHouseSink:
             self._batch.clear()
 
     def _write(self, producer: KafkaProducer) -> None:
+        self._write_avro()
         self._apply_decisions()
         for table, rows in self._batch.rows.items():
             if rows:
