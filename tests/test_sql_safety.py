@@ -30,6 +30,8 @@ IDENTIFIERS = {
     "_FILTER": "a constant WHERE fragment with {name:Type} parameters",
     "_BASE_COLUMNS": "a constant column list",
     "_QUEUE_ORDER[shuffled]": "one of two constant ORDER BY lists, chosen by a bool",
+    "select": "the constant row expressions of a sink table (streams.sink.avro_intake.SELECTS)",
+    "check": "the constant record checks of a sink table (streams.sink.avro_intake.CHECKS)",
 }
 
 

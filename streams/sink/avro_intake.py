@@ -76,13 +76,13 @@ SELECTS = {
     arrayMap(r -> (r.task, toString(r.kind), r.label, r.start, r.end, r.confidence, r.threshold), record.reasons)""",
 }
 
-#: per table: what a record must hold beyond what Avro says (the pydantic models' constraints)
+#: per table: what a record must hold beyond what Avro says (the framing constant read back; the pydantic models' constraints)
 CHECKS = {
-    "extractions": """isValidUTF8(record.note_id) AND isValidUTF8(record.patient_id) AND isValidUTF8(record.text)
+    "extractions": f"""framing = {FRAMING} AND isValidUTF8(record.note_id) AND isValidUTF8(record.patient_id) AND isValidUTF8(record.text)
     AND arrayAll(r -> arrayAll(l -> l.probability >= 0 AND l.probability <= 1, r.labels)
         AND arrayAll(e -> e.start >= 0 AND e.end >= 0 AND e.confidence >= 0 AND e.confidence <= 1
             AND isValidUTF8(e.text) AND arrayAll(c -> c.score >= 0 AND c.score <= 1, e.codes), r.entities), record.results)""",
-    "review_tasks": "isValidUTF8(record.note_id)",
+    "review_tasks": f"framing = {FRAMING} AND isValidUTF8(record.note_id)",
 }
 
 
@@ -136,13 +136,16 @@ class AvroIntake:
         self.container_header = out.getvalue()
         self._sync = self.container_header[-16:]
 
-    def statement(self, database: str, columns: list[str]) -> str:
-        """The ``INSERT ... SELECT`` with ``{source}`` where the backend puts the table function that reads the container."""
+    def statement(self, db: str, columns: list[str]) -> str:
+        """The ``INSERT ... SELECT`` with ``{source}`` where the backend puts the table function that reads the container
+        (only identifiers and this module's constants are interpolated: ``tests/test_sql_safety.py``)."""
+        table = self.table
         cols = ", ".join(f"`{c}`" for c in columns)
+        select = " ".join(SELECTS[table].split())
+        check = " ".join(CHECKS[table].split())
         return (
-            f"INSERT INTO {database}.{self.table} ({cols}) SELECT {' '.join(SELECTS[self.table].split())} FROM {{source}} "  # noqa: S608
-            f"WHERE throwIf(NOT (framing = {FRAMING} AND {' '.join(CHECKS[self.table].split())}), "
-            "'a record the models refuse, or bytes missing or left over') = 0"
+            f"INSERT INTO {db}.{table} ({cols}) SELECT {select} FROM {{source}} "  # noqa: S608
+            f"WHERE throwIf(NOT ({check}), 'a record the models refuse, or bytes missing or left over') = 0"
         )
 
     def takes(self, value: bytes) -> bool:
