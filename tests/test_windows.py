@@ -50,6 +50,28 @@ def test_batch_windows_equal_the_tokenizers_own_overflow(max_length: int, stride
     assert (windows.ids[np.arange(windows.ids.shape[1])[None, :] >= windows.lengths[:, None]] == tokenizer.pad_token_id).all()
 
 
+def test_ascii_texts_tokenised_without_the_normaliser_equal_the_tokenizers_own() -> None:
+    """Texts of every ASCII character (capitals, control characters) and a few others: the same ids, offsets and word
+    ids as the backend with its BERT normaliser, whether a batch is all plain ASCII (one call) or mixed."""
+    tokenizer = Tokenizer(AutoTokenizer.from_pretrained(resolve_base(DEFAULT_BACKBONE)))
+    assert tokenizer.unnormalised is not None and tokenizer.lowercase
+    rng = random.Random(11)
+    ascii_text = [chr(c) for c in range(128)] + list("ABCDEFGHIJ abcdef  .,") * 6
+    texts = ["", "Chest Pain, SOB.", "HbA1c 7.2%; BP 140/90\r\n\tNo DVT."]
+    printable = [c for c in ascii_text if c.isprintable() or c in "\t\n\r"]
+    for alphabet in [ascii_text, printable] * 30:
+        texts.append("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 400))))
+    texts += ["Crohn's Disease", "Ménière's disease", "Fever 38°C", "x\x0by", "TAB\tNUL\x00END"]
+    plain = [tokenizer.plain(t) for t in texts]
+    assert sum(plain) >= 20 and not all(plain) and not tokenizer.plain("x\x0by") and not tokenizer.plain("Ménière")
+    for batch in (texts, [t for t, p in zip(texts, plain, strict=True) if p]):
+        want = tokenizer.backend.encode_batch(batch, add_special_tokens=False)
+        got = tokenizer.encode(batch)
+        assert [e.ids for e in got] == [e.ids for e in want]
+        assert [e.offsets for e in got] == [e.offsets for e in want]
+        assert [e.word_ids for e in got] == [e.word_ids for e in want]
+
+
 def test_tasks_with_the_same_tokenizer_share_one_pass() -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_base(DEFAULT_BACKBONE))
     one, two = Tokenizer(tokenizer), Tokenizer(AutoTokenizer.from_pretrained(resolve_base(DEFAULT_BACKBONE)))

@@ -4,9 +4,10 @@ else's? A ConText-style rule engine (the lexicon is ``assertion_rules.toml``) ru
 How a batch is read:
 
 1. The texts are joined into one string (separated by blank lines), so every regular expression runs once per batch.
-2. Cues are found with one compiled expression (a trie of every phrase), at every position: the longest phrase at a
-   position wins, and a phrase inside a longer one is dropped ("no change" masks "no", "not ruled out" masks "ruled
-   out"), while overlapping ones both count ("is negative" and "negative for" in "is negative for").
+2. Cues are found with a trie of every phrase (:func:`_tries`, matched in the folded text: see
+   :mod:`agents.clinical.phrase_trie`), at every position: the longest phrase at a position wins, and a phrase inside a
+   longer one is dropped ("no change" masks "no", "not ruled out" masks "ruled out"), while overlapping ones both count
+   ("is negative" and "negative for" in "is negative for").
 3. Sentences end at ``.``, ``!`` or ``?`` before white space, at ``;`` and at line breaks. A cue governs mentions in
    its own sentence, after it (forward), before it (backward) or both, until a terminator, a cue of another category
    (``recent`` phrases end historical scopes only) or its word cap.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.clinical import cues
-from agents.clinical.phrase_trie import phrase_pattern
+from agents.clinical.phrase_trie import fold, phrase_pattern
 from schemas.extraction import Assertion
 
 #: statuses by precedence when cues of several categories govern a mention
@@ -56,17 +57,22 @@ _HISTORICAL_TIMES = [
 ]
 
 
-def _trie(phrases: Sequence[str]) -> str:
-    """One expression for every phrase: a character trie (each position of the text costs one dispatch on its first
-    character, not one attempt per phrase), longer continuations tried before a phrase ends, so the longest phrase at a
-    position wins. Spaces in a phrase match any run of spaces or hyphens; a phrase that starts or ends with a word
-    character must start or end on a word boundary."""
+#: put before the folded text that the patterns scan, so that a phrase at its very start has a character before it
+_LEAD = "\n"
+
+
+def _tries(phrases: Sequence[str]) -> tuple[str, str]:
+    """Two expressions for every phrase, over the folded text after :data:`_LEAD` (see
+    :mod:`agents.clinical.phrase_trie`), each a character trie (each position of the text costs one dispatch on its
+    first character, not one attempt per phrase), longer continuations tried before a phrase ends, so the longest
+    phrase at a position wins; spaces in a phrase match any run of spaces or hyphens. Phrases that start with a word
+    character start where no word character or hyphen precedes: that character is consumed (``re`` scans for it in C
+    and tries the trie at word starts only) and the phrase is group 1, a look-ahead, so overlapping phrases are all
+    found. The others (``?``) are group 1 of a look-ahead at every position."""
     words = [p for p in phrases if re.match(r"\w", p)]
     others = [p for p in phrases if not re.match(r"\w", p)]
-    parts = [r"(?<![\w-])" + phrase_pattern(words, r"[\s-]+")] if words else []
-    if others:
-        parts.append(phrase_pattern(others, r"[\s-]+"))
-    return "(?=(" + "|".join(parts) + "))"
+    space = r"[\s-]+"
+    return rf"[^\w-](?=({phrase_pattern(words, space)}))", rf"(?=({phrase_pattern(others, space)}))"
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ def _rules() -> dict[str, list[_Rule]]:
     table: dict[str, list[_Rule]] = {}
 
     def add(phrase: str, rule: _Rule) -> None:
-        table.setdefault(" ".join(phrase.replace("-", " ").split()), []).append(rule)
+        table.setdefault(fold(" ".join(phrase.replace("-", " ").split())), []).append(rule)
 
     for row in lexicon.cues:
         add(row.phrase, _Rule(_CATEGORY[row.category], row.forward, row.backward, _NO_CAP if row.cap is None else row.cap))
@@ -121,13 +127,14 @@ _TIME_FIRST_WORDS = (
 
 
 def times_pattern() -> str:
-    """Every historical time expression starting where no word or hyphen precedes it and ending at a word's end. Cheap
-    guards come first, so ``re`` rejects most positions at once: a digit or the first letter of a word an expression can
-    start with, then a digit or one of those words (a trie: one dispatch per character), before the expressions
-    themselves are tried one by one."""
+    """Every historical time expression (group 1) starting where no word character or hyphen precedes it and ending at a
+    word's end, over the folded text after :data:`_LEAD`. Cheap guards come first, so ``re`` rejects most positions at
+    once: the character before, consumed (``re`` scans for it in C), then a digit or the first letter of a word an
+    expression can start with, then a digit or one of those words (a trie: one dispatch per character), before the
+    expressions themselves are tried one by one."""
     starts = "".join(sorted({w[0] for w in _TIME_FIRST_WORDS}))
     first = phrase_pattern(sorted(_TIME_FIRST_WORDS), r"\s+")
-    return rf"(?=[0-9{starts}])(?<![\w-])(?=\d|{first})(?:" + "|".join(_HISTORICAL_TIMES) + r")(?!\w)"
+    return rf"[^\w-](?=[0-9{starts}])(?=\d|{first})((?:" + "|".join(_HISTORICAL_TIMES) + r")(?!\w))"
 
 
 #: abbreviations whose period ends no sentence, checked behind the punctuation mark just matched
@@ -147,28 +154,43 @@ class AssertionClassifier:
 
     def __init__(self) -> None:
         self._rules = _rules()
-        self._cues = re.compile(_trie(list(self._rules)), re.IGNORECASE)
-        self._times = re.compile(times_pattern(), re.IGNORECASE)
+        words, others = _tries(list(self._rules))
+        self._cues = re.compile(words)
+        self._other_cues = re.compile(others)
+        self._times = re.compile(times_pattern())
         self._bounds = re.compile(bounds_pattern(), re.IGNORECASE)
+
+    def cue_matches(self, scan: str) -> list[tuple[int, int, str]]:
+        """(start, end, phrase) of every cue phrase at every position of ``scan`` (:data:`_LEAD` and the folded text),
+        as offsets into the text, in order."""
+        found = [(m.start(), m.end(1) - 1, m.group(1)) for m in self._cues.finditer(scan)]
+        found += [(m.start() - 1, m.end(1) - 1, m.group(1)) for m in self._other_cues.finditer(scan)]
+        found.sort()  # the two kinds never start at one position (a word character, or not)
+        return found
+
+    def time_spans(self, scan: str) -> list[tuple[int, int]]:
+        """(start, end) of every historical time expression in ``scan`` (:data:`_LEAD` and the folded text), as
+        offsets into the text."""
+        return [(m.start(1) - 1, m.end(1) - 1) for m in self._times.finditer(scan)]
 
     def _find_cues(self, joined: str) -> tuple[np.ndarray, ...]:
         starts, ends, cats, fwd, bwd, caps = [], [], [], [], [], []
         reach = -1  # the end of the furthest match so far: a match inside it is part of a longer phrase
-        for m in self._cues.finditer(joined):
-            found, stop = m.group(1), m.end(1)
+        scan = _LEAD + fold(joined)
+        for begin, stop, phrase in self.cue_matches(scan):
             if stop <= reach:
                 continue
             reach = stop
-            for rule in self._rules[" ".join(found.lower().replace("-", " ").split())]:
-                starts.append(m.start())
+            for rule in self._rules[" ".join(phrase.replace("-", " ").split())]:
+                starts.append(begin)
                 ends.append(stop)
                 cats.append(rule.category)
                 fwd.append(rule.forward)
                 bwd.append(rule.backward)
                 caps.append(rule.cap)
-        for m in self._times.finditer(joined):
-            starts.append(m.start())
-            ends.append(m.end())
+        for begin, stop in self.time_spans(scan):
+            starts.append(begin)
+            ends.append(stop)
             cats.append(_CATEGORY["historical"])
             fwd.append(True)
             bwd.append(True)

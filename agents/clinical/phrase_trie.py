@@ -4,6 +4,10 @@ Python's ``re`` tries the branches of an alternation one by one at every positio
 a hundred attempts per character. The same phrases written as a character trie (``(?:a(?:bc|x)|b...)``) cost one
 branch per character of the text instead. Continuations are tried before a phrase ends, so the longest phrase at a
 position wins, as in a list sorted longest first.
+
+Case-blind matching costs more: ``re`` skips a branch whose first literal is not the text's character without entering
+it, but only for a case-sensitive literal. So the phrases are matched case-sensitively in lower case, in the text as
+:func:`fold` lowers it (about half the time of ``re.IGNORECASE`` on clinical notes).
 """
 
 from __future__ import annotations
@@ -12,6 +16,16 @@ import re
 from collections.abc import Sequence
 
 Trie = dict[str, "Trie"]
+
+#: what ``re.IGNORECASE`` takes for an ASCII letter and ``str.lower`` does not give as that letter (İ lowers to two
+#: characters; dotless ı and long ſ match i and s case-blind)
+_FOLD = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s"})
+
+
+def fold(text: str) -> str:
+    """``text`` in lower case, character for character (same length, same offsets), such that a case-sensitive pattern
+    of lower-case ASCII finds in it what the same pattern compiled with ``re.IGNORECASE`` finds in ``text``."""
+    return text.lower() if text.isascii() else text.translate(_FOLD).lower()
 
 
 def _build(phrases: Sequence[str]) -> Trie:
@@ -32,6 +46,7 @@ def _emit(node: Trie, last: str, space: str) -> str:
 
 
 def phrase_pattern(phrases: Sequence[str], space: str) -> str:
-    """One expression matching any of ``phrases`` (compile it with ``re.IGNORECASE`` for case-blind matching); a space
-    in a phrase matches ``space``; a phrase that ends with a word character must end on a word boundary."""
+    """One expression matching any of ``phrases`` (lower-case phrases matched in :func:`fold`'s text, for case-blind
+    matching); a space in a phrase matches ``space``; a phrase that ends with a word character must end on a word
+    boundary."""
     return _emit(_build(phrases), "", space) if phrases else "(?!)"

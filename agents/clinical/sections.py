@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.clinical.phrase_trie import phrase_pattern
+from agents.clinical.phrase_trie import fold, phrase_pattern
 
 #: canonical section -> the names it is written as (lower case, spaces between words)
 SECTION_NAMES: dict[str, tuple[str, ...]] = {
@@ -147,11 +147,17 @@ SECTION_ASSERTION: dict[str, str] = {
 _CANONICAL = {name: section for section, names in SECTION_NAMES.items() for name in names}
 _MARKDOWN = re.compile(r"^[ \t]*#{1,6}[ \t]*(?P<name>[^\n#][^\n]*?)[ \t]*#*[ \t]*$", re.MULTILINE)
 _LABEL = re.compile(r"^[ \t]*(?:[-*\u2022][ \t]+)?(?P<name>[A-Za-z][A-Za-z0-9/&()' \t-]{0,48}?)[ \t]*:(?!//)", re.MULTILINE)
-#: a known section name of more than five characters used as a label within a line (a trie: one branch per position)
-_INLINE = re.compile(
-    r"(?=[a-z])(?<![\w/])(?P<name>" + phrase_pattern([n for n in _CANONICAL if len(n) > 5], r"[ \t]+") + r")[ \t]*:(?!//)",
-    re.IGNORECASE,
-)
+#: a known section name of more than five characters used as a label within a line (a trie: one branch per position),
+#: over the folded text after a line break (:func:`inline_labels`): the character before the name is consumed (so
+#: ``re`` scans for it in C and tries the trie at word starts only) and the colon is looked ahead to (so it can be the
+#: character before the next label)
+_INLINE = re.compile(r"[^\w/](?P<name>" + phrase_pattern([n for n in _CANONICAL if len(n) > 5], r"[ \t]+") + r")[ \t]*(?=:(?!//))")
+
+
+def inline_labels(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, name) of every known section name of more than five characters used as a label within a line of
+    ``text``, its colon included; the name in lower case."""
+    return [(m.start("name") - 1, m.end(), m.group("name")) for m in _INLINE.finditer("\n" + fold(text))]
 
 
 def canonical(name: str) -> str | None:
@@ -194,8 +200,8 @@ def find_sections(text: str) -> Sections:
         if section is None and not (len(letters) >= 3 and all(c.isupper() for c in letters)):
             continue
         found.setdefault(m.start("name"), (m.end(), section or "other"))
-    for m in _INLINE.finditer(text):
-        found.setdefault(m.start("name"), (m.end(), canonical(m.group("name")) or "other"))
+    for start, end, name in inline_labels(text):
+        found.setdefault(start, (end, canonical(name) or "other"))
     starts = sorted(found)
     return Sections(
         np.array(starts, dtype=np.int64),

@@ -7,7 +7,9 @@ random texts), but built batch-wise:
 
 1. :func:`tokenize`: one call of the Rust tokenizer over the whole batch, without special tokens, its ids, character
    offsets and word ids taken as flat numpy arrays (:class:`Tokens`). Tasks whose models share a tokenizer share this
-   pass (:class:`TokenCache`), whatever their window sizes.
+   pass (:class:`TokenCache`), whatever their window sizes. A BERT normaliser costs a third of the call, and on ASCII
+   text without control characters it only lower-cases (or does nothing): such texts are lower-cased by Python and
+   tokenised without it (:meth:`Tokenizer.encode`), with the same ids, offsets and word ids.
 2. :func:`windows_of`: window bounds computed with numpy (content windows of ``max_length`` minus the special tokens,
    starting every ``max_length - specials - stride`` tokens, the last one ending at the note's end), then gathered into
    padded ``[windows, max_length]`` matrices with the tokenizer's special tokens around each window.
@@ -18,9 +20,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import re
 from dataclasses import dataclass
 
 import numpy as np
+from tokenizers import Encoding
+from tokenizers.normalizers import BertNormalizer
 from transformers import PreTrainedTokenizerBase
 
 
@@ -65,6 +70,10 @@ class Windows:
         return [int(s) for s in self.samples]
 
 
+#: the ASCII control characters a BERT normaliser's ``clean_text`` removes (tab, line feed and return are white space)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 class Tokenizer:
     """A model's tokenizer as the windowing needs it: the Rust backend without padding or truncation, and the
     special tokens its post-processor puts before and after one sequence."""
@@ -82,10 +91,40 @@ class Tokenizer:
         self.pad_id = int(tokenizer.pad_token_id or 0)
         #: tokenizers with the same fingerprint tokenise identically, so tasks may share one pass
         self.fingerprint = hashlib.sha1(backend.to_str().encode(), usedforsecurity=False).hexdigest()
+        #: the backend without its BERT normaliser, for the texts :meth:`plain` picks (None: no such normaliser)
+        self.unnormalised = None
+        normaliser = backend.normalizer
+        if isinstance(normaliser, BertNormalizer):
+            self.unnormalised = copy.deepcopy(backend)
+            self.unnormalised.normalizer = None
+        self.lowercase = bool(getattr(normaliser, "lowercase", False))
+        self._cleans = bool(getattr(normaliser, "clean_text", False))
+
+    def plain(self, text: str) -> bool:
+        """Whether the BERT normaliser would only lower-case ``text`` (ASCII: no accents, no CJK characters to space
+        out) or leave it as it is (no control characters to remove)."""
+        return self.unnormalised is not None and text.isascii() and not (self._cleans and _CONTROL.search(text))
+
+    def encode(self, texts: list[str]) -> list[Encoding]:
+        """The backend's encodings of ``texts`` without special tokens; :meth:`plain` texts lower-cased here and
+        tokenised without the normaliser (one call for the batch when all are)."""
+        if self.unnormalised is None:
+            return list(self.backend.encode_batch(texts, add_special_tokens=False))
+        joined = "".join(texts)
+        if self.plain(joined):
+            return list(self.unnormalised.encode_batch([t.lower() if self.lowercase else t for t in texts], add_special_tokens=False))
+        fast = [i for i, text in enumerate(texts) if self.plain(text)]
+        slow = sorted(set(range(len(texts))).difference(fast))
+        encoded: dict[int, Encoding] = {}
+        for indices, backend, lower in ((fast, self.unnormalised, self.lowercase), (slow, self.backend, False)):
+            if indices:
+                chosen = [texts[i].lower() if lower else texts[i] for i in indices]
+                encoded.update(zip(indices, backend.encode_batch(chosen, add_special_tokens=False), strict=True))
+        return [encoded[i] for i in range(len(texts))]
 
 
 def tokenize(tokenizer: Tokenizer, texts: list[str]) -> Tokens:
-    encodings = tokenizer.backend.encode_batch(texts, add_special_tokens=False)
+    encodings = tokenizer.encode(texts)
     counts = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
     bounds = np.zeros(len(encodings) + 1, dtype=np.int64)
     np.cumsum(counts, out=bounds[1:])
