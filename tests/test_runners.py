@@ -19,7 +19,7 @@ from agents.learning.training import TrainConfig, evaluate_loaded, train
 from agents.model_dir import MANIFEST, load_model
 from agents.runners import build_runner, precision
 from agents.runners.base import ModelRunner, additive_mask, takes_additive_mask
-from agents.runners.first_position import FirstPositionLayer, use_first_position
+from agents.runners.first_position import FirstPositionLayer, with_first_position
 from agents.runners.ner import word_probabilities
 from schemas.extraction import TaskKind
 from tests.conftest import DATASETS, REPO
@@ -333,11 +333,28 @@ def test_an_int8_classifier_is_exported_with_its_last_layer_at_the_first_positio
         np.testing.assert_allclose(z, x, atol=0.05)
 
 
+def test_the_first_position_layer_leaves_the_loaded_model_as_it_was(tiny_cls_dir: Path) -> None:
+    """The runner's model shares the loaded model's weights, but the loaded model (a training loop's, between epochs)
+    keeps its layers and its state dict's keys, so it still saves and loads as it did."""
+    loaded = load_model(tiny_cls_dir, TaskKind.classification)
+    assert loaded.model is not None
+    keys = list(loaded.model.state_dict())
+    runner = build_runner("t", loaded, device="cpu")
+    assert runner.first_position and isinstance(runner.model.bert.encoder.layer[-1], FirstPositionLayer)
+    assert not any(isinstance(m, FirstPositionLayer) for m in loaded.model.modules())
+    assert list(loaded.model.state_dict()) == keys
+    shared = runner.model.bert.encoder.layer[-1].layer.attention.self.query.weight
+    assert shared is loaded.model.bert.encoder.layer[-1].attention.self.query.weight
+    ids = torch.tensor([[101, 2023, 2003, 102]])
+    with torch.inference_mode():
+        np.testing.assert_allclose(runner.model(input_ids=ids).logits, loaded.model(input_ids=ids).logits, rtol=1e-5, atol=1e-6)
+
+
 def test_only_bert_classifiers_get_the_first_position_layer(tiny_ner_dir: Path) -> None:
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     ner = build_runner("t", load_model(tiny_ner_dir, TaskKind.ner), device="cpu")
     assert not any(isinstance(m, FirstPositionLayer) for m in ner.model.modules())
     other = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64)).eval()
-    assert not use_first_position(other, lambda mask: mask)
+    assert with_first_position(other, lambda mask: mask) is None
     assert not any(isinstance(m, FirstPositionLayer) for m in other.modules())

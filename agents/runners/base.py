@@ -123,7 +123,8 @@ class ModelRunner(ABC):
         self.first_position = first_position and cpu and self._first_position_only()
         self.int8: OnnxInt8Model | None = None
         if int8:
-            self.int8 = OnnxInt8Model(model, per_token=loaded.kind is TaskKind.ner, threads=torch.get_num_threads())
+            assert self.model is not None
+            self.int8 = OnnxInt8Model(self.model, per_token=loaded.kind is TaskKind.ner, threads=torch.get_num_threads())
             # the session holds its own weights: the float32 ones (about 90 MB for a MiniLM task) are let go
             self.model, loaded = None, dataclasses.replace(loaded, model=None)
         self.loaded = loaded
@@ -134,9 +135,9 @@ class ModelRunner(ABC):
         self.forward_cpu_seconds = 0.0
 
     def _first_position_only(self) -> bool:
-        """Make the model compute its last layer for the first position only, where that gives the same results;
-        whether it now does. Only a document classifier's pooler reads nothing else
-        (:class:`~agents.runners.classification.ClassificationRunner`)."""
+        """Make ``self.model`` one that computes its last layer for the first position only, where that gives the same
+        results (a copy sharing the weights: the loaded model keeps its layers); whether it now does. Only a document
+        classifier's pooler reads nothing else (:class:`~agents.runners.classification.ClassificationRunner`)."""
         return False
 
     @property

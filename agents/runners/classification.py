@@ -6,7 +6,7 @@ import numpy as np
 
 from agents.runners.base import ModelRunner, additive_mask
 from agents.runners.columns import TaskColumns
-from agents.runners.first_position import use_first_position
+from agents.runners.first_position import with_first_position
 from agents.runners.windows import Windows
 from schemas.extraction import TaskKind
 
@@ -29,7 +29,11 @@ class ClassificationRunner(ModelRunner):
         """A BERT classifier's last layer for the first position only, the one its pooler reads
         (:mod:`agents.runners.first_position`), checked against the whole model with the runner's own mask."""
         assert self.model is not None
-        return use_first_position(self.model, lambda mask: additive_mask(mask, self.dtype) if self.prebuilt_mask else mask)
+        pruned = with_first_position(self.model, lambda mask: additive_mask(mask, self.dtype) if self.prebuilt_mask else mask)
+        if pruned is None:
+            return False
+        self.model = pruned
+        return True
 
     def columns(self, texts: list[str], windows: Windows, probs: list[np.ndarray]) -> TaskColumns:
         doc = merge_window_probabilities(probs, windows.lengths, windows.samples, len(texts))

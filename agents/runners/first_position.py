@@ -5,11 +5,13 @@ of that layer (its query projection, attention output, feed-forward and layer no
 sixths of a layer, about 14% of a six-layer MiniLM classifier's forward. :class:`FirstPositionLayer` computes the
 layer for the first position alone; keys and values still come from every position, so the first position's state is
 the full layer's (README, "seventh session"). Only transformers' own BERT layers are replaced, and only when a probe
-batch gives the full model's logits (:func:`use_first_position`).
+batch gives the full model's logits (:func:`with_first_position`), in a copy of the model that shares its weights: the
+model the runner was given (a training loop's, say) keeps its own layers and its state dict's keys.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -53,14 +55,32 @@ def _last_layers(model: torch.nn.Module) -> tuple[Any, int] | None:
     return layers, last
 
 
-def use_first_position(model: torch.nn.Module, mask: Any) -> bool:
-    """Replace a BERT classifier's last layer by :class:`FirstPositionLayer` when a padded probe batch gives the full
-    model's logits, with ``mask(2D mask) -> mask`` (how the runner hands the model its padding); put it back otherwise.
-    Returns whether the model now runs it."""
+def _with_last_layer(model: torch.nn.Module, layer: torch.nn.Module) -> torch.nn.Module:
+    """A shallow copy of the BERT classifier ``model`` whose encoder's last layer is ``layer``: the module objects on the
+    path to it (model, ``bert``, ``encoder``, its layer list) are copied, every other module and every weight shared."""
+    out = copy.copy(model)
+    out._modules = dict(model._modules)
+    bert: Any = copy.copy(out._modules["bert"])
+    bert._modules = dict(bert._modules)
+    encoder: Any = copy.copy(bert._modules["encoder"])
+    encoder._modules = dict(encoder._modules)
+    layers = torch.nn.ModuleList(list(encoder._modules["layer"]))
+    layers[len(layers) - 1] = layer
+    encoder._modules["layer"] = layers
+    bert._modules["encoder"] = encoder
+    out._modules["bert"] = bert
+    return out
+
+
+def with_first_position(model: torch.nn.Module, mask: Any) -> torch.nn.Module | None:
+    """``model`` with its last layer as :class:`FirstPositionLayer` (a copy sharing its weights; ``model`` is left as it
+    is) when a padded probe batch gives the full model's logits, with ``mask(2D mask) -> mask`` (how the runner hands
+    the model its padding); else None."""
     found = _last_layers(model)
     if found is None:
-        return False
+        return None
     layers, last = found
+    pruned_model = _with_last_layer(model, FirstPositionLayer(layers[last]))
     config: Any = model.config
     ids = (torch.arange(32).reshape(2, 16) * 7 + 5) % int(config.vocab_size)
     padding = torch.ones(2, 16, dtype=torch.long)
@@ -69,14 +89,11 @@ def use_first_position(model: torch.nn.Module, mask: Any) -> bool:
     ids, padding = ids.to(device), padding.to(device)
     with torch.inference_mode():
         full = model(input_ids=ids, attention_mask=mask(padding)).logits.float()
-        original = layers[last]
-        layers[last] = FirstPositionLayer(original)
         try:
-            pruned = model(input_ids=ids, attention_mask=mask(padding)).logits.float()
+            pruned = pruned_model(input_ids=ids, attention_mask=mask(padding)).logits.float()
         except (RuntimeError, ValueError, TypeError, IndexError, AttributeError):
             pruned = None
     tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
     if pruned is None or pruned.shape != full.shape or not torch.allclose(pruned, full, rtol=tolerance, atol=tolerance):
-        layers[last] = original
-        return False
-    return True
+        return None
+    return pruned_model
