@@ -1,7 +1,8 @@
 """The fast forms of the clinical layer's regular expressions find exactly what their plain forms find, on random
 strings built from the phrases they look for: the sentence bounds with the punctuation first, the historical times with
 cheap guards first, the inline section labels and the assertion cues as tries, these three case-sensitive in the folded
-text with the character before them consumed, and the names tried only where one can start."""
+text with the character before them consumed, the semantic tags found from their parenthesis, and the names tried
+only where one can start."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import random
 import re
 import sys
 
+import numpy as np
+
 from agents.clinical import assertion, layout, sections
 from agents.clinical.phrase_trie import fold
+from agents.clinical.terms import SEMANTIC_TAG
 
 PLAIN_TIMES = re.compile("|".join(rf"(?<![\w-])(?:{t})(?!\w)" for t in assertion._HISTORICAL_TIMES), re.IGNORECASE)
 _NOT_AFTER = r"(?<!\bdr)(?<!\bmr)(?<!\bms)(?<!\bmrs)(?<!\bvs)(?<!\be\.g)(?<!\bi\.e)(?<!\bst)(?<!\bno)"
@@ -29,6 +33,7 @@ WORDS = [
     *("at the age of 12", "a couple of months before", "an year ago", "12 weeks ago", "twenty years", "for", "in", "at the"),
     *("allergies", "Medications", "Dr.", "dr!", "e.g.", "i.e.", "No.", "st.", "vs.", "Mrs.", "?", ";", "é", "中文"),
     *("-", "x", "foo/", "a", ":", " ", "\n", "9"),
+    *("(disorder)", " (Finding)", "\t(regime/therapy)", "(social  concept)", "(foo)", "(", ")", "(PERSON)"),
     *("İn 2019", "ın 2019", "Paſt Medical Hiſtory", "NO EVIDENCE OF", "Is Negative For", "not ruled out", "( )", "Denies"),
     *("Mr.", "Mrs", "John", "Smith", "Corrin41", "is a 45 year old", "[**Name**]", "**NAME[x]", "Patient Name:", "name:", "O'Neil"),
 ]
@@ -69,14 +74,17 @@ def test_fast_patterns_find_what_the_plain_ones_find() -> None:
             want = _found(plain, text)
             assert _found(fast, text) == want, (plain.pattern[:30], text)
             hits += len(want)
+        tags = [m.span() for m in SEMANTIC_TAG.finditer(text)]
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        assert list(zip(*(a.tolist() for a in layout._tags(text, codes)), strict=True)) == tags, text
         times = [m.span() for m in PLAIN_TIMES.finditer(text)]
         assert classifier.time_spans(scan) == times, text
         inline = [(m.start("name"), m.end(), fold(m.group("name"))) for m in PLAIN_INLINE.finditer(text)]
         assert sections.inline_labels(text) == inline, text
         cues = [(m.start(), m.end(1), fold(m.group(1))) for m in plain_cues.finditer(text)]
         assert classifier.cue_matches(scan) == cues, text
-        hits += len(times) + len(inline) + len(cues)
-    assert hits > 20_000  # the strings are built to hit all five
+        hits += len(tags) + len(times) + len(inline) + len(cues)
+    assert hits > 20_000  # the strings are built to hit all six
 
 
 def test_fold_keeps_offsets_and_matches_as_ignorecase_does() -> None:

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agents.clinical.phrase_trie import fold
 from agents.clinical.sections import Sections
-from agents.clinical.terms import SEMANTIC_TAG
+from agents.clinical.terms import SEMANTIC_TAGS
 from agents.runners.spans import SpanArrays
 
 _SEPARATOR = "\n\n"
@@ -82,6 +83,9 @@ _FUNCTION_WORDS = frozenset(
 _BREAK = re.compile("[\n\u2022\u25aa\u25e6\u2023]")
 _PIECE = re.compile("[^\n\u2022\u25aa\u25e6\u2023]+")
 _EDGE = " \t\r\n-*\u2022,;:.[]/"
+#: a semantic tag without the blanks before it (``agents.clinical.terms.SEMANTIC_TAG``), in the folded text: the
+#: parenthesis first, so ``re`` scans for it in C (see :func:`_tags`)
+_TAG = re.compile(r"\((?:" + "|".join(map(re.escape, SEMANTIC_TAGS)) + r")\)")
 
 
 def _intervals(pattern: re.Pattern[str], text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +94,17 @@ def _intervals(pattern: re.Pattern[str], text: str) -> tuple[np.ndarray, np.ndar
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     arr = np.array(pairs, dtype=np.int64)
     return arr[:, 0], arr[:, 1]
+
+
+def _tags(text: str, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where ``agents.clinical.terms.SEMANTIC_TAG`` matches in ``text`` (``codes``: its characters): each tag found in
+    the folded text, its start moved back over the spaces and tabs before it."""
+    start, end = _intervals(_TAG, fold(text))
+    if len(start):
+        at = np.arange(len(codes), dtype=np.int64)
+        after_solid = np.maximum.accumulate(np.where((codes == 32) | (codes == 9), 0, at + 1))  # past the last non-blank
+        start = np.where(start > 0, after_solid[np.maximum(start - 1, 0)], 0)
+    return start, end
 
 
 def _overlaps(start: np.ndarray, end: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -210,7 +225,7 @@ class BatchText:
             np.r_[next_solid, n],
             prev_solid,
             content_pieces,
-            _intervals(SEMANTIC_TAG, joined),
+            _tags(joined, codes),
             np.array([m.start() for m in _BREAK.finditer(joined)], dtype=np.int64),
             _intervals(_NAMES, joined),
         )

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 
-#: a SNOMED CT semantic tag after a term, as terminologies and generated notes print them: "Stress (finding)"
-SEMANTIC_TAG = re.compile(
-    r"[ \t]*\((?:disorder|finding|situation|procedure|morphologic abnormality|event|body structure|qualifier value|"
-    r"observable entity|regime/therapy|clinical drug|substance|product|person|social concept)\)",
-    re.IGNORECASE,
+#: the SNOMED CT semantic tags a term may be followed by, as terminologies and generated notes print them: "Stress (finding)"
+SEMANTIC_TAGS = (
+    *("disorder", "finding", "situation", "procedure", "morphologic abnormality", "event", "body structure"),
+    *("qualifier value", "observable entity", "regime/therapy", "clinical drug", "substance", "product", "person"),
+    "social concept",
 )
+#: a semantic tag after a term, with the blanks before it
+SEMANTIC_TAG = re.compile(r"[ \t]*\((?:" + "|".join(map(re.escape, SEMANTIC_TAGS)) + r")\)", re.IGNORECASE)
 
 
 def without_tag(term: str) -> str:
