@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.clinical import cues
-from agents.clinical.phrase_trie import fold, phrase_pattern
+from agents.clinical.phrase_trie import fold, phrase_pattern, scannable
 from schemas.extraction import Assertion
 
 #: statuses by precedence when cues of several categories govern a mention
@@ -57,18 +57,14 @@ _HISTORICAL_TIMES = [
 ]
 
 
-#: put before the folded text that the patterns scan, so that a phrase at its very start has a character before it
-_LEAD = "\n"
-
-
 def _tries(phrases: Sequence[str]) -> tuple[str, str]:
-    """Two expressions for every phrase, over the folded text after :data:`_LEAD` (see
-    :mod:`agents.clinical.phrase_trie`), each a character trie (each position of the text costs one dispatch on its
-    first character, not one attempt per phrase), longer continuations tried before a phrase ends, so the longest
-    phrase at a position wins; spaces in a phrase match any run of spaces or hyphens. Phrases that start with a word
-    character start where no word character or hyphen precedes: that character is consumed (``re`` scans for it in C
-    and tries the trie at word starts only) and the phrase is group 1, a look-ahead, so overlapping phrases are all
-    found. The others (``?``) are group 1 of a look-ahead at every position."""
+    """Two expressions for every phrase, over :func:`~agents.clinical.phrase_trie.scannable` text, each a character trie
+    (each position of the text costs one dispatch on its first character, not one attempt per phrase), longer
+    continuations tried before a phrase ends, so the longest phrase at a position wins; spaces in a phrase match any run
+    of spaces or hyphens. Phrases that start with a word character start where no word character or hyphen precedes:
+    that character is consumed (``re`` scans for it in C and tries the trie at word starts only) and the phrase is
+    group 1, a look-ahead, so overlapping phrases are all found. The others (``?``) are group 1 of a look-ahead at every
+    position."""
     words = [p for p in phrases if re.match(r"\w", p)]
     others = [p for p in phrases if not re.match(r"\w", p)]
     space = r"[\s-]+"
@@ -128,10 +124,10 @@ _TIME_FIRST_WORDS = (
 
 def times_pattern() -> str:
     """Every historical time expression (group 1) starting where no word character or hyphen precedes it and ending at a
-    word's end, over the folded text after :data:`_LEAD`. Cheap guards come first, so ``re`` rejects most positions at
-    once: the character before, consumed (``re`` scans for it in C), then a digit or the first letter of a word an
-    expression can start with, then a digit or one of those words (a trie: one dispatch per character), before the
-    expressions themselves are tried one by one."""
+    word's end, over :func:`~agents.clinical.phrase_trie.scannable` text. Cheap guards come first, so ``re`` rejects
+    most positions at once: the character before, consumed (``re`` scans for it in C), then a digit or the first letter
+    of a word an expression can start with, then a digit or one of those words (a trie: one dispatch per character),
+    before the expressions themselves are tried one by one."""
     starts = "".join(sorted({w[0] for w in _TIME_FIRST_WORDS}))
     first = phrase_pattern(sorted(_TIME_FIRST_WORDS), r"\s+")
     return rf"[^\w-](?=[0-9{starts}])(?=\d|{first})((?:" + "|".join(_HISTORICAL_TIMES) + r")(?!\w))"
@@ -161,22 +157,22 @@ class AssertionClassifier:
         self._bounds = re.compile(bounds_pattern(), re.IGNORECASE)
 
     def cue_matches(self, scan: str) -> list[tuple[int, int, str]]:
-        """(start, end, phrase) of every cue phrase at every position of ``scan`` (:data:`_LEAD` and the folded text),
-        as offsets into the text, in order."""
+        """(start, end, phrase) of every cue phrase at every position of ``scan``
+        (:func:`~agents.clinical.phrase_trie.scannable` text), as offsets into the text, in order."""
         found = [(m.start(), m.end(1) - 1, m.group(1)) for m in self._cues.finditer(scan)]
         found += [(m.start() - 1, m.end(1) - 1, m.group(1)) for m in self._other_cues.finditer(scan)]
         found.sort()  # the two kinds never start at one position (a word character, or not)
         return found
 
     def time_spans(self, scan: str) -> list[tuple[int, int]]:
-        """(start, end) of every historical time expression in ``scan`` (:data:`_LEAD` and the folded text), as
-        offsets into the text."""
+        """(start, end) of every historical time expression in ``scan`` (:func:`~agents.clinical.phrase_trie.scannable`
+        text), as offsets into the text."""
         return [(m.start(1) - 1, m.end(1) - 1) for m in self._times.finditer(scan)]
 
     def _find_cues(self, joined: str) -> tuple[np.ndarray, ...]:
         starts, ends, cats, fwd, bwd, caps = [], [], [], [], [], []
         reach = -1  # the end of the furthest match so far: a match inside it is part of a longer phrase
-        scan = _LEAD + fold(joined)
+        scan = scannable(joined)
         for begin, stop, phrase in self.cue_matches(scan):
             if stop <= reach:
                 continue

@@ -28,6 +28,13 @@ def fold(text: str) -> str:
     return text.lower() if text.isascii() else text.translate(_FOLD).lower()
 
 
+def scannable(text: str) -> str:
+    """:func:`fold`'s text after a line break, for patterns that consume the character before a phrase instead of
+    looking behind for it (so ``re`` scans for that character in C): a phrase at the text's start has one too. Offsets
+    in it are one more than in ``text``."""
+    return "\n" + fold(text)
+
+
 def _build(phrases: Sequence[str]) -> Trie:
     root: Trie = {}
     for phrase in phrases:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.clinical.phrase_trie import fold, phrase_pattern
+from agents.clinical.phrase_trie import phrase_pattern, scannable
 
 #: canonical section -> the names it is written as (lower case, spaces between words)
 SECTION_NAMES: dict[str, tuple[str, ...]] = {
@@ -148,16 +148,16 @@ _CANONICAL = {name: section for section, names in SECTION_NAMES.items() for name
 _MARKDOWN = re.compile(r"^[ \t]*#{1,6}[ \t]*(?P<name>[^\n#][^\n]*?)[ \t]*#*[ \t]*$", re.MULTILINE)
 _LABEL = re.compile(r"^[ \t]*(?:[-*\u2022][ \t]+)?(?P<name>[A-Za-z][A-Za-z0-9/&()' \t-]{0,48}?)[ \t]*:(?!//)", re.MULTILINE)
 #: a known section name of more than five characters used as a label within a line (a trie: one branch per position),
-#: over the folded text after a line break (:func:`inline_labels`): the character before the name is consumed (so
-#: ``re`` scans for it in C and tries the trie at word starts only) and the colon is looked ahead to (so it can be the
-#: character before the next label)
+#: over :func:`~agents.clinical.phrase_trie.scannable` text (:func:`inline_labels`): the character before the name is
+#: consumed (so ``re`` scans for it in C and tries the trie at word starts only) and the colon is looked ahead to (so it
+#: can be the character before the next label)
 _INLINE = re.compile(r"[^\w/](?P<name>" + phrase_pattern([n for n in _CANONICAL if len(n) > 5], r"[ \t]+") + r")[ \t]*(?=:(?!//))")
 
 
 def inline_labels(text: str) -> list[tuple[int, int, str]]:
     """(start, end, name) of every known section name of more than five characters used as a label within a line of
     ``text``, its colon included; the name in lower case."""
-    return [(m.start("name") - 1, m.end(), m.group("name")) for m in _INLINE.finditer("\n" + fold(text))]
+    return [(m.start("name") - 1, m.end(), m.group("name")) for m in _INLINE.finditer(scannable(text))]
 
 
 def canonical(name: str) -> str | None:

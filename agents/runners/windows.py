@@ -110,15 +110,12 @@ class Tokenizer:
         tokenised without the normaliser (one call for the batch when all are)."""
         if self.unnormalised is None:
             return list(self.backend.encode_batch(texts, add_special_tokens=False))
-        joined = "".join(texts)
-        if self.plain(joined):
-            return list(self.unnormalised.encode_batch([t.lower() if self.lowercase else t for t in texts], add_special_tokens=False))
-        fast = [i for i, text in enumerate(texts) if self.plain(text)]
-        slow = sorted(set(range(len(texts))).difference(fast))
+        plain = [self.plain(text) for text in texts]
         encoded: dict[int, Encoding] = {}
-        for indices, backend, lower in ((fast, self.unnormalised, self.lowercase), (slow, self.backend, False)):
+        for wanted, backend in ((True, self.unnormalised), (False, self.backend)):
+            indices = [i for i, p in enumerate(plain) if p is wanted]
             if indices:
-                chosen = [texts[i].lower() if lower else texts[i] for i in indices]
+                chosen = [texts[i].lower() if wanted and self.lowercase else texts[i] for i in indices]
                 encoded.update(zip(indices, backend.encode_batch(chosen, add_special_tokens=False), strict=True))
         return [encoded[i] for i in range(len(texts))]
 
