@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -162,6 +163,46 @@ def test_sink_writes_rows_then_commits_and_dead_letters_what_it_cannot_read(
     assert sum(o.offset for tp, o in committed.items() if tp.topic == settings.topics.deadletter) == 1  # the letter it stored
     # only partitions a batch read from are committed (each commit is a durable write on the broker)
     assert not [tp for tp in committed if tp.topic == settings.topics.review_decisions]
+
+
+def test_a_busy_sink_writes_at_most_once_per_interval_and_a_quiet_one_at_once(
+    broker: TansuBroker, tiny_settings: Settings, database: ChdbBackend
+) -> None:
+    """``sink_min_write_interval_seconds``: records arriving 0.1 s apart (twice the linger) are written in a few
+    batches, not one each; the first record of a quiet topic is written without waiting out the interval."""
+    bounds = {"sink_flush_seconds": 30.0, "sink_linger_seconds": 0.05, "sink_min_write_interval_seconds": 2.0}
+    settings = tiny_settings.model_copy(update=bounds)
+    ensure_topics(settings, broker.bootstrap)
+    p = producer(settings, broker.bootstrap)
+    codec = PLAIN.of(Extraction)
+    db = database.database
+
+    def stored(n: int) -> Callable[[], bool]:
+        return lambda: int(database.query(f"SELECT count() FROM {db}.extractions").scalar()) >= n
+
+    sink = SinkThread(settings, broker.bootstrap, backend=database)
+    sink.start()
+    try:
+        p.send(settings.topics.extractions, key=b"warm", value=codec.encode(extraction("warm")))
+        p.flush()
+        poll_until(stored(1), 60, "the sink to join and write", interval_s=0.05)
+        time.sleep(2.1)  # quiet for longer than the interval
+        p.send(settings.topics.extractions, key=b"first", value=codec.encode(extraction("first")))
+        p.flush()
+        sent = time.monotonic()
+        poll_until(stored(2), 30, "the first record after a quiet spell", interval_s=0.02)
+        first_stored_s = time.monotonic() - sent
+        for i in range(12):
+            p.send(settings.topics.extractions, key=f"n{i}".encode(), value=codec.encode(extraction(f"n{i}")))
+            p.flush()
+            time.sleep(0.1)
+        poll_until(stored(14), 60, "the busy records", interval_s=0.2)
+    finally:
+        sink.stop()
+    # the quiet topic's record did not wait for the 2 s interval (the broker's fetch wait and the linger only)
+    assert first_stored_s < 1.5
+    # 12 records over about 1.2 s after that write: one write per 2 s interval, so at most two more
+    assert sink.sink.stats.batches <= 4
 
 
 @pytest.mark.slow

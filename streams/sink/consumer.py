@@ -110,23 +110,27 @@ class ClickHouseSink:
         )
         producer = make_producer(self.settings, self.bootstrap)
         log.info("sink consuming %s", ", ".join(self.topics.results()))
+        linger = self.settings.sink_linger_seconds
+        next_write = 0.0  # monotonic time from which the next write may start
         try:
             while not stop.is_set():
                 deadline = time.monotonic() + self.settings.sink_flush_seconds
-                linger_ms = int(self.settings.sink_linger_seconds * 1000)
                 while self._batch.count < self.settings.sink_batch_rows and not stop.is_set():
-                    left_ms = int((deadline - time.monotonic()) * 1000)
-                    if left_ms <= 0:
+                    now = time.monotonic()
+                    if now >= deadline:
                         break
-                    # with rows in hand, wait only the linger for more: a quiet topic is flushed at once
-                    wait_ms = min(left_ms, linger_ms) if self._batch.count else left_ms
-                    polled = consumer.poll(timeout_ms=wait_ms, max_records=self.settings.sink_batch_rows - self._batch.count)
-                    if not polled and self._batch.count:
+                    # with rows in hand, wait the linger for more (a quiet topic is written at once), or until the next
+                    # write may start if that is later (a busy one is written in fewer, larger batches)
+                    wait = min(deadline, max(now + linger, next_write)) - now if self._batch.count else deadline - now
+                    room = self.settings.sink_batch_rows - self._batch.count
+                    polled = consumer.poll(timeout_ms=max(1, int(wait * 1000)), max_records=room)
+                    if not polled and self._batch.count and time.monotonic() >= next_write:
                         break
                     for messages in polled.values():
                         for message in messages:
                             self._add(message)
                 if self._batch.count:
+                    next_write = time.monotonic() + self.settings.sink_min_write_interval_seconds
                     offsets = self._batch.offsets
                     if not self._flush(consumer, producer, stop):
                         return  # stopped while ClickHouse was refusing: nothing committed, records will be replayed
