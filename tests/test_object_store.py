@@ -148,3 +148,16 @@ def test_kept_listings_stay_within_their_bound_dropping_the_least_recently_liste
         assert store._listings._entries <= 100 and len(store._etags) <= 100
     assert [len(store.listing("b", f"p{folder}/")) for folder in range(5)] == [40] * 5  # still complete, from disk
     assert store._listings._entries <= 100
+
+
+def test_a_key_that_would_leave_the_root_is_refused(served: tuple[ObjectStore, str], tmp_path: Path) -> None:
+    store, url = served
+    for bucket, key in [("bucket", "../../outside"), ("..", "outside"), ("bucket", "a/../../../outside")]:
+        with pytest.raises(PermissionError):
+            store.path(bucket, key)
+    assert store.path("bucket", "a/../b") == store.root / "bucket" / "b"  # `..` that stays inside is the key it names
+    # over HTTP: 403, and nothing written outside the root
+    assert _put(url + "/%2E%2E/%2E%2E/outside", b"x") == 403
+    assert not (tmp_path.parent / "outside").exists()
+    assert _put(url + "/inside", b"x") == 200
+    assert (store.root / "bucket" / "inside").read_bytes() == b"x"

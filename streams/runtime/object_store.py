@@ -14,6 +14,7 @@ Run as ``python -m streams.runtime.object_store ROOT PORT``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -21,10 +22,12 @@ import sys
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from streams.runtime.object_listing import DirectoryListings, Listed, list_bucket_result
@@ -42,6 +45,8 @@ class ObjectStore:
     def __init__(self, root: Path, max_cached_etags: int = 50_000) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root_text = str(self.root)
+        self._inside_root = os.path.join(self._root_text, "")
         self._locks = [threading.Lock() for _ in range(self.LOCK_STRIPES)]
         #: ETags (MD5 of the content, as S3's) by file and the inode they were computed for (a write renames a new
         #: file into place, so a new inode), the most recently used ones kept (a miss re-reads the file)
@@ -51,10 +56,13 @@ class ObjectStore:
         self._listings = DirectoryListings(max_cached_etags)
 
     def path(self, bucket: str, key: str) -> Path:
-        path = (self.root / bucket / key).resolve()
-        if self.root not in path.parents:
+        """The object's file. Only this store creates files and folders under its root (no links), so resolving
+        ``..`` in the text is enough to keep a key inside it; ``Path.resolve`` and walking ``parents`` took about
+        0.15 ms of the store's 0.4 ms of CPU per GET."""
+        path = os.path.normpath(os.path.join(self._root_text, bucket, key))
+        if not path.startswith(self._inside_root) or path == self._root_text:
             raise PermissionError(key)
-        return path
+        return Path(path)
 
     def key_lock(self, bucket: str, key: str) -> threading.Lock:
         """The lock that serialises the compare-and-sets and deletes of a key."""
@@ -189,6 +197,19 @@ class ObjectStore:
         return out
 
 
+def _refusing_keys_outside(method: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A request whose key would leave the store's root is answered 403 (S3's AccessDenied)."""
+
+    @functools.wraps(method)
+    def run(handler: Any) -> None:
+        try:
+            method(handler)
+        except PermissionError:
+            handler._error(403, "AccessDenied")
+
+    return run
+
+
 def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -223,6 +244,7 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
                 "Content-Type": "application/octet-stream",
             }
 
+        @_refusing_keys_outside
         def do_GET(self) -> None:
             bucket, key, query = self._target()
             if not key:
@@ -240,6 +262,7 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
         def do_HEAD(self) -> None:
             self.do_GET()
 
+        @_refusing_keys_outside
         def do_PUT(self) -> None:
             bucket, key, _ = self._target()
             if not key:
@@ -255,6 +278,7 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
                 etag = store.write(bucket, key, data)
             self._reply(200, headers={"ETag": etag})
 
+        @_refusing_keys_outside
         def do_DELETE(self) -> None:
             bucket, key, _ = self._target()
             with store.key_lock(bucket, key):
