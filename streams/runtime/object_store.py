@@ -57,8 +57,8 @@ class ObjectStore:
 
     def path(self, bucket: str, key: str) -> Path:
         """The object's file. Only this store creates files and folders under its root (no links), so resolving
-        ``..`` in the text is enough to keep a key inside it; ``Path.resolve`` and walking ``parents`` took about
-        0.15 ms of the store's 0.4 ms of CPU per GET."""
+        ``..`` in the text is enough to keep a key inside it (``Path.resolve`` and a walk of the parents were about
+        half of the server's CPU per GET: 0.52 -> 0.26 ms, README "twelfth session")."""
         path = os.path.normpath(os.path.join(self._root_text, bucket, key))
         if not path.startswith(self._inside_root) or path == self._root_text:
             raise PermissionError(key)
