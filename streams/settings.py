@@ -202,14 +202,11 @@ class Settings(BaseSettings):
     sink_flush_seconds: float = Field(default=1.0, gt=0)
     #: write as soon as no new record arrived for this long (low load: low latency; high load: full batches)
     sink_linger_seconds: float = Field(default=0.05, ge=0)
-    #: writes start at least this far apart (``sink_flush_seconds`` still bounds a row's wait): a busy sink writes
-    #: fewer, larger batches, a quiet one still writes after the linger. ClickHouse pays a fixed cost per insert
-    #: (chdb: about 45 ms of CPU for the two Avro statements of a batch on the 2-vCPU EPYC, whatever its size) and
-    #: asks for about one insert per second per table, since every insert is a part to merge later
+    #: writes start at least this far apart (a row still waits at most ``sink_flush_seconds``): ClickHouse pays a
+    #: fixed cost per insert (chdb: ~45 ms of CPU per batch on the 2-vCPU EPYC) and asks for ~1 insert/s per table
     sink_min_write_interval_seconds: float = Field(default=0.5, ge=0)
-    #: a table's records in one batch are handed to chdb as Avro (``streams.sink.avro_intake``) from this many bytes on;
-    #: below it they are read in Python: ClickHouse plans that statement in about 35 ms of CPU (2-vCPU EPYC), which
-    #: reading 20-90 KB of records in Python costs too
+    #: a table's records in one batch go to chdb as Avro (``streams.sink.avro_intake``) from this many bytes on; below,
+    #: Python reads them: ClickHouse plans that statement in ~35 ms of CPU (2-vCPU EPYC), as reading 20-90 KB in Python
     sink_avro_min_bytes: int = Field(default=65536, ge=0)
     #: how long the sink retries one batch before it stops consuming and reports back-pressure
     sink_retry_max_seconds: float = Field(default=300.0, gt=0)
