@@ -1,6 +1,7 @@
 """The extraction agent: notes topic in micro-batches, Extractions/ReviewTasks/DeadLetters out.
 
-Batches are bounded by ``batch_max_notes`` and ``batch_max_seconds``. The whole CPU/GPU
+Batches are bounded by ``batch_max_notes`` and ``batch_max_seconds`` and close early when the
+notes stop coming for ``batch_linger_seconds`` (:mod:`agents.batching`). The whole CPU/GPU
 part of a batch (decode, tokenise, infer, encode) runs in a worker thread so Faust's
 heartbeats and commits never stall. Every output is delivered (acknowledged by the
 broker) before the batch's offsets are acknowledged, so a crash replays the batch
@@ -21,6 +22,7 @@ from typing import Any, cast
 import faust
 from faust.streams import Stream
 
+from agents.batching import take_batches
 from agents.config import TopicSettings
 from agents.pipeline import ExtractionPipeline
 from agents.types import BatchResult, InRecord
@@ -42,6 +44,7 @@ class AgentConfig:
     topic_partitions: int
     batch_max_notes: int
     batch_max_seconds: float
+    batch_linger_seconds: float
 
 
 def register_extraction_agent(
@@ -57,7 +60,7 @@ def register_extraction_agent(
     @app.agent(notes, name="extract")
     async def extract(stream: faust.StreamT[bytes]) -> None:
         loop = asyncio.get_running_loop()
-        batches = cast(Stream[bytes], stream).take_events(config.batch_max_notes, within=config.batch_max_seconds)
+        batches = take_batches(cast(Stream[bytes], stream), config.batch_max_notes, config.batch_max_seconds, config.batch_linger_seconds)
         async for events in batches:
             records = [
                 InRecord(ev.message.value or b"", ev.message.key, ev.message.topic, ev.message.partition, ev.message.offset)

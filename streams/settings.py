@@ -169,11 +169,11 @@ class Settings(BaseSettings):
     #: the ICD-10-CM search index of tasks with ``coding = "icd10cm"`` (``ehrstream codes build`` writes it)
     icd10cm_index: Path = DEFAULT_MODELS / "icd10cm"
 
-    #: micro-batch bounds of the extraction agent. Faust's ``take_events`` waits the whole ``batch_max_seconds`` after
-    #: each batch unless ``batch_max_notes`` arrive first, so the time bound is paid on every batch below full: 0.1 s
-    #: (0.2 until 2026-12-03) took the tiny-model bench's p99 at half the rate from 1.02-1.05 s to 0.87-0.89 s (README)
+    #: a micro-batch of the extraction agent closes when it holds ``batch_max_notes``, when no note came for
+    #: ``batch_linger_seconds`` (what was queued is in) or when its first note has waited ``batch_max_seconds``
     batch_max_notes: int = Field(default=64, ge=1)
     batch_max_seconds: float = Field(default=0.1, gt=0)
+    batch_linger_seconds: float = Field(default=0.01, gt=0)
     #: a forward batch holds at most this many windows, and at most ``inference_batch_tokens`` padded tokens (unset:
     #: 2048 on a CPU, no token bound on a GPU; 0: no token bound), cut from the batch's windows sorted by length
     inference_batch_size: int = Field(default=32, ge=1)

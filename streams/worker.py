@@ -139,7 +139,9 @@ def create_app(settings: Settings, bootstrap: str, codecs: Codecs, runners: Sequ
         **faust_broker_settings(settings, bootstrap),
     )
     pipeline, serving = build_pipeline(settings, codecs, runners)
-    config = AgentConfig(settings.topics, settings.topic_partitions, settings.batch_max_notes, settings.batch_max_seconds)
+    config = AgentConfig(
+        settings.topics, settings.topic_partitions, settings.batch_max_notes, settings.batch_max_seconds, settings.batch_linger_seconds
+    )
     register_extraction_agent(app, config, pipeline, on_batch=record_batch)
     register_undecodable_reports(app, settings, codecs)
     if runners is None:  # models built from the settings: follow the registry's promotions without a restart
