@@ -16,7 +16,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from streams.runtime.object_store import ObjectStore, _handler
+from streams.runtime.object_store import ObjectStore, StoredObject, _handler
 
 
 def _md5(data: bytes) -> str:
@@ -122,7 +122,8 @@ def test_an_etag_is_recomputed_when_the_file_is_replaced_behind_the_cache(tmp_pa
     replacement.write_bytes(b"second")
     os.replace(replacement, tmp_path / "b" / "k" / "1")  # a new inode, as every write of the store makes
     assert store.current_etag("b", "k/1") == _md5(b"second")
-    assert store.read("b", "k/1") == (b"second", _md5(b"second"))
+    # the bytes, the ETag and the date of the same version
+    assert store.read("b", "k/1") == StoredObject(b"second", _md5(b"second"), (tmp_path / "b" / "k" / "1").stat().st_mtime)
     assert [e[3] for e in store.listing("b", "k/")] == [_md5(b"second")]
 
 
@@ -132,7 +133,8 @@ def test_the_object_stores_etag_cache_is_bounded_and_a_miss_recomputes_the_same_
     assert len(store._etags) == 2
     for key, etag in written.items():
         assert etag == _md5(f"object {key[2:]}".encode())
-        assert store.current_etag("b", key) == etag and store.read("b", key) == (f"object {key[2:]}".encode(), etag)
+        assert store.current_etag("b", key) == etag
+        assert store.read("b", key) == StoredObject(f"object {key[2:]}".encode(), etag, store.path("b", key).stat().st_mtime)
     assert len(store._etags) == 2
     assert sorted(e[3] for e in store.listing("b", "k/")) == sorted(written.values()) and len(store._etags) == 2
     assert store.current_etag("b", "k/missing") is None and store.read("b", "k/missing") is None

@@ -27,12 +27,20 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from streams.runtime.object_listing import DirectoryListings, Listed, list_bucket_result
 
 log = logging.getLogger(__name__)
+
+
+class StoredObject(NamedTuple):
+    """One version of an object: its bytes (empty unless asked for), ETag and modification time (epoch seconds)."""
+
+    data: bytes
+    etag: str
+    modified: float
 
 
 class ObjectStore:
@@ -85,26 +93,26 @@ class ObjectStore:
                 self._etags.popitem(last=False)
         return etag
 
-    def _version(self, name: str, with_data: bool) -> tuple[bytes, str] | None:
-        """The bytes (empty unless ``with_data``) and the ETag of one version of a file, even if a write replaces it
-        meanwhile (the inode and the bytes come from one open file); the file is read only when needed. None: no file."""
+    def _version(self, name: str, with_data: bool) -> StoredObject | None:
+        """One version of a file, even if a write replaces it meanwhile (the inode, the date and the bytes come from one
+        open file); the file is read only when needed. None: no file."""
         try:
             with open(name, "rb") as fh:
-                inode = os.fstat(fh.fileno()).st_ino
-                cached = self._cached(name, inode)
+                stat = os.fstat(fh.fileno())
+                cached = self._cached(name, stat.st_ino)
                 data = fh.read() if with_data or cached is None else b""
         except (FileNotFoundError, IsADirectoryError):
             return None
-        return data, cached or self._remember(name, inode, data)
+        return StoredObject(data if with_data else b"", cached or self._remember(name, stat.st_ino, data), stat.st_mtime)
 
     def etag(self, path: Path | str) -> str | None:
         """A file's ETag: the MD5 of its content, cached by inode, so memory stays bounded however many objects the
         broker keeps and a cached ETag never outlives the version it was computed for. None when there is no file."""
         found = self._version(str(path), with_data=False)
-        return found[1] if found is not None else None
+        return found.etag if found is not None else None
 
-    def read(self, bucket: str, key: str) -> tuple[bytes, str] | None:
-        """The object's bytes and ETag, or None."""
+    def read(self, bucket: str, key: str) -> StoredObject | None:
+        """The object's bytes, ETag and date, all of one version, or None."""
         return self._version(str(self.path(bucket, key)), with_data=True)
 
     def current_etag(self, bucket: str, key: str) -> str | None:
@@ -236,11 +244,10 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
             body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{code}</Message></Error>'.encode()
             self._reply(status, body, {"Content-Type": "application/xml"}, head=self.command == "HEAD")
 
-        def _object_headers(self, etag: str, path: Path) -> dict[str, str]:
-            modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        def _object_headers(self, found: StoredObject) -> dict[str, str]:
             return {
-                "ETag": etag,
-                "Last-Modified": format_datetime(modified, usegmt=True),
+                "ETag": found.etag,
+                "Last-Modified": format_datetime(datetime.fromtimestamp(found.modified, UTC), usegmt=True),
                 "Content-Type": "application/octet-stream",
             }
 
@@ -252,12 +259,11 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
             found = store.read(bucket, key)
             if found is None:
                 return self._error(404, "NoSuchKey")
-            data, etag = found
-            if self.headers.get("If-Match") not in (None, etag, "*"):
+            if self.headers.get("If-Match") not in (None, found.etag, "*"):
                 return self._error(412, "PreconditionFailed")
-            if self.headers.get("If-None-Match") in (etag, "*"):
-                return self._reply(304, headers={"ETag": etag})
-            self._reply(200, data, self._object_headers(etag, store.path(bucket, key)), head=self.command == "HEAD")
+            if self.headers.get("If-None-Match") in (found.etag, "*"):
+                return self._reply(304, headers={"ETag": found.etag})
+            self._reply(200, found.data, self._object_headers(found), head=self.command == "HEAD")
 
         def do_HEAD(self) -> None:
             self.do_GET()
