@@ -38,7 +38,6 @@ async def _take_batches(stream: Stream[Any], max_events: int, within: float, lin
     events: list[EventT[Any]] = []
     first_at = 0.0
     arrived = Event()  # an event went into the buffer
-    full = Event()
     consumed = Event()
     consuming: asyncio.Future[None] | None = None  # set while the consumer holds a batch: the buffer does not grow
 
@@ -57,7 +56,6 @@ async def _take_batches(stream: Stream[Any], max_events: int, within: float, lin
         events.append(event)
         arrived.set()
         if len(events) >= max_events:
-            full.set()
             consumed.clear()
             await stream.wait(consumed)  # strict: never more than max_events in a batch
         return value
@@ -71,7 +69,7 @@ async def _take_batches(stream: Stream[Any], max_events: int, within: float, lin
             if not events:
                 arrived.clear()
                 await stream.wait_for_stopped(arrived)
-            while events and not full.is_set():
+            while 0 < len(events) < max_events:
                 left = first_at + within - loop.time()
                 if left <= 0:
                     break
@@ -91,7 +89,6 @@ async def _take_batches(stream: Stream[Any], max_events: int, within: float, lin
                     await stream.ack(event)
                 if not consuming.done():
                     consuming.set_result(None)
-                full.clear()
                 consumed.set()
     finally:
         stream.enable_acks = enable_acks

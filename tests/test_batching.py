@@ -7,30 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from schemas.clinical_note import ClinicalNote
-from schemas.codec import Codecs
-from streams.kafka.clients import ensure_topics, producer
+from streams.kafka.clients import ensure_topics
 from streams.runtime.broker import TansuBroker
 from streams.runtime.processes import free_port
 from streams.runtime.workers import WorkerProcess
 from streams.settings import Settings
 from tests.test_metrics import Samples, scrape, total
-
-PLAIN = Codecs()
+from tests.test_reliability import _publish_notes
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-
-def _publish(settings: Settings, bootstrap: str, ids: range) -> None:
-    p = producer(settings, bootstrap)
-    codec = PLAIN.of(ClinicalNote)
-    for i in ids:
-        note = ClinicalNote(
-            note_id=f"b{i}", patient_id="p", note_type="t", created_at="2026-11-01T00:00:00Z", text=f"Has asthma {i}.", source="b"
-        )
-        p.send(settings.topics.notes, key=note.note_id.encode(), value=codec.encode(note))
-    p.flush()
-    p.close()
 
 
 def _notes_out(port: int, n: int, worker: WorkerProcess, log: Path, timeout_s: float) -> Samples:
@@ -59,11 +44,11 @@ def test_a_batch_below_the_maximum_closes_when_the_notes_stop_not_after_the_time
     worker = WorkerProcess(settings, broker.bootstrap, log, metrics_port=port)
     worker.start()
     try:
-        _publish(settings, broker.bootstrap, range(1))
+        _publish_notes(settings, broker.bootstrap, 1, "first")
         before = _notes_out(port, 1, worker, log, timeout_s=90)  # the worker has joined and consumes
         assert total(before, "ehrstream_worker_batch_notes_count") == 1
 
-        _publish(settings, broker.bootstrap, range(1, 11))
+        _publish_notes(settings, broker.bootstrap, 10, "then")
         after = _notes_out(port, 11, worker, log, timeout_s=30)  # the last batch of 2 or 3: closed by the linger
     finally:
         worker.stop()
