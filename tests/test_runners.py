@@ -18,7 +18,7 @@ from agents.learning.datasets import ClassificationExample, NerExample, read_exa
 from agents.learning.training import TrainConfig, evaluate_loaded, train
 from agents.model_dir import MANIFEST, load_model
 from agents.runners import build_runner, precision
-from agents.runners.base import ModelRunner, additive_mask, takes_additive_mask
+from agents.runners.base import ModelRunner, additive_mask, attention_kernels, takes_additive_mask
 from agents.runners.first_position import FirstPositionLayer, with_first_position
 from agents.runners.ner import word_probabilities
 from schemas.extraction import TaskKind
@@ -358,3 +358,28 @@ def test_only_bert_classifiers_get_the_first_position_layer(tiny_ner_dir: Path) 
     other = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64)).eval()
     assert with_first_position(other, lambda mask: mask) is None
     assert not any(isinstance(m, FirstPositionLayer) for m in other.modules())
+
+
+def test_a_gpu_forward_never_asks_cudnn_for_attention_and_a_cpu_one_keeps_torch_s_choice(
+    tiny_cls_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cuda = torch.backends.cuda
+    flags = (cuda.cudnn_sdp_enabled, cuda.flash_sdp_enabled, cuda.mem_efficient_sdp_enabled, cuda.math_sdp_enabled)
+    before = [f() for f in flags]
+    with attention_kernels(torch.device("cuda")):
+        assert [f() for f in flags] == [False, True, True, True]
+    assert [f() for f in flags] == before
+    with attention_kernels(torch.device("cpu")):
+        assert [f() for f in flags] == before
+    # every forward batch of a runner runs inside its device's kernel choice
+    entered: list[torch.device] = []
+    real = attention_kernels
+
+    def recording(device: torch.device):  # type: ignore[no-untyped-def]
+        entered.append(device)
+        return real(device)
+
+    monkeypatch.setattr("agents.runners.base.attention_kernels", recording)
+    runner = build_runner("condition", load_model(tiny_cls_dir, TaskKind.classification), device="cpu")
+    assert len(runner(["Chest pain on exertion.", "Cough for two weeks."])) == 2
+    assert entered == [torch.device("cpu")]

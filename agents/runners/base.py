@@ -9,6 +9,7 @@ to float32 before numpy).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from abc import ABC, abstractmethod
@@ -69,6 +70,18 @@ def takes_additive_mask(model: torch.nn.Module, device: torch.device, dtype: tor
         plain, prebuilt = plain[mask.bool()], prebuilt[mask.bool()]
     tolerance = 1e-4 if dtype == torch.float32 else 3e-2
     return bool(torch.allclose(plain, prebuilt, rtol=tolerance, atol=tolerance))
+
+
+def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """The attention kernels a forward on ``device`` may use. On CUDA every one of torch's but cuDNN's: torch may pick
+    cuDNN's for a bf16 forward with a padding mask on Hopper, and cuDNN builds an execution plan, on the host, for
+    every (batch, padded length) it has not seen, while length-sorted batches of notes bring new lengths all the time
+    (README, "GPU, 2026-12-04"). Elsewhere torch's own choice."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def pick_device(device: str) -> torch.device:
@@ -188,7 +201,7 @@ class ModelRunner(ABC):
         out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(windows)
         batches = batch_bounds(lengths[order], self.batch_size, self.batch_tokens)
         bar = tqdm(batches, desc=f"{self.task}: inference", unit="batch", disable=None if progress else True, leave=False)
-        with torch.inference_mode():
+        with torch.inference_mode(), attention_kernels(self.device):
             for first, end in bar:
                 idx = order[first:end]
                 width = int(lengths[idx].max())
