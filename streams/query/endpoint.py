@@ -19,7 +19,7 @@ from typing import Any
 from urllib import request
 
 from streams.errors import QueryRefusedError, SinkError
-from streams.runtime.runfiles import live_run_file
+from streams.runtime.runfiles import live_run_file, write_run_file
 from streams.sink.backend import READONLY_CODE, ClickHouseBackend, QueryResult
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,7 @@ class QueryServer:
 
     def start(self) -> None:
         self._thread.start()
-        self.endpoint_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.endpoint_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"port": self.port, "pid": os.getpid(), "token": self.token}, fh)
+        write_run_file(self.endpoint_file, {"port": self.port, "pid": os.getpid(), "token": self.token})
 
     def stop(self) -> None:
         self.endpoint_file.unlink(missing_ok=True)

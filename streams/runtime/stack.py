@@ -6,7 +6,6 @@ Writes ``<data_dir>/stack.json`` (broker address, pid) so ``publish``, ``topics`
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from streams.kafka.clients import ensure_topics
 from streams.kafka.lag import monitor_lag
 from streams.metrics import serve
 from streams.runtime.broker import EMBEDDED_TIMEOUTS, TansuBroker
-from streams.runtime.runfiles import live_run_file
+from streams.runtime.runfiles import live_run_file, write_run_file
 from streams.runtime.sink_thread import SinkThread
 from streams.runtime.workers import WorkerPool, worker_plan
 from streams.settings import ReviewerAccount, Settings
@@ -67,7 +66,7 @@ def run_stack(settings: Settings, echo: Callable[[str], None]) -> None:
         workers.start()
         review = _start_review(settings, sink, broker.bootstrap, echo)
         stack_file = settings.data_dir / STACK_FILE
-        stack_file.write_text(json.dumps({"bootstrap": broker.bootstrap, "pid": os.getpid()}))
+        write_run_file(stack_file, {"bootstrap": broker.bootstrap, "pid": os.getpid()})
         echo(f"embedded stack up: Kafka {broker.bootstrap}, ClickHouse (chdb) {settings.data_dir / 'chdb'}")
         echo(f"publish with: ehrstream --data-dir {settings.data_dir} publish FILE   (Ctrl-C stops)")
 
