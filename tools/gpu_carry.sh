@@ -64,10 +64,10 @@ cd "$repo"
 grep -qx '/.c[123]/' .git/info/exclude 2>/dev/null || printf '/.c1/\n/.c2/\n/.c3/\n' >> .git/info/exclude
 rm -rf .c1 .c2 .c3 && mkdir .c1 .c2 .c3
 cp "$work/s.tar" .c1/
-cut() { dd if="$work/chdb.so.zst" of="$1" bs=1M iflag=skip_bytes,count_bytes skip="$2" ${3:+count="$3"} status=none; }
-cut .c1/ca 0 "$first"
-cut .c2/cb "$first" "$piece"
-cut .c3/cc $((first + piece))
+slice() { dd if="$work/chdb.so.zst" of="$1" bs=1M iflag=skip_bytes,count_bytes skip="$2" ${3:+count="$3"} status=none; }
+slice .c1/ca 0 "$first"
+slice .c2/cb "$first" "$piece"
+slice .c3/cc $((first + piece))
 cat .c1/ca .c2/cb .c3/cc | cmp - "$work/chdb.so.zst"
 du -sh .c1 .c2 .c3
 cat <<'CALLS'
