@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from agents.config import DEFAULT_MODELS, TaskSettings, TopicSettings, default_tasks
 from streams.errors import ConfigError
+from streams.runtime.runfiles import write_private_file
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "password", "secret", "default", "clickhouse"}
 
@@ -389,12 +390,7 @@ def _without_none(value: Any) -> Any:
 
 def write_child_config(settings: Settings, path: Path, bootstrap: str | None = None) -> Path:
     """:meth:`Settings.child_config` as a TOML file (mode 0600) for a child process's ``--config``."""
-    import os
-
     import tomli_w
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(tomli_w.dumps(settings.child_config(bootstrap)))
+    write_private_file(path, tomli_w.dumps(settings.child_config(bootstrap)))
     return path

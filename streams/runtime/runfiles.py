@@ -8,15 +8,25 @@ from pathlib import Path
 from typing import Any
 
 
-def write_run_file(path: Path, info: dict[str, Any]) -> None:
-    """Write ``info`` to ``path`` (mode 0600) whole or not at all: a reader polling for the file (``ehrstream up`` read by
-    the CLI, a test, a restarted stack over a killed one's leftover file) never sees it empty or half written."""
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (mode 0600) whole or not at all: it is staged beside the file and renamed over it, so a
+    reader polling for the file (``ehrstream up`` read by the CLI, a test, a restarted stack over a killed one's leftover
+    file, a child process reading its config) never sees it empty or half written, and a failed write leaves nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(info, fh)
-    os.replace(staged, path)
+    try:
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(staged, path)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+
+
+def write_run_file(path: Path, info: dict[str, Any]) -> None:
+    """``info`` as JSON through :func:`write_private_file`."""
+    write_private_file(path, json.dumps(info))
 
 
 def live_run_file(path: Path) -> dict[str, Any] | None:
