@@ -159,6 +159,20 @@ def test_the_bounded_search_equals_scoring_every_entry(coder: Icd10Coder, k: int
     assert any(settled) if k > 2 else not any(settled)  # each path taken (two candidates never hold three codes)
 
 
+#: more than two of the coder's chunks of 64, with mentions needing their embedding in each: the queries of one encoder
+#: call for the whole batch must go back to their own chunk's mentions
+PREFIXED = ("", "history of ", "chronic ", "acute ", "left ", "suspected ", "mild ", "severe ")
+MANY_KEYS = [f"{prefix}{key}" for prefix in PREFIXED for key in KEYS]
+
+
+def test_a_batch_of_many_chunks_is_scored_as_each_key_alone_would_be(coder: Icd10Coder) -> None:
+    assert len(MANY_KEYS) > 2 * 64
+    got = coder._search(MANY_KEYS)
+    for key, found, want in zip(MANY_KEYS, got, brute_force(coder, MANY_KEYS), strict=True):
+        assert [c["code"] for c in found] == [c for c, _ in want], key
+        assert [c["score"] for c in found] == pytest.approx([min(max(s, 0.0), 1.0) for _, s in want], abs=2e-4), key
+
+
 def test_the_best_codes_of_a_ranking_with_ties_equal_a_full_sort() -> None:
     rng = np.random.default_rng(7)
     for _ in range(200):

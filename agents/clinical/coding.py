@@ -277,14 +277,23 @@ class Icd10Coder:
         (:mod:`agents.clinical.code_search`)."""
         import torch
 
-        results: list[list[dict[str, Any]]] = []
+        chunks = []
         for lo in range(0, len(keys), 64):
             chunk = keys[lo : lo + 64]
             wording = _tfidf([_words(k) for k in chunk], self.vocabulary, self.idf).dot(self.lexical.T).tocsr()
             # a mention whose words are an entry's words needs no embedding (the encoder is most of the coder's cost):
             # its meaning score is taken to be its wording score
             unsure = np.nonzero(wording.max(axis=1).toarray().ravel() < LEXICAL_SURE)[0]
-            queries = self.encoder.encode([chunk[i] for i in unsure.tolist()]) if len(unsure) else None
+            chunks.append((chunk, wording, unsure))
+        # one encoder call for the whole batch: its length-sorted batches then pad each mention to a mention of about its
+        # length, not to the longest of its (alphabetical) chunk
+        wanted = [chunk[i] for chunk, _, unsure in chunks for i in unsure.tolist()]
+        every_query = self.encoder.encode(wanted) if wanted else None
+        results: list[list[dict[str, Any]]] = []
+        taken = 0
+        for chunk, wording, unsure in chunks:
+            queries = every_query[taken : taken + len(unsure)] if every_query is not None and len(unsure) else None
+            taken += len(unsure)
             per_value = self._penalties(chunk)
             found: list[list[tuple[str, float]] | None] = [None] * len(chunk)
             if queries is not None:
