@@ -220,7 +220,7 @@ class Settings(BaseSettings):
     metrics_lag_seconds: float = Field(default=10.0, gt=0)
     #: torch intra-op threads per worker process; 0 = torch's default (all cores), or cores / workers in the embedded stack
     torch_threads: int = Field(default=0, ge=0)
-    #: worker processes of the embedded stack (demo, up, bench); 0 = one per CPU core (at most 4) on CPU, 1 on CUDA
+    #: worker processes of the embedded stack (demo, up, bench); 0 = one per CPU core, at most 4 (on CUDA too)
     embedded_workers: int = Field(default=0, ge=0)
 
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"

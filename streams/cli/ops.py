@@ -62,7 +62,7 @@ def demo(obj: CliContext, notes: int, datasets: Path, input_path: Path | None, f
     type=int,
     default=0,
     show_default=True,
-    help="Worker processes; 0 = the embedded stack's plan (one per core on CPU, 1 on CUDA).",
+    help="Worker processes; 0 = the embedded stack's plan (one per core, at most 4, on CPU and CUDA alike).",
 )
 @option(
     "--partitions", envvar="EHRSTREAM_BENCH_PARTITIONS", type=int, default=None, help="Notes-topic partitions [default: max(4, workers)]."

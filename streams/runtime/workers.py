@@ -79,14 +79,14 @@ def worker_plan(settings: Settings) -> tuple[int, int]:
     cores. Measured on 2 cores (``ehrstream bench``, 2026-11-25): with the tiny models, 2 workers x 2 threads gave
     101.8 notes/s end to end and 19.0 ms of CPU per note in all processes, 2 x 1 gave 184.4 notes/s and 10.1 ms
     (oversubscribed OpenMP threads spin on a contended CPU: the model's forward cost 12.5 ms of CPU per note instead of
-    4); with the default models 2 x 1 gave 0.85 of the raw rate, as 2 x 2 did (0.86) before. On CUDA: one worker.
+    4); with the default models 2 x 1 gave 0.85 of the raw rate, as 2 x 2 did (0.86) before.
+
+    On CUDA the same rule: several processes feed one GPU better than one, whose GPU waits while it tokenises and
+    postprocesses. Measured on one H200 with 16 cores (BERT-base, ``tools/gpu_bench.sh``, 2026-12-04): 1 worker under
+    267 notes/s end to end, 2 workers 478.5, 4 workers 838.2 (the GPU busy 12%, 27% and 44%); until then CUDA got one.
     """
     cores = os.cpu_count() or 1
-    workers = settings.embedded_workers
-    if workers == 0:
-        from agents.runners.base import pick_device
-
-        workers = 1 if pick_device(settings.device).type == "cuda" else max(1, min(4, cores))
+    workers = settings.embedded_workers or max(1, min(4, cores))
     threads = settings.torch_threads or max(1, cores // workers)
     return workers, threads
 
