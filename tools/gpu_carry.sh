@@ -74,5 +74,5 @@ cat <<'CALLS'
 The device calls, in order, each within 30 s of the last one's answer:
 1. carry [".c1"]: S=/tmp/stage; mkdir -p $S; cp .c1/ca $S/ && tar -C $S -xf .c1/s.tar && (cd $S && python3 unz.py rest) && nvidia-smi
 2. carry [".c2"]: cp .c2/cb /tmp/stage/
-3. carry [".c3"], timeout_s 590: R=$PWD; test -f /tmp/stage/cb || exit 3; (cd /tmp/stage && cat ca cb $R/.c3/cc | python3 unz.py chdb) && PYTHONPATH=/tmp/site:$R DATASETS=/tmp/stage/datasets BENCH_TIMEOUT=180 bash tools/gpu_bench.sh $OUT 20000 "1 4 2"
+3. carry [".c3"], timeout_s 590: R=$PWD; test -f /tmp/stage/cb || exit 3; (cd /tmp/stage && cat ca cb $R/.c3/cc | python3 unz.py chdb) && PYTHONPATH=/tmp/site:$R DATASETS=/tmp/stage/datasets BENCH_TIMEOUT=180 bash tools/gpu_bench.sh $OUT 20000 "4 8 2"
 CALLS
