@@ -288,11 +288,11 @@ class Icd10Coder:
         # one encoder call for the whole batch: its length-sorted batches then pad each mention to a mention of about its
         # length, not to the longest of its (alphabetical) chunk
         wanted = [chunk[i] for chunk, _, unsure in chunks for i in unsure.tolist()]
-        every_query = self.encoder.encode(wanted) if wanted else None
+        every_query = self.encoder.encode(wanted)  # [0, dim] when every mention is sure
         results: list[list[dict[str, Any]]] = []
         taken = 0
         for chunk, wording, unsure in chunks:
-            queries = every_query[taken : taken + len(unsure)] if every_query is not None and len(unsure) else None
+            queries = every_query[taken : taken + len(unsure)] if len(unsure) else None
             taken += len(unsure)
             per_value = self._penalties(chunk)
             found: list[list[tuple[str, float]] | None] = [None] * len(chunk)
