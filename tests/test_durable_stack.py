@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from schemas.codec import Codecs
 from schemas.extraction import TaskKind
 from streams.kafka.clients import producer
 from streams.query.endpoint import remote_query, running_endpoint
-from streams.runtime.runfiles import live_run_file, write_run_file
 from streams.runtime.stack import running_stack
 from streams.settings import ReviewSettings, Settings, write_child_config
 from streams.waiting import poll_until
@@ -136,27 +134,3 @@ def test_sigkill_of_the_whole_durable_stack_loses_no_acknowledged_note(tmp_path:
             second.wait(timeout=60)
         except subprocess.TimeoutExpired:
             second.kill()
-
-
-def test_a_run_file_is_never_read_half_written(tmp_path: Path) -> None:
-    """A restarted stack rewrites the killed one's leftover run file while the CLI (or the test above) polls it."""
-    path = tmp_path / "stack.json"
-    write_run_file(path, {"pid": os.getpid(), "bootstrap": "left over"})
-    stop = threading.Event()
-
-    def rewrite() -> None:
-        i = 0
-        while not stop.is_set():
-            write_run_file(path, {"pid": os.getpid(), "bootstrap": "x" * (i % 5000)})
-            i += 1
-
-    writer = threading.Thread(target=rewrite)
-    writer.start()
-    try:
-        seen = [live_run_file(path) for _ in range(3000)]
-    finally:
-        stop.set()
-        writer.join()
-    assert all(info is not None and info["pid"] == os.getpid() for info in seen)
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert [p.name for p in tmp_path.iterdir()] == ["stack.json"]  # no staged copy left behind

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,27 @@ def test_a_child_config_is_private_and_replaces_the_old_one(tmp_path: Path) -> N
     assert "left over" not in path.read_text()
     assert Settings.load(path).kafka_bootstrap_servers == "127.0.0.1:19092"
     assert [p.name for p in path.parent.iterdir()] == ["worker.toml"]
+
+
+def test_a_run_file_is_never_read_half_written(tmp_path: Path) -> None:
+    """A restarted stack rewrites the killed one's leftover run file while the CLI (or the test above) polls it."""
+    path = tmp_path / "stack.json"
+    write_run_file(path, {"pid": os.getpid(), "bootstrap": "left over"})
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        i = 0
+        while not stop.is_set():
+            write_run_file(path, {"pid": os.getpid(), "bootstrap": "x" * (i % 5000)})
+            i += 1
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        seen = [live_run_file(path) for _ in range(3000)]
+    finally:
+        stop.set()
+        writer.join()
+    assert all(info is not None and info["pid"] == os.getpid() for info in seen)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["stack.json"]  # no staged copy left behind
