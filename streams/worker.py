@@ -95,7 +95,7 @@ def build_clinical(settings: Settings) -> dict[str, ClinicalAnnotator]:
                     "icd10cm_index",
                     f"task {task.name} codes to ICD-10-CM but {settings.icd10cm_index} has no index; run `ehrstream codes build`",
                 )
-            coder = Icd10Coder.load(settings.icd10cm_index)
+            coder = Icd10Coder.load(settings.icd10cm_index, device=settings.device)
         out[task.name] = ClinicalAnnotator(coder if task.coding == "icd10cm" else None)
     return out
 

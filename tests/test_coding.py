@@ -8,24 +8,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from agents.clinical import code_search, coding
 from agents.clinical.code_search import best_above, best_of_all, ranked_codes
 from agents.clinical.coding import EMBEDDING_WEIGHT, PENALTY, Icd10Coder, combined_scores
-from agents.clinical.encoder import SentenceEncoder
+from agents.clinical.encoder import SentenceEncoder, encoder_placement
 from agents.clinical.icd10_table import default_code
 from agents.runners.precision import cpu_precision
 
 PREFIXES = ("I1", "E11", "E13", "J44", "N18", "S51", "S52", "C34", "C78", "O03", "O26", "S82", "M84", "M80", "R73", "Z86", "Z87")
 
 
-@pytest.fixture(scope="module", params=["int8", "bf16"])
+#: both encoder precisions ``auto`` may pick on a CPU (bf16 where it multiplies it natively, int8 elsewhere), and on a
+#: host with a GPU the coder as a worker there runs it (index built there, encoder and bound there)
+PLACES = [("int8", "cpu"), ("bf16", "cpu"), *([("auto", "cuda")] if torch.cuda.is_available() else [])]
+
+
+@pytest.fixture(scope="module", params=PLACES, ids=lambda p: "-".join(p))
 def coder(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Icd10Coder:
-    """Both encoder precisions ``auto`` may pick (bf16 where the CPU multiplies it natively, int8 elsewhere)."""
+    quantization, device = request.param
     directory = tmp_path_factory.mktemp("icd") / "index"
-    Icd10Coder.build(directory, prefixes=PREFIXES, quantization=request.param)
-    loaded = Icd10Coder.load(directory)  # what a worker does: the stored index, not the one in memory
-    assert loaded.encoder.quantization == request.param  # mentions are embedded as the index was
+    Icd10Coder.build(directory, prefixes=PREFIXES, quantization=quantization, device=device)
+    loaded = Icd10Coder.load(directory, device=device)  # what a worker does: the stored index, not the one in memory
+    # mentions are embedded as the index was, where the worker's models run
+    assert (loaded.encoder.quantization, loaded.encoder.device.type) == (cpu_precision(quantization) if device == "cpu" else "bf16", device)
     return loaded
 
 
@@ -101,6 +108,17 @@ def test_bf16_embeddings_stay_close_to_float32_and_auto_is_resolved_in_the_index
     Icd10Coder.build(tmp_path / "index", prefixes=("I10",))  # the default, "auto"
     recorded = json.loads((tmp_path / "index" / "index.json").read_text(encoding="utf-8"))["encoder"]
     assert recorded == cpu_precision("auto") != "auto"
+
+
+def test_the_encoder_runs_where_the_models_do_in_the_precision_of_its_index() -> None:
+    assert encoder_placement("auto", "cpu") == ("cpu", cpu_precision("auto"))
+    assert encoder_placement("int8", "cpu") == ("cpu", "int8")
+    assert encoder_placement("auto", "cuda") == ("cuda", "bf16")  # what `codes build` records on a GPU host
+    assert encoder_placement("bf16", "cuda:1") == ("cuda:1", "bf16")
+    assert encoder_placement("none", "cuda") == ("cuda", "none")
+    assert encoder_placement("int8", "cuda") == ("cpu", "int8")  # torch's dynamic int8 runs on a CPU only
+    with pytest.raises(ValueError, match="fp8"):
+        encoder_placement("fp8", "cuda")
 
 
 def brute_force(coder: Icd10Coder, keys: list[str]) -> list[list[tuple[str, float]]]:

@@ -37,8 +37,26 @@ def product_slack(precision: str) -> float:
     """How far a product of unit vectors in ``precision`` can be from float32's. bf16: the query and the index each
     rounded to 8 significant bits (2**-9 relative at most, so 2**-8 for their product, summed over the terms: at most
     2**-8 by Cauchy-Schwarz), and the product itself rounded the same way (2**-9); with 1% for the index's own rounding
-    to float16 and 1e-5 for float32 sums in another order."""
-    return (2**-8 + 2**-9) * 1.01 + 1e-5 if precision == "bf16" else 1e-5
+    to float16 and 1e-5 for float32 sums in another order. ``tf32``: a float32 product on a GPU, which the process may
+    let torch compute from inputs rounded to 11 significant bits (2**-10 for their product), kept in float32."""
+    if precision == "bf16":
+        return (2**-8 + 2**-9) * 1.01 + 1e-5
+    if precision == "tf32":
+        return 2**-10 * 1.01 + 1e-5
+    return 1e-5
+
+
+def bound_index(embeddings: np.ndarray, precision: str, device: Any) -> tuple[Any, str]:
+    """The index the bound multiplies mentions with, and the precision of that product (:func:`product_slack`). On a
+    CPU: bf16 where mentions are embedded in bf16 (the CPU multiplies it natively; a quarter of float32's CPU here),
+    else the float32 index itself. On a GPU: the float32 index there (a few ms for a whole batch of mentions; a bf16
+    product there may also sum in bf16, which no slack here covers)."""
+    import torch
+
+    exact = torch.from_numpy(embeddings)
+    if device.type != "cpu":
+        return exact.to(device), "tf32"
+    return (exact.to(torch.bfloat16), "bf16") if precision == "bf16" else (exact, "none")
 
 
 def ranked_codes(score: np.ndarray, entries: np.ndarray, codes: np.ndarray, top: int) -> list[tuple[str, float]]:
@@ -81,4 +99,4 @@ def candidates(bound: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     values, index = torch.topk(bound, min(k, bound.shape[1]), dim=1)
-    return index.numpy(), values[:, -1].numpy()
+    return index.cpu().numpy(), values[:, -1].cpu().numpy()

