@@ -80,7 +80,7 @@ def register_gpu_metrics(device: str) -> bool:
     """GPU memory (allocated, reserved; torch's allocator) and utilisation, read at scrape time. False on CPU."""
     import torch
 
-    from agents.runners.base import pick_device
+    from agents.runners.device import pick_device
 
     chosen = pick_device(device)
     if chosen.type != "cuda":

@@ -45,7 +45,7 @@ def encoder_placement(quantization: str, device: str) -> tuple[str, str]:
     """Where the encoder runs (``"cpu"`` or the GPU asked for) and in what (``"none"``, float32; ``"bf16"``; ``"int8"``):
     on a CPU, :func:`agents.runners.precision.cpu_precision`; on a GPU, bf16 for ``"auto"``, and int8 moves the encoder
     back to the CPU."""
-    from agents.runners.base import pick_device
+    from agents.runners.device import pick_device
     from agents.runners.precision import cpu_precision
 
     precision = cpu_precision(quantization)  # raises for a precision there is none of

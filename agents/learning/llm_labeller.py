@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from agents.errors import ModelLoadError
-from agents.runners.base import pick_device
+from agents.runners.device import pick_device
 from schemas.codec import validation_summary
 from schemas.extraction import TaskKind
 

@@ -35,7 +35,7 @@ from agents.model_dir import (
     write_manifest,
 )
 from agents.runners import build_runner
-from agents.runners.base import pick_device
+from agents.runners.device import pick_device
 from agents.runners.windows import make_windows
 from schemas.extraction import TaskKind
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from agents.model_dir import LoadedModel
 from agents.runners.columns import TaskColumns
+from agents.runners.device import pick_device
 from agents.runners.onnx_int8 import OnnxInt8Model
 from agents.runners.precision import cpu_precision
 from agents.runners.windows import TokenCache, Tokenizer, Windows, batch_bounds, windows_of
@@ -82,12 +83,6 @@ def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class ModelRunner(ABC):

@@ -340,7 +340,7 @@ def _percentile(values: list[float], q: float) -> float:
 def _device_name(device: str) -> str:
     import torch
 
-    from agents.runners.base import pick_device
+    from agents.runners.device import pick_device
 
     picked = pick_device(device)
     if picked.type == "cuda":

@@ -81,12 +81,17 @@ def worker_plan(settings: Settings) -> tuple[int, int]:
     (oversubscribed OpenMP threads spin on a contended CPU: the model's forward cost 12.5 ms of CPU per note instead of
     4); with the default models 2 x 1 gave 0.85 of the raw rate, as 2 x 2 did (0.86) before.
 
-    On CUDA the same rule: several processes feed one GPU better than one, whose GPU waits while it tokenises and
-    postprocesses. Measured on one H200 with 16 cores (BERT-base, ``tools/gpu_bench.sh``, 2026-12-04): 1 worker under
-    267 notes/s end to end, 2 workers 478.5, 4 workers 838.2 (the GPU busy 12%, 27% and 44%); until then CUDA got one.
+    On CUDA one worker per two cores, at most 8: several processes feed one GPU better than one, whose GPU waits while
+    it tokenises and postprocesses. Measured on one H200 with 16 cores (random BERT-base NER and classifier,
+    ``tools/gpu_bench.sh``, 2026-12-04, README "GPU"): end to end 689 notes/s with 2 workers, 1,196 with 4, 1,573 with 8
+    and 1,576 with 12 (the GPU busy 33%, 68%, 88% and 85%; p99 at half the rate 869, 827, 1,212 and 1,964 ms).
     """
     cores = os.cpu_count() or 1
-    workers = settings.embedded_workers or max(1, min(4, cores))
+    workers = settings.embedded_workers
+    if workers == 0:
+        from agents.runners.device import pick_device
+
+        workers = max(1, min(8, cores // 2)) if pick_device(settings.device).type == "cuda" else max(1, min(4, cores))
     threads = settings.torch_threads or max(1, cores // workers)
     return workers, threads
 
