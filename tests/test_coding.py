@@ -191,6 +191,30 @@ def test_a_batch_of_many_chunks_is_scored_as_each_key_alone_would_be(coder: Icd1
         assert [c["score"] for c in found] == pytest.approx([min(max(s, 0.0), 1.0) for _, s in want], abs=2e-4), key
 
 
+def test_word_for_word_mentions_are_ranked_from_the_entries_they_share_a_word_with(
+    coder: Icd10Coder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mentions whose words are an entry's are scored on the entries sharing a word with them, as the brute force scores
+    every entry; with the floor above every score none is settled there, and the dense path gives the same."""
+    settled: list[bool] = []
+    sparse = coder._word_for_word
+
+    def counting(*args: object) -> list[list[tuple[str, float]] | None]:
+        found = sparse(*args)  # type: ignore[arg-type]
+        settled.extend(f is not None for f in found)
+        return found
+
+    monkeypatch.setattr(coder, "_word_for_word", counting)
+    want = brute_force(coder, MANY_KEYS)
+    for floor in (coder._prior_max, 2.0):
+        settled.clear()
+        monkeypatch.setattr(coder, "_prior_max", floor)
+        for key, found, best in zip(MANY_KEYS, coder._search(MANY_KEYS), want, strict=True):
+            assert [c["code"] for c in found] == [c for c, _ in best], key
+            assert [c["score"] for c in found] == pytest.approx([min(max(s, 0.0), 1.0) for _, s in best], abs=2e-4), key
+        assert sum(settled) >= 8 if floor < 1 else settled and not any(settled)
+
+
 def test_the_best_codes_of_a_ranking_with_ties_equal_a_full_sort() -> None:
     rng = np.random.default_rng(7)
     for _ in range(200):
