@@ -156,24 +156,33 @@ KEYS = [
 ]
 
 
+def count_settled(coder: Icd10Coder, method: str, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Per mention the coder's ``method`` is given from now on: whether it settled that mention's codes."""
+    settled: list[bool] = []
+    original = getattr(coder, method)
+
+    def counting(*args: object) -> list[list[tuple[str, float]] | None]:
+        found: list[list[tuple[str, float]] | None] = original(*args)
+        settled.extend(f is not None for f in found)
+        return found
+
+    monkeypatch.setattr(coder, method, counting)
+    return settled
+
+
+def assert_found_as_brute_force(keys: list[str], got: list[list[dict[str, object]]], want: list[list[tuple[str, float]]]) -> None:
+    for key, found, best in zip(keys, got, want, strict=True):
+        assert [c["code"] for c in found] == [c for c, _ in best], key
+        assert [c["score"] for c in found] == pytest.approx([min(max(s, 0.0), 1.0) for _, s in best], abs=2e-4), key
+
+
 @pytest.mark.parametrize("k", [code_search.CANDIDATES, 8, 2])
 def test_the_bounded_search_equals_scoring_every_entry(coder: Icd10Coder, k: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Candidates by a bf16 (or float32) bound, then exact scores, give the brute force's codes and scores; with two
     candidates most mentions cannot be settled by them and take the exhaustive path, which must agree too."""
     monkeypatch.setattr(coding, "CANDIDATES", k)
-    settled: list[bool] = []
-    bounded = coder._bounded
-
-    def counting(*args: object) -> list[list[tuple[str, float]] | None]:
-        found = bounded(*args)  # type: ignore[arg-type]
-        settled.extend(f is not None for f in found)
-        return found
-
-    monkeypatch.setattr(coder, "_bounded", counting)
-    got = coder._search(KEYS)
-    for key, found, want in zip(KEYS, got, brute_force(coder, KEYS), strict=True):
-        assert [c["code"] for c in found] == [c for c, _ in want], key
-        assert [c["score"] for c in found] == pytest.approx([min(max(s, 0.0), 1.0) for _, s in want], abs=2e-4), key
+    settled = count_settled(coder, "_bounded", monkeypatch)
+    assert_found_as_brute_force(KEYS, coder._search(KEYS), brute_force(coder, KEYS))
     assert any(settled) if k > 2 else not any(settled)  # each path taken (two candidates never hold three codes)
 
 
@@ -185,10 +194,7 @@ MANY_KEYS = [f"{prefix}{key}" for prefix in PREFIXED for key in KEYS]
 
 def test_a_batch_of_many_chunks_is_scored_as_each_key_alone_would_be(coder: Icd10Coder) -> None:
     assert len(MANY_KEYS) > 2 * 64
-    got = coder._search(MANY_KEYS)
-    for key, found, want in zip(MANY_KEYS, got, brute_force(coder, MANY_KEYS), strict=True):
-        assert [c["code"] for c in found] == [c for c, _ in want], key
-        assert [c["score"] for c in found] == pytest.approx([min(max(s, 0.0), 1.0) for _, s in want], abs=2e-4), key
+    assert_found_as_brute_force(MANY_KEYS, coder._search(MANY_KEYS), brute_force(coder, MANY_KEYS))
 
 
 def test_word_for_word_mentions_are_ranked_from_the_entries_they_share_a_word_with(
@@ -196,22 +202,12 @@ def test_word_for_word_mentions_are_ranked_from_the_entries_they_share_a_word_wi
 ) -> None:
     """Mentions whose words are an entry's are scored on the entries sharing a word with them, as the brute force scores
     every entry; with the floor above every score none is settled there, and the dense path gives the same."""
-    settled: list[bool] = []
-    sparse = coder._word_for_word
-
-    def counting(*args: object) -> list[list[tuple[str, float]] | None]:
-        found = sparse(*args)  # type: ignore[arg-type]
-        settled.extend(f is not None for f in found)
-        return found
-
-    monkeypatch.setattr(coder, "_word_for_word", counting)
+    settled = count_settled(coder, "_word_for_word", monkeypatch)
     want = brute_force(coder, MANY_KEYS)
     for floor in (coder._prior_max, 2.0):
         settled.clear()
         monkeypatch.setattr(coder, "_prior_max", floor)
-        for key, found, best in zip(MANY_KEYS, coder._search(MANY_KEYS), want, strict=True):
-            assert [c["code"] for c in found] == [c for c, _ in best], key
-            assert [c["score"] for c in found] == pytest.approx([min(max(s, 0.0), 1.0) for _, s in best], abs=2e-4), key
+        assert_found_as_brute_force(MANY_KEYS, coder._search(MANY_KEYS), want)
         assert sum(settled) >= 8 if floor < 1 else settled and not any(settled)
 
 
