@@ -36,7 +36,7 @@ def test_a_child_config_is_private_and_replaces_the_old_one(tmp_path: Path) -> N
 
 
 def test_a_run_file_is_never_read_half_written(tmp_path: Path) -> None:
-    """A restarted stack rewrites the killed one's leftover run file while the CLI (or the test above) polls it."""
+    """A restarted stack rewrites the killed one's leftover run file while the CLI (or the durable-stack test) polls it."""
     path = tmp_path / "stack.json"
     write_run_file(path, {"pid": os.getpid(), "bootstrap": "left over"})
     stop = threading.Event()

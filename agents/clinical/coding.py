@@ -131,6 +131,14 @@ def _tfidf(docs: list[list[str]], vocabulary: dict[str, int], idf: np.ndarray) -
 SCORE_BLOCK = 2048
 
 
+def entry_score(meaning: np.ndarray, wording: np.ndarray, penalties: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """The score of a mention against an entry, elementwise: the weighted sum of the two cosines, less ``PENALTY`` per
+    kind of code the mention gives no grounds for, plus the entry's prior. Every path of the coder scores with it, so
+    they agree to the bit."""
+    score: np.ndarray = EMBEDDING_WEIGHT * meaning + (1 - EMBEDDING_WEIGHT) * wording - PENALTY * penalties + prior
+    return score
+
+
 def combined_scores(
     meaning: np.ndarray, wording: np.ndarray, per_value: np.ndarray, flag_index: np.ndarray, prior: np.ndarray, block: int = SCORE_BLOCK
 ) -> np.ndarray:
@@ -140,12 +148,7 @@ def combined_scores(
     out = np.empty(meaning.shape, dtype=np.result_type(meaning, wording, per_value, prior))
     for lo in range(0, meaning.shape[1], block):
         cols = slice(lo, lo + block)
-        out[:, cols] = (
-            EMBEDDING_WEIGHT * meaning[:, cols]
-            + (1 - EMBEDDING_WEIGHT) * wording[:, cols]
-            - PENALTY * per_value[:, flag_index[cols]]
-            + prior[None, cols]
-        )
+        out[:, cols] = entry_score(meaning[:, cols], wording[:, cols], per_value[:, flag_index[cols]], prior[None, cols])
     return out
 
 
@@ -319,13 +322,13 @@ class Icd10Coder:
 
     def _word_for_word(self, wording: Any, per_value: np.ndarray) -> list[list[tuple[str, float]] | None]:
         """Per mention whose words are an entry's (its meaning score is its wording score): its best codes from the
-        entries it shares a word with, scored as :func:`combined_scores` scores them, None where those do not settle it.
+        entries it shares a word with (:func:`entry_score`, its meaning its wording), None where those do not settle it.
         Every other entry scores ``-PENALTY * penalties + prior``, at most the largest prior: the floor. A few hundred
         entries per mention instead of all 61,167."""
         rows = np.repeat(np.arange(wording.shape[0]), np.diff(wording.indptr))
         entries, words = wording.indices, wording.data
         penalty = per_value[rows, self._flag_index[entries]]
-        score = EMBEDDING_WEIGHT * words + (1 - EMBEDDING_WEIGHT) * words - PENALTY * penalty + self.prior[entries]
+        score = entry_score(words, words, penalty, self.prior[entries])
         bounds = wording.indptr.tolist()
         return [best_above(score[lo:hi], entries[lo:hi], self._prior_max, self.codes, TOP) for lo, hi in itertools.pairwise(bounds)]
 
@@ -346,7 +349,7 @@ class Icd10Coder:
         mentions = np.repeat(np.arange(len(queries)), entries.shape[1])
         words = np.asarray(wording[mentions, entries.ravel()], dtype=np.float32).reshape(entries.shape)
         penalty = np.take_along_axis(per_value, self._flag_index[entries], axis=1)
-        score = EMBEDDING_WEIGHT * meaning + (1 - EMBEDDING_WEIGHT) * words - PENALTY * penalty + self.prior[entries]
+        score = entry_score(meaning, words, penalty, self.prior[entries])
         return [best_above(score[m], entries[m], float(floor[m]), self.codes, TOP) for m in range(len(queries))]
 
     def _penalties(self, keys: list[str]) -> np.ndarray:
