@@ -145,3 +145,14 @@ def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 30.0) -
         return sorted(client.list_topics())
     finally:
         client.close()
+
+
+def partition_count(settings: Settings, bootstrap: str, topic: str) -> int | None:
+    """How many partitions ``topic`` has on the broker; None when the broker does not describe it."""
+    client = admin(settings, bootstrap)
+    try:
+        described = client.describe_topics([topic])
+    finally:
+        client.close()
+    found = [t for t in described if t.get("name") == topic and not t.get("error_code")]
+    return (len(found[0]["partitions"]) or None) if found else None

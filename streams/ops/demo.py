@@ -36,7 +36,7 @@ from streams.kafka.clients import producer as make_producer
 from streams.kafka.schema_registry import build_codecs
 from streams.runtime.broker import TansuBroker
 from streams.runtime.sink_thread import SinkThread
-from streams.runtime.workers import WorkerPool
+from streams.runtime.workers import WorkerPool, with_partitions_for_workers
 from streams.settings import Settings
 from streams.waiting import poll_until
 
@@ -179,6 +179,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """The whole path once: ``n`` records of the sample corpus (one bad in fifty), or the notes of ``source``."""
     started = time.monotonic()
+    settings = with_partitions_for_workers(settings)
     if settings.data_dir.exists():
         shutil.rmtree(settings.data_dir)  # the demo's own directory: a fresh database each run
     settings.data_dir.mkdir(parents=True)

@@ -186,9 +186,9 @@ def run_simulation(settings: Settings, config: SimulationConfig, echo: Any) -> S
     from streams.kafka.clients import ensure_topics
     from streams.kafka.clients import producer as make_producer
     from streams.runtime.broker import TansuBroker
-    from streams.runtime.workers import WorkerPool
+    from streams.runtime.workers import WorkerPool, with_partitions_for_workers
 
-    stack = _stack_settings(settings, config)
+    stack = with_partitions_for_workers(_stack_settings(settings, config))
     stack.data_dir.mkdir(parents=True, exist_ok=True)
     task = stack.tasks[0]
     examples = [ex for ex in read_examples(config.stream, "ner") if isinstance(ex, NerExample)]

@@ -20,7 +20,7 @@ from streams.metrics import serve
 from streams.runtime.broker import EMBEDDED_TIMEOUTS, TansuBroker
 from streams.runtime.runfiles import live_run_file, write_run_file
 from streams.runtime.sink_thread import SinkThread
-from streams.runtime.workers import WorkerPool, worker_plan
+from streams.runtime.workers import WorkerPool, with_partitions_for_workers, worker_plan
 from streams.settings import ReviewerAccount, Settings
 from streams.waiting import run_until_signalled
 
@@ -52,7 +52,7 @@ def running_stack(data_dir: Path) -> dict[str, Any] | None:
 
 
 def run_stack(settings: Settings, echo: Callable[[str], None]) -> None:
-    settings = settings.model_copy(update=EMBEDDED_TIMEOUTS) if settings.embedded_kafka else settings
+    settings = with_partitions_for_workers(settings.model_copy(update=EMBEDDED_TIMEOUTS) if settings.embedded_kafka else settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with TansuBroker(log_file=settings.data_dir / "tansu.log", storage_dir=settings.broker_storage_dir()) as broker:
         ensure_topics(settings, broker.bootstrap)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from streams.kafka.clients import partition_count
 from streams.runtime.processes import die_with_parent
 from streams.settings import Settings, write_child_config
 
@@ -72,7 +73,7 @@ class WorkerProcess:
         self._proc = None
 
 
-def worker_plan(settings: Settings) -> tuple[int, int]:
+def worker_plan(settings: Settings, partitions: int | None = None) -> tuple[int, int]:
     """(worker processes, torch threads each) for the embedded stack.
 
     On CPU: one worker per core (at most 4), the cores shared out among them, never more torch threads in all than
@@ -92,8 +93,20 @@ def worker_plan(settings: Settings) -> tuple[int, int]:
         from agents.runners.device import pick_device
 
         workers = max(1, min(8, cores // 2)) if pick_device(settings.device).type == "cuda" else max(1, min(4, cores))
+    if partitions is not None and workers > partitions:
+        # a consumer group gives each partition to one member: workers beyond the partitions would hold a model and idle
+        log.warning("the notes topic has %d partition(s): starting %d worker(s) instead of %d", partitions, partitions, workers)
+        workers = partitions
     threads = settings.torch_threads or max(1, cores // workers)
     return workers, threads
+
+
+def with_partitions_for_workers(settings: Settings) -> Settings:
+    """The embedded stack creates its topics with a partition per planned worker when that is more than
+    ``topic_partitions``: on a 16-core GPU host the plan is 8 workers, and 4 partitions would leave half of them idle.
+    Topics that already exist keep their partitions; :class:`WorkerPool` then starts no more workers than they have."""
+    workers, _ = worker_plan(settings)
+    return settings if workers <= settings.topic_partitions else settings.model_copy(update={"topic_partitions": workers})
 
 
 def ensure_code_index(settings: Settings) -> None:
@@ -112,9 +125,12 @@ class WorkerPool:
     """The embedded stack's worker processes (one consumer group, so they share the notes topic's partitions)."""
 
     def __init__(self, settings: Settings, bootstrap: str, log_dir: Path, metrics_ports: list[int] | None = None) -> None:
+        """Call after the topics exist: the pool starts no more workers than the notes topic has partitions, and
+        ``metrics_ports`` (one per planned worker) may be longer than the pool."""
         ensure_code_index(settings)
-        count, threads = worker_plan(settings)
-        per_worker = settings.model_copy(update={"torch_threads": threads})
+        partitions = partition_count(settings, bootstrap, settings.topics.notes)
+        count, threads = worker_plan(settings, partitions)
+        per_worker = settings.model_copy(update={"torch_threads": threads, "topic_partitions": partitions or settings.topic_partitions})
         ports = metrics_ports or [0] * count
         self.workers = [
             WorkerProcess(per_worker, bootstrap, log_dir / ("worker.log" if i == 0 else f"worker-{i}.log"), metrics_port=ports[i])
