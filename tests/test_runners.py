@@ -18,7 +18,8 @@ from agents.learning.datasets import ClassificationExample, NerExample, read_exa
 from agents.learning.training import TrainConfig, evaluate_loaded, train
 from agents.model_dir import MANIFEST, load_model
 from agents.runners import build_runner, precision
-from agents.runners.base import ModelRunner, additive_mask, attention_kernels, takes_additive_mask
+from agents.runners.base import ModelRunner, additive_mask, takes_additive_mask
+from agents.runners.device import attention_kernels
 from agents.runners.first_position import FirstPositionLayer, with_first_position
 from agents.runners.ner import word_probabilities
 from schemas.extraction import TaskKind

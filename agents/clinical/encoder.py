@@ -87,7 +87,7 @@ class SentenceEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """``[len(texts), dim]`` float32, unit rows."""
-        from agents.runners.base import attention_kernels
+        from agents.runners.device import attention_kernels
 
         torch = self._torch
         dim = int(self.model.config.hidden_size)

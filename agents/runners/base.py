@@ -9,7 +9,6 @@ to float32 before numpy).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from abc import ABC, abstractmethod
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from agents.model_dir import LoadedModel
 from agents.runners.columns import TaskColumns
-from agents.runners.device import pick_device
+from agents.runners.device import attention_kernels, pick_device
 from agents.runners.onnx_int8 import OnnxInt8Model
 from agents.runners.precision import cpu_precision
 from agents.runners.windows import TokenCache, Tokenizer, Windows, batch_bounds, windows_of
@@ -71,18 +70,6 @@ def takes_additive_mask(model: torch.nn.Module, device: torch.device, dtype: tor
         plain, prebuilt = plain[mask.bool()], prebuilt[mask.bool()]
     tolerance = 1e-4 if dtype == torch.float32 else 3e-2
     return bool(torch.allclose(plain, prebuilt, rtol=tolerance, atol=tolerance))
-
-
-def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager[None]:
-    """The attention kernels a forward on ``device`` may use. On CUDA every one of torch's but cuDNN's: torch may pick
-    cuDNN's for a bf16 forward with a padding mask on Hopper, and cuDNN builds an execution plan, on the host, for
-    every (batch, padded length) it has not seen, while length-sorted batches of notes bring new lengths all the time
-    (README, "GPU, 2026-12-04"). Elsewhere torch's own choice."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 class ModelRunner(ABC):
