@@ -47,7 +47,7 @@ def build_runners(settings: Settings, reference: bool = False, tasks: Sequence[T
         os.environ["TOKENIZERS_PARALLELISM"] = "true" if settings.torch_threads > 1 else "false"
         os.environ["RAYON_NUM_THREADS"] = str(settings.torch_threads)
         # and numpy's BLAS pool: left at one thread per core, its threads spun on the other worker's core after each
-        # product (4 ms of CPU per note in the default bench, README "seventh session"); none is on the hot path now
+        # product (4 ms of CPU per note in the default bench, docs/performance/hot-path.md, "seventh session"); none is on the hot path now
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(settings.torch_threads, user_api="blas")

@@ -6,7 +6,7 @@ the whole index and five passes over ``[mentions, entries]`` arrays per block of
 only where it can matter:
 
 1. **bound**: the meaning part from a product in the encoder's precision (bf16 where the encoder runs in bf16: a
-   quarter of the float32 product's CPU here, README) plus the wording part; no penalty (it only lowers a score) and
+   quarter of the float32 product's CPU here, docs/performance/hot-path.md) plus the wording part; no penalty (it only lowers a score) and
    no prior (at most ``prior.max()``);
 2. the :data:`CANDIDATES` best entries by that bound are scored exactly (float32 meaning from their own index rows);
 3. any other entry scores at most the last candidate's bound, plus ``prior.max()``, plus how far the product's
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 #: entries scored exactly per mention, the best by the bound: of the 1,053 embedded mentions of 300 bench notes, 128
-#: leave none to the exhaustive score (64: two) and cost least here (README, "seventh session")
+#: leave none to the exhaustive score (64: two) and cost least here (docs/performance/hot-path.md, "seventh session")
 CANDIDATES = 128
 #: an exhaustive ranking sorts only the entries scoring at least the POOL-th best score (all of them when those hold
 #: fewer than the codes wanted)

@@ -127,7 +127,7 @@ def _tfidf(docs: list[list[str]], vocabulary: dict[str, int], idf: np.ndarray) -
 
 
 #: entries scored at a time: blocks of [mentions, 2048] float32 stay in the CPU's cache, where whole rows of the index
-#: (16 MB per array for 64 mentions) went through memory once per operation: 11 against 32 ms per 64 mentions (README)
+#: (16 MB per array for 64 mentions) went through memory once per operation: 11 against 32 ms per 64 mentions (docs/performance/hot-path.md)
 SCORE_BLOCK = 2048
 
 

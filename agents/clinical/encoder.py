@@ -3,7 +3,7 @@ the model was trained to be used. Batched and length-sorted; no gradients. An in
 the same way (the coder records which in its index). ``bf16`` runs the model in bfloat16: on CPUs that multiply it
 natively (:func:`agents.runners.precision.native_bf16`) 2.5-3x faster than float32 here, with embeddings within a cosine of
 0.996 of float32's. ``int8`` runs the linear layers with int8 weights through torch's dynamic quantisation: 1.6x faster
-than float32 here, embeddings down to a cosine of 0.87 (README, "bf16 on CPUs that multiply it natively").
+than float32 here, embeddings down to a cosine of 0.87 (docs/performance/hot-path.md, "bf16 on CPUs that multiply it natively").
 
 On a GPU (``device``) the encoder runs there in the precision the index asks for, bf16 or float32, so a worker on a GPU
 host leaves its CPU to the rest of the note; int8 (torch's dynamic quantisation) runs on a CPU only, so an int8 index
@@ -20,7 +20,7 @@ def quantize_int8(model: Any) -> Any:
     """The model with its encoder's ``nn.Linear`` layers dynamically quantised to int8 (weights int8 per output
     channel, once; activations quantised per batch); embeddings, layer norms, softmax and the task head
     (``classifier``, a few hundred weights) stay float32. CPU only. Per-channel weights matter: per-tensor int8 over
-    every layer cost the default NER model 0.023 F1 on the NCBI test split, per-channel 0.007 (README)."""
+    every layer cost the default NER model 0.023 F1 on the NCBI test split, per-channel 0.007 (docs/performance/hot-path.md)."""
     import warnings
 
     import torch

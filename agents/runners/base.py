@@ -35,14 +35,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 #: padded tokens per forward batch on a CPU when none is configured: measured best for both the near-free bench models
-#: and the default int8 MiniLM models here (README, "the hot path around the model"); a GPU is bounded by windows only
+#: and the default int8 MiniLM models here (docs/performance/hot-path.md); a GPU is bounded by windows only
 CPU_BATCH_TOKENS = 2048
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A (batch, tokens) 0/1 padding mask as the (batch, 1, 1, tokens) bias attention adds to its scores: 0 on the
     window's tokens, the dtype's minimum on padding. Given to the model as is, it spares transformers building a
-    (batch, 1, tokens, tokens) mask from the 2D one on every call (README, "the models' padding masks")."""
+    (batch, 1, tokens, tokens) mask from the 2D one on every call (docs/performance/hot-path.md, "the models' padding masks")."""
     bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     bias.masked_fill_(mask == 0, torch.finfo(dtype).min)
     return bias[:, None, None, :]

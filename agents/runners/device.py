@@ -19,7 +19,7 @@ def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager
     """The attention kernels a forward on ``device`` may use. On CUDA every one of torch's but cuDNN's: torch may pick
     cuDNN's for a bf16 forward with a padding mask on Hopper, and cuDNN builds an execution plan, on the host, for
     every (batch, padded length) it has not seen, while length-sorted batches of notes bring new lengths all the time
-    (README, "GPU, 2026-12-04"). Elsewhere torch's own choice."""
+    (docs/performance/hot-path.md, "GPU, 2026-12-04"). Elsewhere torch's own choice."""
     if device.type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -4,7 +4,7 @@ The classifier reads the last layer at one position: the pooler takes the first 
 of that layer (its query projection, attention output, feed-forward and layer norms) is computed and thrown away: five
 sixths of a layer, about 14% of a six-layer MiniLM classifier's forward. :class:`FirstPositionLayer` computes the
 layer for the first position alone; keys and values still come from every position, so the first position's state is
-the full layer's (README, "seventh session"). Only transformers' own BERT layers are replaced, and only when a probe
+the full layer's (docs/performance/hot-path.md, "seventh session"). Only transformers' own BERT layers are replaced, and only when a probe
 batch gives the full model's logits (:func:`with_first_position`), in a copy of the model that shares its weights: the
 model the runner was given (a training loop's, say) keeps its own layers and its state dict's keys.
 """

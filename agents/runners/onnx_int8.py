@@ -7,7 +7,7 @@ README "Quantised CPU inference"): the disease model's forward about 20% less CP
 the same, the default stream's forward about 10% less, at test-split scores within 0.01 of float32. Export and
 quantisation take a few seconds per model at worker start; nothing is written next to the model (a temporary
 directory, read back into memory). A BERT classifier is exported as the runner holds it: with its last layer computed
-for the first position only (:mod:`agents.runners.first_position`; 14% less CPU on the EPYC, README "ninth session").
+for the first position only (:mod:`agents.runners.first_position`; 14% less CPU on the EPYC, docs/performance/hot-path.md, "ninth session").
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 ``"bf16"`` runs the torch model in bfloat16. CPUs with AMX or AVX512-BF16 multiply bf16 matrices natively (oneDNN,
 the path torch takes when :func:`native_bf16` says so). On this 2-core AMX host the default MiniLM models' forward
 costs a quarter to a third of float32's CPU and about half of ONNX Runtime int8's, with logits closer to float32's
-(README, "bf16 on CPUs that multiply it natively"). ``"int8"`` runs an ONNX Runtime session with int8 weights
+(docs/performance/hot-path.md, "bf16 on CPUs that multiply it natively"). ``"int8"`` runs an ONNX Runtime session with int8 weights
 (:mod:`agents.runners.onnx_int8`): on that AMX host 1.6-2x faster than float32. On an AVX2-only AMD EPYC (Zen 1: no VNNI,
 no AVX-512) it was not faster than float32 at all, and the torch float32 path, which computes a classifier's last layer
-for the first position only, was faster than int8 (README, "eighth session"). So ``"auto"`` takes bf16 where the CPU
+for the first position only, was faster than int8 (docs/performance/hot-path.md, "eighth session"). So ``"auto"`` takes bf16 where the CPU
 multiplies it natively, int8 where it has int8 dot-product instructions (:func:`native_int8`), and float32 elsewhere.
 """
 

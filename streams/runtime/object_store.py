@@ -66,7 +66,7 @@ class ObjectStore:
     def path(self, bucket: str, key: str) -> Path:
         """The object's file. Only this store creates files and folders under its root (no links), so resolving
         ``..`` in the text is enough to keep a key inside it (``Path.resolve`` and a walk of the parents were about
-        half of the server's CPU per GET: 0.52 -> 0.26 ms, README "twelfth session")."""
+        half of the server's CPU per GET: 0.52 -> 0.26 ms, docs/performance/hot-path.md, "twelfth session")."""
         path = os.path.normpath(os.path.join(self._root_text, bucket, key))
         if not path.startswith(self._inside_root) or path == self._root_text:
             raise PermissionError(key)

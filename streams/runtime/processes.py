@@ -27,7 +27,7 @@ def die_with_parent() -> None:
 def settle_heap() -> None:
     """Call once a process has loaded what it keeps for life (libraries, models, clients): those objects leave the
     cyclic garbage collector's generations (``gc.freeze``), so its full collections stop walking half a million
-    objects of torch and transformers while the hot path allocates (0.17 ms of CPU per note in a worker, README)."""
+    objects of torch and transformers while the hot path allocates (0.17 ms of CPU per note in a worker, docs/performance/hot-path.md)."""
     gc.collect()
     gc.freeze()
 

@@ -84,8 +84,9 @@ def worker_plan(settings: Settings, partitions: int | None = None) -> tuple[int,
 
     On CUDA one worker per two cores, at most 8: several processes feed one GPU better than one, whose GPU waits while
     it tokenises and postprocesses. Measured on one H200 with 16 cores (random BERT-base NER and classifier,
-    ``tools/gpu_bench.sh``, 2026-12-04, README "GPU"): end to end 689 notes/s with 2 workers, 1,196 with 4, 1,573 with 8
-    and 1,576 with 12 (the GPU busy 33%, 68%, 88% and 85%; p99 at half the rate 869, 827, 1,212 and 1,964 ms).
+    ``tools/gpu_bench.sh``, 2026-12-04, docs/performance/hot-path.md, "GPU"): end to end 689 notes/s with 2 workers,
+    1,196 with 4, 1,573 with 8 and 1,576 with 12 (the GPU busy 33%, 68%, 88% and 85%; p99 at half the rate 869, 827,
+    1,212 and 1,964 ms).
     """
     cores = os.cpu_count() or 1
     workers = settings.embedded_workers

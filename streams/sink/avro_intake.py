@@ -3,7 +3,7 @@
 The records' Avro bodies are not read in Python: each becomes one container record (the Kafka partition and offset,
 the body as it came, a framing constant) and one ``INSERT ... SELECT`` has ClickHouse's Avro reader parse the block
 and build the table's rows. fastavro, pydantic and a row dict per record cost about 1.45 ms of CPU per tiny-model
-extraction on the 2-vCPU EPYC; this path 0.32 ms in a 200-record batch (README, "tenth session").
+extraction on the 2-vCPU EPYC; this path 0.32 ms in a 200-record batch (docs/performance/hot-path.md, "tenth session").
 
 Only records in single-object framing with the current schema's fingerprint are taken (:meth:`AvroIntake.takes`);
 the codec reads the rest. The statement refuses the whole batch when a body has bytes missing or left over (the
