@@ -19,7 +19,7 @@ from agents.learning.training import TrainConfig, evaluate_loaded, train
 from agents.model_dir import MANIFEST, load_model
 from agents.runners import build_runner, precision
 from agents.runners.base import ModelRunner, additive_mask, takes_additive_mask
-from agents.runners.device import attention_kernels
+from agents.runners.device import attention_kernels, wait_for_device
 from agents.runners.first_position import FirstPositionLayer, with_first_position
 from agents.runners.ner import word_probabilities
 from schemas.extraction import TaskKind
@@ -384,3 +384,29 @@ def test_a_gpu_forward_never_asks_cudnn_for_attention_and_a_cpu_one_keeps_torch_
     runner = build_runner("condition", load_model(tiny_cls_dir, TaskKind.classification), device="cpu")
     assert len(runner(["Chest pain on exertion.", "Cough for two weeks."])) == 2
     assert entered == [torch.device("cpu")]
+
+
+def test_a_gpu_wait_sleeps_on_a_blocking_event_before_every_copy_back(tiny_ner_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy back from CUDA busy-waits for the kernels; the runners wait on a blocking event first, so the thread
+    sleeps. Without a GPU here: the event is a recorder, and the runner's wiring is checked on the CPU."""
+    made: list[object] = []
+
+    class RecordingEvent:
+        def __init__(self, blocking: bool = False) -> None:
+            made.append(("event", blocking))
+
+        def record(self) -> None:
+            made.append("record")
+
+        def synchronize(self) -> None:
+            made.append("synchronize")
+
+    monkeypatch.setattr(torch.cuda, "Event", RecordingEvent)
+    wait_for_device(torch.device("cuda"))
+    wait_for_device(torch.device("cpu"))
+    assert made == [("event", True), "record", "synchronize"]
+    waited: list[torch.device] = []
+    monkeypatch.setattr("agents.runners.base.wait_for_device", waited.append)
+    runner = build_runner("disease", load_model(tiny_ner_dir, TaskKind.ner), device="cpu", batch_size=1)
+    assert len(runner(["Chest pain on exertion.", "Cough for two weeks."])) == 2
+    assert waited == [torch.device("cpu")] * 2  # once per forward batch

@@ -98,5 +98,8 @@ def candidates(bound: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     the bound of its last candidate: every other entry's bound is at most that."""
     import torch
 
+    from agents.runners.device import wait_for_device
+
     values, index = torch.topk(bound, min(k, bound.shape[1]), dim=1)
+    wait_for_device(bound.device)
     return index.cpu().numpy(), values[:, -1].cpu().numpy()

@@ -87,7 +87,7 @@ class SentenceEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """``[len(texts), dim]`` float32, unit rows."""
-        from agents.runners.device import attention_kernels
+        from agents.runners.device import attention_kernels, wait_for_device
 
         torch = self._torch
         dim = int(self.model.config.hidden_size)
@@ -103,5 +103,6 @@ class SentenceEncoder:
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                wait_for_device(self.device)
                 out[picked] = pooled.float().cpu().numpy()
         return out

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from agents.model_dir import LoadedModel
 from agents.runners.columns import TaskColumns
-from agents.runners.device import attention_kernels, pick_device
+from agents.runners.device import attention_kernels, pick_device, wait_for_device
 from agents.runners.onnx_int8 import OnnxInt8Model
 from agents.runners.precision import cpu_precision
 from agents.runners.windows import TokenCache, Tokenizer, Windows, batch_bounds, windows_of
@@ -193,7 +193,8 @@ class ModelRunner(ABC):
                 logits = self._logits(ids, mask)
                 if temperature is not None:
                     logits = torch.softmax(logits / temperature, dim=-1)
-                values = logits.cpu().numpy()  # float32 (bf16 on CUDA upcast first); waits for the device
+                wait_for_device(self.device)
+                values = logits.cpu().numpy()  # float32 (bf16 on CUDA upcast first)
                 self.forward_seconds += time.perf_counter() - wall
                 self.forward_cpu_seconds += self.forward_cpu_time() - cpu
                 if values.ndim == 3:
