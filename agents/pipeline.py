@@ -23,7 +23,8 @@ from agents.config import TaskSettings, TopicSettings
 from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
 from agents.runners.columns import TaskColumns
-from agents.runners.windows import TokenCache
+from agents.runners.shared_trunk import shared_trunks
+from agents.runners.windows import TokenCache, Windows
 from agents.types import BatchResult, InRecord, OutRecord
 from schemas._base import utc_now
 from schemas.avro_columns import array_blocks, arrays
@@ -123,6 +124,8 @@ class ExtractionPipeline:
         self._staged: dict[str, tuple[ModelRunner, TaskSettings]] = {}
         self._staged_routing: dict[str, TaskSettings] = {}
         self._staged_lock = threading.Lock()
+        #: groups of tasks whose models share their first layers: one pass through those per batch
+        self._trunks = shared_trunks(self.runners)
 
     def stage(self, runner: ModelRunner, task: TaskSettings) -> None:
         """Hand over a new model version for one task, from any thread (the model watcher): it takes over, with the
@@ -148,6 +151,8 @@ class ExtractionPipeline:
             self.runners[i] = runner
             self.policy.replace(task)
             log.info("task %s: model version %s replaces %s from this batch on", name, runner.loaded.version, before)
+        if staged:
+            self._trunks = shared_trunks(self.runners)
 
     def process(self, records: Sequence[InRecord]) -> BatchResult:
         self._take_staged()
@@ -167,8 +172,20 @@ class ExtractionPipeline:
 
     def _columns(self, result: BatchResult, texts: list[str]) -> list[TaskColumns]:
         tokens = TokenCache(texts)  # one tokenizer pass per distinct tokenizer, shared by the tasks
-        per_task = []
+        per_task: dict[str, TaskColumns] = {}
+        for trunk in self._trunks:  # the tasks of a trunk cut the same windows and share one pass through its layers
+            with result.timed("tokenise"):
+                windows = trunk.runners[0].preprocess(texts, tokens)
+            wall, cpu = trunk.forward_seconds, trunk.forward_cpu_seconds
+            with result.timed("infer"):
+                shared = trunk.window_probabilities(windows)
+            result.stage_seconds["forward"] += trunk.forward_seconds - wall
+            result.stage_cpu_seconds["forward"] += trunk.forward_cpu_seconds - cpu
+            for runner, probs in zip(trunk.runners, shared, strict=True):
+                per_task[runner.task] = self._task_columns(result, runner, texts, windows, probs)
         for runner in self.runners:
+            if runner.task in per_task:
+                continue
             with result.timed("tokenise"):
                 windows = runner.preprocess(texts, tokens)
             wall, cpu = runner.forward_seconds, runner.forward_cpu_seconds
@@ -176,13 +193,18 @@ class ExtractionPipeline:
                 probs = runner.window_probabilities(windows)
             result.stage_seconds["forward"] += runner.forward_seconds - wall  # the model alone, within infer
             result.stage_cpu_seconds["forward"] += runner.forward_cpu_seconds - cpu
-            with result.timed("postprocess"):
-                columns = runner.columns(texts, windows, probs)
-            annotator = self.clinical.get(runner.task)
-            if annotator is not None and columns.entities is not None:
-                columns = annotator.annotate(result, texts, columns)
-            per_task.append(columns)
-        return per_task
+            per_task[runner.task] = self._task_columns(result, runner, texts, windows, probs)
+        return [per_task[runner.task] for runner in self.runners]
+
+    def _task_columns(
+        self, result: BatchResult, runner: ModelRunner, texts: list[str], windows: Windows, probs: list[np.ndarray]
+    ) -> TaskColumns:
+        with result.timed("postprocess"):
+            columns = runner.columns(texts, windows, probs)
+        annotator = self.clinical.get(runner.task)
+        if annotator is not None and columns.entities is not None:
+            columns = annotator.annotate(result, texts, columns)
+        return columns
 
     def _infer(self, result: BatchResult, notes: list[Note]) -> list[tuple[list[Note], list[TaskColumns]]]:
         """Every task over the batch, as (notes, their columns per task); a failing batch is retried note by note so

@@ -50,11 +50,12 @@ def demo(obj: CliContext, notes: int, datasets: Path, input_path: Path | None, f
 @option(
     "--models",
     envvar="EHRSTREAM_BENCH_MODELS",
-    type=click.Choice(["default", "bert-base", "tiny"]),
+    type=click.Choice(["default", "bert-base", "tiny", "bert-base-shared", "tiny-shared"]),
     default="default",
     show_default=True,
     help="default: the configured tasks' models; bert-base / tiny: random-weight BERT-base or tiny (hidden 32, 2 layers) "
-    "NER + classifier (speed only; tiny shows what everything around the model costs).",
+    "NER + classifier (speed only; tiny shows what everything around the model costs); -shared: the two as heads over "
+    "one random encoder, which the workers run once per batch.",
 )
 @option(
     "--workers",
@@ -62,7 +63,7 @@ def demo(obj: CliContext, notes: int, datasets: Path, input_path: Path | None, f
     type=int,
     default=0,
     show_default=True,
-    help="Worker processes; 0 = the embedded stack's plan (one per core, at most 4, on CPU and CUDA alike).",
+    help="Worker processes; 0 = the embedded stack's plan (CPU: one per core, at most 4; CUDA: one per two cores, at most 8).",
 )
 @option(
     "--partitions", envvar="EHRSTREAM_BENCH_PARTITIONS", type=int, default=None, help="Notes-topic partitions [default: max(4, workers)]."

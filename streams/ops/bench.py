@@ -36,8 +36,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from agents.config import TaskSettings
-from schemas.extraction import TaskKind
+from streams.ops.bench_models import random_bert_tasks
 from streams.ops.bench_stack import BenchStack, insert_seconds, scrape_stage_metrics
 from streams.ops.process_cpu import cpu_by_role, tree_cpu
 from streams.runtime.broker import EMBEDDED_TIMEOUTS
@@ -79,6 +78,7 @@ class BenchResult:
     #: per stage: CPU ms per note of the thread that ran it (torch's own intra-op threads not included) and wall ms
     #: per note; produce and insert are wall only (their work is in client and ClickHouse threads)
     stage_ms_per_note: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: notes/s of each task's model alone, or of tasks sharing layers together (``"condition+disease"``)
     raw_by_task: dict[str, float] = field(default_factory=dict)
     #: what each task's model ran in (``ModelRunner.runs_in``: "bf16", "int8" or "float32"; "auto" resolved)
     precision_by_task: dict[str, str] = field(default_factory=dict)
@@ -109,39 +109,6 @@ def bench_texts(n: int, datasets: Path) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
 
-#: the near-free models of ``--models tiny``: what everything around the model costs shows, not the model
-TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-
-
-def random_bert_tasks(folder: Path, size: str) -> list[TaskSettings]:
-    """Random-weight BERT token and document classifiers (speed only), with the packaged backbone's tokenizer: a
-    5-class classifier and a 3-tag NER model, the two default task kinds. ``size``: ``bert-base`` or ``tiny``."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification
-
-    from agents.model_dir import DEFAULT_BACKBONE, resolve_base
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base(DEFAULT_BACKBONE))
-    tasks = []
-    for name, kind, labels, cls in (
-        ("condition", TaskKind.classification, ["a", "b", "c", "d", "e"], BertForSequenceClassification),
-        ("disease", TaskKind.ner, ["O", "B-Disease", "I-Disease"], BertForTokenClassification),
-    ):
-        torch.manual_seed(0)
-        shape: dict[str, Any] = dict(TINY_BERT) if size == "tiny" else {}
-        maps: dict[str, Any] = {
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "label2id": {x: i for i, x in enumerate(labels)},
-        }
-        config = BertConfig(**shape, **maps)
-        path = folder / f"{size}-{name}"
-        cls(config).save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        tasks.append(TaskSettings(name=name, kind=kind, model_dir=path, threshold=0.9))
-    return tasks
-
-
 def raw_throughput(settings: Settings, texts: list[str], reference: bool = False) -> tuple[float, dict[str, float], dict[str, str]]:
     """Notes/s of the models alone over pre-tokenised windows (all tasks), per task, and what each task's model ran in
     (see ``BenchResult.precision_by_task``). ``reference``: the plain float32 HF models, whatever the tasks'
@@ -150,6 +117,7 @@ def raw_throughput(settings: Settings, texts: list[str], reference: bool = False
 
     import torch
 
+    from agents.runners.shared_trunk import shared_trunks
     from streams.worker import build_runners
 
     # the device at its best: torch's default threads, whatever the workers are limited to
@@ -157,19 +125,24 @@ def raw_throughput(settings: Settings, texts: list[str], reference: bool = False
     total = 0.0
     by_task: dict[str, float] = {}
     precision = {r.task: r.runs_in for r in runners}
-    for runner in runners:
+    # tasks sharing layers run as the workers run them, one pass through those per batch (never the reference's)
+    trunks = [] if reference else shared_trunks(runners)
+    shared = {r.task for t in trunks for r in t.runners}
+    passes: list[tuple[str, Any, Any]] = [("+".join(t.tasks), t.runners[0], t.window_probabilities) for t in trunks]
+    passes += [(r.task, r, r.window_logits) for r in runners if r.task not in shared]
+    for name, runner, forward in passes:
         windows = runner.preprocess(texts)
         # one whole untimed pass first: costs paid once per batch shape (allocations, kernels, a CUDA attention plan per
         # new batch and length) stay outside the clock, which then times the model at its steady rate
-        runner.window_logits(windows)
+        forward(windows)
         if runner.device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        runner.window_logits(windows)
+        forward(windows)
         if runner.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        by_task[runner.task] = round(len(texts) / seconds, 2)
+        by_task[name] = round(len(texts) / seconds, 2)
         total += seconds
     del runners
     gc.collect()
@@ -212,7 +185,7 @@ def _bench_in(
     latency_seconds: float,
     echo: Callable[[str], None],
 ) -> BenchResult:
-    if models in ("bert-base", "tiny"):
+    if models != "default":
         settings = settings.model_copy(update={"tasks": random_bert_tasks(work, models)})
     if workers:
         settings = settings.model_copy(update={"embedded_workers": workers})
