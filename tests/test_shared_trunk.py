@@ -11,6 +11,9 @@ import torch
 from transformers import BertForSequenceClassification, BertForTokenClassification
 
 from agents.config import TaskSettings, TopicSettings
+from agents.errors import TrainingDataError
+from agents.learning.datasets import ClassificationExample, NerExample
+from agents.learning.training import TrainConfig, train
 from agents.model_dir import load_model
 from agents.pipeline import ExtractionPipeline
 from agents.routing import RoutingPolicy
@@ -134,3 +137,39 @@ def test_the_bench_s_shared_models_are_two_heads_over_one_encoder(tmp_path: Path
     models = [load_model(t.model_dir, t.kind).model for t in (condition, disease)]
     assert models[0] is not None and models[1] is not None
     assert shared_depth(models[0], models[1]) == depth
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("adapt_top", "depth"), [(1, 1), (0, 0)])
+def test_tasks_trained_with_the_top_layers_adapted_share_the_layers_below(
+    tiny_backbone_dir: Path, tmp_path: Path, adapt_top: int, depth: int
+) -> None:
+    """``ehrstream train --adapt-top 1`` on a two-layer backbone: the first layer stays the backbone's in both tasks, so
+    the workers run it once; with every layer adapted nothing is shared."""
+    ner_data = [
+        NerExample("Patient has breast cancer today.", [(12, 25, "Disease")]),
+        NerExample("No sign of diabetes here.", [(11, 19, "Disease")]),
+    ]
+    cls_data = [ClassificationExample("chest pain and arrhythmia", "cardio"), ClassificationExample("seizures and stroke", "neuro")]
+    runners = []
+    for name, kind, data in (("condition", TaskKind.classification, cls_data * 4), ("disease", TaskKind.ner, ner_data * 4)):
+        shape = {"epochs": 1, "batch_size": 4, "max_length": 32, "stride": 8}
+        config = TrainConfig(task=name, kind=kind, base=str(tiny_backbone_dir), adapt_top=adapt_top, device="cpu", **shape)
+        train(config, data, data[:2], tmp_path / name)
+        runners.append(build_runner(name, load_model(tmp_path / name, kind), device="cpu"))
+    trunks = shared_trunks(runners)
+    assert [(t.tasks, t.depth) for t in trunks] == ([(["condition", "disease"], depth)] if depth else [])
+    if trunks:
+        windows = runners[0].preprocess(TEXTS, TokenCache(TEXTS))
+        for runner, probs in zip(runners, trunks[0].window_probabilities(windows), strict=True):
+            for a, b in zip(probs, runner.window_probabilities(windows), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_adapting_more_layers_than_the_backbone_has_is_refused(tiny_backbone_dir: Path, tmp_path: Path) -> None:
+    data = [ClassificationExample("chest pain", "cardio"), ClassificationExample("stroke", "neuro")]
+    config = TrainConfig(task="condition", kind=TaskKind.classification, base=str(tiny_backbone_dir), adapt_top=3, device="cpu")
+    with pytest.raises(TrainingDataError, match="adapt-top 3: the backbone has 2 layers"):
+        train(config, data, data, tmp_path / "out")
+    with pytest.raises(TrainingDataError, match="full fine-tuning"):
+        train(config.model_copy(update={"adapt_top": 1, "method": "full"}), data, data, tmp_path / "out")

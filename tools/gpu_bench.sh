@@ -3,7 +3,8 @@
 # processes by default (2026-12-04, one H200 with 16 cores: 2 workers 689 notes/s, 4 1,196, 8 1,573, 12 1,576; 8 is
 # now the embedded stack's plan there), the GPU's utilisation and memory sampled every 0.5 s beside each run, every
 # output line timestamped (so the utilisation of the end-to-end phase can be read off between "measuring peak" and
-# "end to end"). Settings travel as EHRSTREAM_* variables (e.g. EHRSTREAM_BATCH_MAX_NOTES=256).
+# "end to end"). Settings travel as EHRSTREAM_* variables (e.g. EHRSTREAM_BATCH_MAX_NOTES=256); MODELS=bert-base-shared
+# runs the two tasks as heads over one encoder, which the workers run once per batch (agents/runners/shared_trunk.py).
 # Usage: tools/gpu_bench.sh OUT_DIR [NOTES] [WORKER_COUNTS]   (DATASETS: where medical_abstracts/train.csv is)
 set -uo pipefail
 out=${1:?output directory}; notes=${2:-10000}; counts=${3:-"8 4 12"}; data=${DATASETS:-../shared/datasets}

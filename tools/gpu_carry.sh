@@ -113,5 +113,5 @@ if [ -n "$coder" ]; then
 CALLS
 fi
 cat <<'CALLS'
-last. carry [".c3"], timeout_s 590: R=$PWD; test -f /tmp/stage/cb || exit 3; (cd /tmp/stage && cat ca cb $R/.c3/cc | python3 unz.py chdb) && PYTHONPATH=/tmp/site:$R DATASETS=/tmp/stage/datasets BENCH_TIMEOUT=180 bash tools/gpu_bench.sh $OUT 20000 "8 4" && EHRSTREAM_BATCH_MAX_NOTES=256 PYTHONPATH=/tmp/site:$R DATASETS=/tmp/stage/datasets BENCH_TIMEOUT=180 bash tools/gpu_bench.sh $OUT/b256 20000 "8"
+last. carry [".c3"], timeout_s 590: R=$PWD; test -f /tmp/stage/cb || exit 3; (cd /tmp/stage && cat ca cb $R/.c3/cc | python3 unz.py chdb) && PYTHONPATH=/tmp/site:$R DATASETS=/tmp/stage/datasets BENCH_TIMEOUT=180 bash tools/gpu_bench.sh $OUT 20000 "8" && MODELS=bert-base-shared PYTHONPATH=/tmp/site:$R DATASETS=/tmp/stage/datasets BENCH_TIMEOUT=180 bash tools/gpu_bench.sh $OUT/shared 20000 "8" && EHRSTREAM_BATCH_MAX_NOTES=256 PYTHONPATH=/tmp/site:$R DATASETS=/tmp/stage/datasets BENCH_TIMEOUT=180 bash tools/gpu_bench.sh $OUT/b256 20000 "8"
 CALLS

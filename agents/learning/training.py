@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
@@ -61,6 +61,10 @@ class TrainConfig(BaseModel):
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.1
+    #: LoRA on the top N encoder layers only (0: every layer). Tasks trained from one backbone with the same N and
+    #: window leave the layers below as the backbone's, and the workers run those once per batch for all of them
+    #: (:mod:`agents.runners.shared_trunk`)
+    adapt_top: int = Field(default=0, ge=0)
     seed: int = 13
     device: str = "auto"
     #: stop after this many training windows per epoch (0 = all); for smoke runs
@@ -181,6 +185,8 @@ def train(
             raise TrainingDataError(config.task, f"--init-from needs a LoRA model with the labels {labels}")
     if len(labels) < 2:
         raise TrainingDataError(config.task, f"need at least two labels, found {labels}")
+    if config.adapt_top and config.method != "lora":
+        raise TrainingDataError(config.task, "--adapt-top chooses the layers LoRA adapts; full fine-tuning changes every layer")
     base_dir = resolve_base(config.base)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     with quiet_transformers():
@@ -200,6 +206,7 @@ def train(
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
             target_modules=["query", "key", "value", "dense"],
+            layers_to_transform=_top_layers(model, config),
         )
         if config.init_from is not None:
             from peft import PeftModel
@@ -301,3 +308,13 @@ def _version(digest: str, settings: dict[str, Any]) -> str:
 
     blob = json.dumps({"data": digest, "settings": settings}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _top_layers(model: Any, config: TrainConfig) -> list[int] | None:
+    """The indices of the top ``config.adapt_top`` encoder layers (None: every layer, LoRA's default)."""
+    if not config.adapt_top:
+        return None
+    layers = int(model.config.num_hidden_layers)
+    if config.adapt_top > layers:
+        raise TrainingDataError(config.task, f"--adapt-top {config.adapt_top}: the backbone has {layers} layers")
+    return list(range(layers - config.adapt_top, layers))

@@ -53,6 +53,15 @@ from streams.cli.options import CliContext, configured_task, data_format_option,
 @option("--batch-size", envvar="EHRSTREAM_TRAIN_BATCH_SIZE", type=int, default=16, show_default=True)
 @option("--max-length", envvar="EHRSTREAM_TRAIN_MAX_LENGTH", type=int, default=256, show_default=True, help="Window length in tokens.")
 @option("--lora-r", envvar="EHRSTREAM_TRAIN_LORA_R", type=int, default=16, show_default=True)
+@option(
+    "--adapt-top",
+    envvar="EHRSTREAM_TRAIN_ADAPT_TOP",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="LoRA on the top N encoder layers only (0 = every layer): tasks trained from one backbone with the same N and "
+    "--max-length share the layers below, which the workers then run once per batch for all of them.",
+)
 @option("--seed", envvar="EHRSTREAM_TRAIN_SEED", type=int, default=13, show_default=True)
 @option(
     "--train-size",
@@ -93,6 +102,7 @@ def train(
     batch_size: int,
     max_length: int,
     lora_r: int,
+    adapt_top: int,
     seed: int,
     train_size: int,
     min_steps: int,
@@ -116,6 +126,7 @@ def train(
         stride=min(64, max_length // 4),
         lora_r=lora_r,
         lora_alpha=2 * lora_r,
+        adapt_top=adapt_top,
         seed=seed,
         train_size=train_size,
         min_steps=min_steps,
