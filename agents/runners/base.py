@@ -22,7 +22,7 @@ from agents.runners.columns import TaskColumns
 from agents.runners.device import attention_kernels, pick_device, wait_for_device
 from agents.runners.onnx_int8 import OnnxInt8Model
 from agents.runners.precision import cpu_precision
-from agents.runners.windows import TokenCache, Tokenizer, Windows, batch_bounds, windows_of
+from agents.runners.windows import TokenCache, Tokenizer, Windows, padded, sorted_batches, windows_of
 from agents.types import TaskOutput
 from schemas.extraction import TaskKind
 
@@ -179,16 +179,12 @@ class ModelRunner(ABC):
         """Length-sorted batches of padded windows through the model; the softmax of ``logits / temperature`` on the
         device when a temperature is given, else the logits; one float32 array per window (its real tokens only)."""
         lengths = windows.lengths
-        order = np.argsort(lengths, kind="stable")
         out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(windows)
-        batches = batch_bounds(lengths[order], self.batch_size, self.batch_tokens)
+        batches = sorted_batches(windows, self.batch_size, self.batch_tokens)
         bar = tqdm(batches, desc=f"{self.task}: inference", unit="batch", disable=None if progress else True, leave=False)
         with torch.inference_mode(), attention_kernels(self.device):
-            for first, end in bar:
-                idx = order[first:end]
-                width = int(lengths[idx].max())
-                ids = np.ascontiguousarray(windows.ids[idx, :width])
-                mask = (np.arange(width)[None, :] < lengths[idx, None]).astype(np.int64)
+            for idx in bar:
+                ids, mask = padded(windows, idx)
                 wall, cpu = time.perf_counter(), self.forward_cpu_time()
                 logits = self._logits(ids, mask)
                 if temperature is not None:

@@ -26,7 +26,7 @@ import torch
 
 from agents.runners.base import ModelRunner, additive_mask
 from agents.runners.device import attention_kernels, wait_for_device
-from agents.runners.windows import Windows, batch_bounds
+from agents.runners.windows import Windows, padded, sorted_batches
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +156,10 @@ class SharedTrunk:
         """Per task, :meth:`ModelRunner.window_probabilities` of these windows (each task's own temperature)."""
         first = self.runners[0]
         lengths = windows.lengths
-        order = np.argsort(lengths, kind="stable")
         out: list[list[np.ndarray]] = [[np.empty(0, dtype=np.float32)] * len(windows) for _ in self.runners]
         with torch.inference_mode(), attention_kernels(first.device):
-            for lo, hi in batch_bounds(lengths[order], first.batch_size, first.batch_tokens):
-                idx = order[lo:hi]
-                width = int(lengths[idx].max())
-                ids = np.ascontiguousarray(windows.ids[idx, :width])
-                mask = (np.arange(width)[None, :] < lengths[idx, None]).astype(np.int64)
+            for idx in sorted_batches(windows, first.batch_size, first.batch_tokens):
+                ids, mask = padded(windows, idx)
                 wall, cpu = time.perf_counter(), first.forward_cpu_time()
                 logits = self._logits(ids, mask)
                 probs = [torch.softmax(x / r.loaded.temperature, dim=-1) for x, r in zip(logits, self.runners, strict=True)]

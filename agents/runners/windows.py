@@ -197,6 +197,21 @@ def batch_bounds(lengths: np.ndarray, max_windows: int, max_tokens: int | None) 
     return out
 
 
+def sorted_batches(windows: Windows, max_windows: int, max_tokens: int | None) -> list[np.ndarray]:
+    """The windows' indices in forward batches: sorted by length, cut by :func:`batch_bounds`."""
+    order = np.argsort(windows.lengths, kind="stable")
+    return [order[first:end] for first, end in batch_bounds(windows.lengths[order], max_windows, max_tokens)]
+
+
+def padded(windows: Windows, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of windows as ``[batch, width]`` token ids and a 0/1 mask, ``width`` its longest window's length."""
+    lengths = windows.lengths[idx]
+    width = int(lengths.max())
+    ids = np.ascontiguousarray(windows.ids[idx, :width])
+    mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    return ids, mask
+
+
 class TokenCache:
     """One tokenizer pass per batch and tokenizer fingerprint: tasks that share a tokenizer share the pass."""
 
