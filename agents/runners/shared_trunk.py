@@ -133,7 +133,8 @@ class SharedTrunk:
             for runner, logits in zip(self.runners, shared, strict=True):
                 own = runner._logits(ids, mask)
                 if own.ndim == 3:  # per token: padding positions carry no result
-                    own, logits = own[torch.from_numpy(mask).bool()], logits[torch.from_numpy(mask).bool()]
+                    keep = torch.from_numpy(mask).bool().to(own.device)
+                    own, logits = own[keep], logits[keep]
                 if own.shape != logits.shape or not torch.allclose(own, logits, rtol=tolerance, atol=tolerance):
                     return False
         return True
