@@ -23,6 +23,7 @@ class ShapeCostRunner:
 
     task: str
     runs_in: str = "float32"
+    model: None = None  # no torch model (as an int8 runner's): nothing to share with another task
     device: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(type="cpu"))
     seen: set[int] = field(default_factory=set)
 
