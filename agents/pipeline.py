@@ -23,7 +23,7 @@ from agents.config import TaskSettings, TopicSettings
 from agents.routing import RoutingPolicy
 from agents.runners import ModelRunner
 from agents.runners.columns import TaskColumns
-from agents.runners.shared_trunk import shared_trunks
+from agents.runners.shared_trunk import forward_passes, shared_trunks
 from agents.runners.windows import TokenCache, Windows
 from agents.types import BatchResult, InRecord, OutRecord
 from schemas._base import utc_now
@@ -173,27 +173,16 @@ class ExtractionPipeline:
     def _columns(self, result: BatchResult, texts: list[str]) -> list[TaskColumns]:
         tokens = TokenCache(texts)  # one tokenizer pass per distinct tokenizer, shared by the tasks
         per_task: dict[str, TaskColumns] = {}
-        for trunk in self._trunks:  # the tasks of a trunk cut the same windows and share one pass through its layers
+        for forward in forward_passes(self.runners, self._trunks):  # the tasks of a pass cut the same windows
             with result.timed("tokenise"):
-                windows = trunk.runners[0].preprocess(texts, tokens)
-            wall, cpu = trunk.forward_seconds, trunk.forward_cpu_seconds
+                windows = forward.runners[0].preprocess(texts, tokens)
+            wall, cpu = forward.forward_seconds, forward.forward_cpu_seconds
             with result.timed("infer"):
-                shared = trunk.window_probabilities(windows)
-            result.stage_seconds["forward"] += trunk.forward_seconds - wall
-            result.stage_cpu_seconds["forward"] += trunk.forward_cpu_seconds - cpu
-            for runner, probs in zip(trunk.runners, shared, strict=True):
-                per_task[runner.task] = self._task_columns(result, runner, texts, windows, probs)
-        for runner in self.runners:
-            if runner.task in per_task:
-                continue
-            with result.timed("tokenise"):
-                windows = runner.preprocess(texts, tokens)
-            wall, cpu = runner.forward_seconds, runner.forward_cpu_seconds
-            with result.timed("infer"):
-                probs = runner.window_probabilities(windows)
-            result.stage_seconds["forward"] += runner.forward_seconds - wall  # the model alone, within infer
-            result.stage_cpu_seconds["forward"] += runner.forward_cpu_seconds - cpu
-            per_task[runner.task] = self._task_columns(result, runner, texts, windows, probs)
+                probs = forward.window_probabilities(windows)
+            result.stage_seconds["forward"] += forward.forward_seconds - wall  # the models alone, within infer
+            result.stage_cpu_seconds["forward"] += forward.forward_cpu_seconds - cpu
+            for runner, task_probs in zip(forward.runners, probs, strict=True):
+                per_task[runner.task] = self._task_columns(result, runner, texts, windows, task_probs)
         return [per_task[runner.task] for runner in self.runners]
 
     def _task_columns(

@@ -155,6 +155,13 @@ class SharedTrunk:
 
     def window_probabilities(self, windows: Windows) -> list[list[np.ndarray]]:
         """Per task, :meth:`ModelRunner.window_probabilities` of these windows (each task's own temperature)."""
+        return self._run(windows, probabilities=True)
+
+    def window_logits(self, windows: Windows) -> list[list[np.ndarray]]:
+        """Per task, :meth:`ModelRunner.window_logits` of these windows."""
+        return self._run(windows, probabilities=False)
+
+    def _run(self, windows: Windows, probabilities: bool) -> list[list[np.ndarray]]:
         first = self.runners[0]
         lengths = windows.lengths
         out: list[list[np.ndarray]] = [[np.empty(0, dtype=np.float32)] * len(windows) for _ in self.runners]
@@ -163,9 +170,10 @@ class SharedTrunk:
                 ids, mask = padded(windows, idx)
                 wall, cpu = time.perf_counter(), first.forward_cpu_time()
                 logits = self._logits(ids, mask)
-                probs = [torch.softmax(x / r.loaded.temperature, dim=-1) for x, r in zip(logits, self.runners, strict=True)]
+                if probabilities:
+                    logits = [torch.softmax(x / r.loaded.temperature, dim=-1) for x, r in zip(logits, self.runners, strict=True)]
                 wait_for_device(first.device)
-                values = [p.cpu().numpy() for p in probs]
+                values = [x.cpu().numpy() for x in logits]
                 self.forward_seconds += time.perf_counter() - wall
                 self.forward_cpu_seconds += first.forward_cpu_time() - cpu
                 for task_out, task_values in zip(out, values, strict=True):
@@ -191,21 +199,22 @@ def _compatible(a: ModelRunner, b: ModelRunner) -> bool:
 def shared_trunks(runners: Sequence[ModelRunner]) -> list[SharedTrunk]:
     """The trunks the runners can share: each runner joins the first earlier group it is compatible with and shares
     at least one layer with; a group of two or more whose outputs agree with the runners' own becomes a trunk."""
-    groups: list[tuple[list[ModelRunner], int]] = []
+    groups: list[tuple[list[ModelRunner], int | None]] = []  # (members, the layers all of them share; None: alone)
     for runner in runners:
         for k, (members, depth) in enumerate(groups):
             if not _compatible(members[0], runner):
                 continue
             assert members[0].model is not None and runner.model is not None
-            shared = min(depth, shared_depth(members[0].model, runner.model))
+            shared = shared_depth(members[0].model, runner.model)
+            shared = shared if depth is None else min(depth, shared)
             if shared > 0:
                 groups[k] = ([*members, runner], shared)
                 break
         else:
-            groups.append(([runner], 1 << 30))
+            groups.append(([runner], None))
     trunks = []
     for members, depth in groups:
-        if len(members) < 2:
+        if depth is None:
             continue
         trunk = SharedTrunk(members, depth)
         if trunk.agrees():
@@ -214,3 +223,36 @@ def shared_trunks(runners: Sequence[ModelRunner]) -> list[SharedTrunk]:
         else:
             log.warning("tasks %s share %d layer(s) but a shared pass disagrees with their own: run apart", ", ".join(trunk.tasks), depth)
     return trunks
+
+
+class SinglePass:
+    """One task's own forward, shaped as a trunk's: the runner alone in :attr:`runners`."""
+
+    def __init__(self, runner: ModelRunner) -> None:
+        self.runners = [runner]
+
+    @property
+    def tasks(self) -> list[str]:
+        return [self.runners[0].task]
+
+    @property
+    def forward_seconds(self) -> float:
+        return self.runners[0].forward_seconds
+
+    @property
+    def forward_cpu_seconds(self) -> float:
+        return self.runners[0].forward_cpu_seconds
+
+    def window_probabilities(self, windows: Windows) -> list[list[np.ndarray]]:
+        return [self.runners[0].window_probabilities(windows)]
+
+    def window_logits(self, windows: Windows) -> list[list[np.ndarray]]:
+        return [self.runners[0].window_logits(windows)]
+
+
+def forward_passes(runners: Sequence[ModelRunner], trunks: Sequence[SharedTrunk]) -> list[SharedTrunk | SinglePass]:
+    """How the runners' forwards run over a batch: one pass per trunk of tasks sharing layers (``trunks``, from
+    :func:`shared_trunks`, which runs probe forwards: found once, not per batch), then one per remaining task. Every
+    pass's tasks cut the windows of its first runner."""
+    in_trunks = {task for trunk in trunks for task in trunk.tasks}
+    return [*trunks, *(SinglePass(r) for r in runners if r.task not in in_trunks)]

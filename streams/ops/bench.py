@@ -32,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from pydantic import SecretStr
 
@@ -117,7 +116,7 @@ def raw_throughput(settings: Settings, texts: list[str], reference: bool = False
 
     import torch
 
-    from agents.runners.shared_trunk import shared_trunks
+    from agents.runners.shared_trunk import forward_passes, shared_trunks
     from streams.worker import build_runners
 
     # the device at its best: torch's default threads, whatever the workers are limited to
@@ -125,24 +124,22 @@ def raw_throughput(settings: Settings, texts: list[str], reference: bool = False
     total = 0.0
     by_task: dict[str, float] = {}
     precision = {r.task: r.runs_in for r in runners}
-    # tasks sharing layers run as the workers run them, one pass through those per batch (never the reference's)
-    trunks = [] if reference else shared_trunks(runners)
-    shared = {r.task for t in trunks for r in t.runners}
-    passes: list[tuple[str, Any, Any]] = [("+".join(t.tasks), t.runners[0], t.window_probabilities) for t in trunks]
-    passes += [(r.task, r, r.window_logits) for r in runners if r.task not in shared]
-    for name, runner, forward in passes:
+    # the passes the workers make: tasks sharing layers run those once per batch (never the reference's, whole models)
+    passes = forward_passes(runners, [] if reference else shared_trunks(runners))
+    for forward in passes:
+        runner = forward.runners[0]
         windows = runner.preprocess(texts)
         # one whole untimed pass first: costs paid once per batch shape (allocations, kernels, a CUDA attention plan per
         # new batch and length) stay outside the clock, which then times the model at its steady rate
-        forward(windows)
+        forward.window_logits(windows)
         if runner.device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        forward(windows)
+        forward.window_logits(windows)
         if runner.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        by_task[name] = round(len(texts) / seconds, 2)
+        by_task["+".join(forward.tasks)] = round(len(texts) / seconds, 2)
         total += seconds
     del runners
     gc.collect()
