@@ -22,7 +22,7 @@ from agents.runners.columns import TaskColumns
 from agents.runners.device import attention_kernels, pick_device, wait_for_device
 from agents.runners.onnx_int8 import OnnxInt8Model
 from agents.runners.precision import cpu_precision
-from agents.runners.windows import TokenCache, Tokenizer, Windows, padded, sorted_batches, windows_of
+from agents.runners.windows import TokenCache, Tokenizer, Windows, padded, put_back, sorted_batches, windows_of
 from agents.types import TaskOutput
 from schemas.extraction import TaskKind
 
@@ -193,12 +193,7 @@ class ModelRunner(ABC):
                 values = logits.cpu().numpy()  # float32 (bf16 on CUDA upcast first)
                 self.forward_seconds += time.perf_counter() - wall
                 self.forward_cpu_seconds += self.forward_cpu_time() - cpu
-                if values.ndim == 3:
-                    for row, i in enumerate(idx):
-                        out[i] = values[row, : lengths[i]]
-                else:
-                    for row, i in enumerate(idx):
-                        out[i] = values[row]
+                put_back(out, values, idx, lengths)
         return out
 
     def _logits(self, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 
 from agents.runners.base import ModelRunner, additive_mask
 from agents.runners.device import attention_kernels, wait_for_device
-from agents.runners.windows import Windows, padded, sorted_batches
+from agents.runners.windows import Windows, padded, put_back, sorted_batches
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,7 @@ class SharedTrunk:
                 self.forward_seconds += time.perf_counter() - wall
                 self.forward_cpu_seconds += first.forward_cpu_time() - cpu
                 for task_out, task_values in zip(out, values, strict=True):
-                    for row, i in enumerate(idx):
-                        task_out[i] = task_values[row, : lengths[i]] if task_values.ndim == 3 else task_values[row]
+                    put_back(task_out, task_values, idx, lengths)
         return out
 
 

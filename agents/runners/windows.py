@@ -212,6 +212,17 @@ def padded(windows: Windows, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask
 
 
+def put_back(out: list[np.ndarray], values: np.ndarray, idx: np.ndarray, lengths: np.ndarray) -> None:
+    """A batch's outputs into ``out`` in window order: per token (``[batch, width, ...]``) each window's real tokens,
+    per window (``[batch, ...]``) its row."""
+    if values.ndim == 3:
+        for row, i in enumerate(idx.tolist()):
+            out[i] = values[row, : lengths[i]]
+    else:
+        for row, i in enumerate(idx.tolist()):
+            out[i] = values[row]
+
+
 class TokenCache:
     """One tokenizer pass per batch and tokenizer fingerprint: tasks that share a tokenizer share the pass."""
 
