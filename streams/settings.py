@@ -204,8 +204,11 @@ class Settings(BaseSettings):
     #: write as soon as no new record arrived for this long (low load: low latency; high load: full batches)
     sink_linger_seconds: float = Field(default=0.05, ge=0)
     #: writes start at least this far apart (a row still waits at most ``sink_flush_seconds``): ClickHouse pays a
-    #: fixed cost per insert (chdb: ~45 ms of CPU per batch on the 2-vCPU EPYC) and asks for ~1 insert/s per table
-    sink_min_write_interval_seconds: float = Field(default=0.5, ge=0)
+    #: fixed cost per insert (chdb: ~25-45 ms of CPU per batch on two vCPUs), so at most 4 writes/s per table here.
+    #: 0.25 s against 0.5 s: p99 at half the bench's peak rate 0.95-0.98 s instead of 1.14-1.26 s, for about 0.1-0.2 ms
+    #: more CPU per note (docs/performance/hot-path.md, eighteenth session). Raise it where many sinks share a
+    #: ClickHouse server (it suggests about one insert per second per table)
+    sink_min_write_interval_seconds: float = Field(default=0.25, ge=0)
     #: a table's records in one batch go to chdb as Avro (``streams.sink.avro_intake``) from this many bytes on; below,
     #: Python reads them: ClickHouse plans that statement in ~35 ms of CPU (2-vCPU EPYC), as reading 20-90 KB in Python
     sink_avro_min_bytes: int = Field(default=65536, ge=0)
