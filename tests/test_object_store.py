@@ -108,10 +108,36 @@ def test_a_kept_listing_follows_writes_deletes_and_new_folders_as_a_read_from_di
             store.write("b", key, os.urandom(rng.randrange(1, 40)))
         prefix = rng.choice(["t/p0/records/", "t/p1/records/", "t/p0/", "t/", "u/", "t/p0/records/000", ""])
         assert kept(prefix) == from_disk(prefix), (step, prefix)
+        # the listing's joined XML (made once per version, extended by a write that sorts last) is its objects' XML
+        listing = store.listing("b", prefix)
+        assert listing.xml == "".join(item.xml for item in ObjectStore(tmp_path).listing("b", prefix)), (step, prefix)
     # more objects than the bound: listings are still complete, read from disk
     for i in range(20):
         store.write("b", f"big/{i:04d}.batch", b"x")
     assert len(kept("big/")) == 20 == len(from_disk("big/"))
+
+
+def test_a_kept_listing_grows_with_the_brokers_next_batches_and_its_xml_stays_whole(tmp_path: Path) -> None:
+    """The broker's pattern: a partition's next record batch sorts last, and fetches list the partition in between."""
+    store = ObjectStore(tmp_path)
+
+    def disk_xml(prefix: str) -> str:
+        return "".join(item.xml for item in ObjectStore(tmp_path).listing("b", prefix))
+
+    for i in range(0, 20, 2):
+        store.write("b", f"r/{i:04d}.batch", os.urandom(3))
+        listing = store.listing("b", "r/")
+        assert listing.xml == disk_xml("r/") and len(listing) == i // 2 + 1
+    store.write("b", "r/0005.batch", b"x")  # not last: the listing is made again
+    store.delete("b", "r/0000.batch")
+    assert store.listing("b", "r/").xml == disk_xml("r/") and len(store.listing("b", "r/")) == 10
+    assert [item.key for item in store.listing("b", "r/001")] == [
+        "r/0010.batch",
+        "r/0012.batch",
+        "r/0014.batch",
+        "r/0016.batch",
+        "r/0018.batch",
+    ]
 
 
 def test_an_etag_is_recomputed_when_the_file_is_replaced_behind_the_cache(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from streams.runtime.object_listing import DirectoryListings, Listed, list_bucket_result
+from streams.runtime.object_listing import DirectoryListings, Listed, Listing, list_bucket_result
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class ObjectStore:
             self._etags.pop(str(path), None)
         self._listings.drop(str(path.parent), path.name)
 
-    def listing(self, bucket: str, prefix: str) -> list[Listed]:
+    def listing(self, bucket: str, prefix: str) -> Listing:
         """The objects whose key starts with ``prefix``, sorted by key. A directory of files only (a partition's
         ``records/``) is read from disk once and then kept current in memory; otherwise only the directory the prefix
         names is walked, one ``scandir`` per directory. No lock: a listing that races a write shows either version."""
@@ -162,8 +162,10 @@ class ObjectStore:
         start = str(self.path(bucket, prefix.rpartition("/")[0]) if "/" in prefix else self.root / bucket)
         items = self._listings.listing(start, lambda: self._files_only(base, start))
         if items is None:
-            items = self._walk(base, start)
-        return sorted(item for item in items if item.key.startswith(prefix))
+            items = Listing(sorted(self._walk(base, start)))
+        if not prefix or prefix.endswith("/"):
+            return items  # every object under the directory the prefix names
+        return Listing(item for item in items if item.key.startswith(prefix))
 
     def _entry(self, base: str, entry: os.DirEntry[str]) -> Listed | None:
         try:
