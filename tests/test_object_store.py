@@ -131,13 +131,7 @@ def test_a_kept_listing_grows_with_the_brokers_next_batches_and_its_xml_stays_wh
     store.write("b", "r/0005.batch", b"x")  # not last: the listing is made again
     store.delete("b", "r/0000.batch")
     assert store.listing("b", "r/").xml == disk_xml("r/") and len(store.listing("b", "r/")) == 10
-    assert [item.key for item in store.listing("b", "r/001")] == [
-        "r/0010.batch",
-        "r/0012.batch",
-        "r/0014.batch",
-        "r/0016.batch",
-        "r/0018.batch",
-    ]
+    assert [item.key for item in store.listing("b", "r/001")] == [f"r/{i:04d}.batch" for i in range(10, 20, 2)]
 
 
 def test_an_etag_is_recomputed_when_the_file_is_replaced_behind_the_cache(tmp_path: Path) -> None:

@@ -114,8 +114,10 @@ class DirectoryListings:
                 self._entries += new
                 kept.items[name] = item
                 listing = kept.listing
-                last = new and listing is not None and (not listing or listing[-1].key < item.key)
-                kept.listing = listing.extended(item) if last and listing is not None else None
+                if new and listing is not None and (not listing or listing[-1].key < item.key):
+                    kept.listing = listing.extended(item)  # the broker's next batch: the listing grows by one
+                else:
+                    kept.listing = None  # made again at the next listing
                 self._bound()
 
     def drop(self, folder: str, name: str) -> None:
