@@ -41,8 +41,9 @@ class TaskSettings(BaseModel):
     possible_entity_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
     #: CPU inference: "int8" runs the model exported to ONNX with int8 weights in ONNX Runtime (dynamic quantisation,
     #: per channel, the head in float32); "bf16" runs it in bfloat16 in torch (for CPUs with AMX or AVX512-BF16,
-    #: which multiply it natively); "auto" picks bf16 where the CPU multiplies it natively, else int8 where it has int8
-    #: dot-product instructions (AVX512-VNNI), else float32 (``agents.runners.precision``); "none" keeps float32 in torch.
+    #: which multiply it natively); "auto" picks bf16 where the CPU has AMX, else int8 where it has int8 dot-product
+    #: instructions (AVX512-VNNI), else bf16 where it multiplies bf16 natively, else float32 (``agents.runners.precision``);
+    #: "none" keeps float32 in torch.
     #: Scores and speed measured in README. On a GPU the model runs in bf16 either way.
     quantization: Quantization = "none"
     #: NER: clinical-note layout rules, sections and assertion status on every entity (``agents.clinical``)

@@ -15,7 +15,7 @@ from agents.clinical.code_search import best_above, best_of_all, ranked_codes
 from agents.clinical.coding import EMBEDDING_WEIGHT, PENALTY, Icd10Coder, combined_scores
 from agents.clinical.encoder import SentenceEncoder, encoder_placement
 from agents.clinical.icd10_table import default_code
-from agents.runners.precision import cpu_precision
+from agents.runners.precision import encoder_precision
 
 PREFIXES = ("I1", "E11", "E13", "J44", "N18", "S51", "S52", "C34", "C78", "O03", "O26", "S82", "M84", "M80", "R73", "Z86", "Z87")
 
@@ -32,7 +32,8 @@ def coder(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     Icd10Coder.build(directory, prefixes=PREFIXES, quantization=quantization, device=device)
     loaded = Icd10Coder.load(directory, device=device)  # what a worker does: the stored index, not the one in memory
     # mentions are embedded as the index was, where the worker's models run
-    assert (loaded.encoder.quantization, loaded.encoder.device.type) == (cpu_precision(quantization) if device == "cpu" else "bf16", device)
+    precision = encoder_precision(quantization) if device == "cpu" else "bf16"
+    assert (loaded.encoder.quantization, loaded.encoder.device.type) == (precision, device)
     return loaded
 
 
@@ -107,11 +108,11 @@ def test_bf16_embeddings_stay_close_to_float32_and_auto_is_resolved_in_the_index
         SentenceEncoder(quantization="fp8")
     Icd10Coder.build(tmp_path / "index", prefixes=("I10",))  # the default, "auto"
     recorded = json.loads((tmp_path / "index" / "index.json").read_text(encoding="utf-8"))["encoder"]
-    assert recorded == cpu_precision("auto") != "auto"
+    assert recorded == encoder_precision("auto") != "auto"
 
 
 def test_the_encoder_runs_where_the_models_do_in_the_precision_of_its_index() -> None:
-    assert encoder_placement("auto", "cpu") == ("cpu", cpu_precision("auto"))
+    assert encoder_placement("auto", "cpu") == ("cpu", encoder_precision("auto"))
     assert encoder_placement("int8", "cpu") == ("cpu", "int8")
     assert encoder_placement("auto", "cuda") == ("cuda", "bf16")  # what `codes build` records on a GPU host
     assert encoder_placement("bf16", "cuda:1") == ("cuda:1", "bf16")

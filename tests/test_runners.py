@@ -192,11 +192,19 @@ def test_bf16_runs_the_torch_model_in_bfloat16_and_keeps_the_results_close(tiny_
 
 
 @pytest.mark.parametrize(
-    ("bf16", "int8", "picked"), [(True, True, "bf16"), (True, False, "bf16"), (False, True, "int8"), (False, False, "none")]
+    ("amx", "bf16", "int8", "picked"),
+    [
+        (True, True, True, "bf16"),
+        (False, True, True, "int8"),  # AVX512-BF16 and VNNI without AMX (AMD Zen 4): int8 was faster there
+        (False, True, False, "bf16"),
+        (False, False, True, "int8"),
+        (False, False, False, "none"),
+    ],
 )
-def test_auto_picks_bf16_where_the_cpu_multiplies_it_natively_then_int8_where_it_has_int8_dot_products_else_float32(
-    tiny_cls_dir: Path, monkeypatch: pytest.MonkeyPatch, bf16: bool, int8: bool, picked: str
+def test_auto_picks_bf16_where_the_cpu_has_amx_then_int8_where_it_has_int8_dot_products_then_native_bf16_else_float32(
+    tiny_cls_dir: Path, monkeypatch: pytest.MonkeyPatch, amx: bool, bf16: bool, int8: bool, picked: str
 ) -> None:
+    monkeypatch.setattr(precision, "amx", lambda: amx)
     monkeypatch.setattr(precision, "native_bf16", lambda: bf16)
     monkeypatch.setattr(precision, "native_int8", lambda: int8)
     runner = build_runner("t", load_model(tiny_cls_dir, TaskKind.classification), device="cpu", quantization="auto")
@@ -207,6 +215,11 @@ def test_auto_picks_bf16_where_the_cpu_multiplies_it_natively_then_int8_where_it
     assert [precision.cpu_precision(q) for q in ("none", "int8", "bf16")] == ["none", "int8", "bf16"]
     with pytest.raises(ValueError, match="fp8"):
         precision.cpu_precision("fp8")
+    # the coder's encoder: its int8 (torch's dynamic quantisation) loses more than bf16, so bf16 wherever it is native
+    assert precision.encoder_precision("auto") == ("bf16" if bf16 else "int8" if int8 else "none")
+    assert [precision.encoder_precision(q) for q in ("none", "int8", "bf16")] == ["none", "int8", "bf16"]
+    with pytest.raises(ValueError, match="fp8"):
+        precision.encoder_precision("fp8")
 
 
 def test_prebuilt_padding_masks_give_the_probabilities_of_transformers_own(tiny_ner_dir: Path, tiny_cls_dir: Path) -> None:

@@ -43,12 +43,12 @@ def quantize_int8(model: Any) -> Any:
 
 def encoder_placement(quantization: str, device: str) -> tuple[str, str]:
     """Where the encoder runs (``"cpu"`` or the GPU asked for) and in what (``"none"``, float32; ``"bf16"``; ``"int8"``):
-    on a CPU, :func:`agents.runners.precision.cpu_precision`; on a GPU, bf16 for ``"auto"``, and int8 moves the encoder
+    on a CPU, :func:`agents.runners.precision.encoder_precision`; on a GPU, bf16 for ``"auto"``, and int8 moves the encoder
     back to the CPU."""
     from agents.runners.device import pick_device
-    from agents.runners.precision import cpu_precision
+    from agents.runners.precision import encoder_precision
 
-    precision = cpu_precision(quantization)  # raises for a precision there is none of
+    precision = encoder_precision(quantization)  # raises for a precision there is none of
     place = pick_device(device)
     if place.type == "cpu" or quantization == "int8":
         return "cpu", precision

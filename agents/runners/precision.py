@@ -1,13 +1,20 @@
 """How a task's model runs on a CPU: what ``TaskSettings.quantization`` asks for, resolved against the host.
 
 ``"bf16"`` runs the torch model in bfloat16. CPUs with AMX or AVX512-BF16 multiply bf16 matrices natively (oneDNN,
-the path torch takes when :func:`native_bf16` says so). On this 2-core AMX host the default MiniLM models' forward
+the path torch takes when :func:`native_bf16` says so). On a 2-core AMX host the default MiniLM models' forward
 costs a quarter to a third of float32's CPU and about half of ONNX Runtime int8's, with logits closer to float32's
-(docs/performance/hot-path.md, "bf16 on CPUs that multiply it natively"). ``"int8"`` runs an ONNX Runtime session with int8 weights
-(:mod:`agents.runners.onnx_int8`): on that AMX host 1.6-2x faster than float32. On an AVX2-only AMD EPYC (Zen 1: no VNNI,
-no AVX-512) it was not faster than float32 at all, and the torch float32 path, which computes a classifier's last layer
-for the first position only, was faster than int8 (docs/performance/hot-path.md, "eighth session"). So ``"auto"`` takes bf16 where the CPU
-multiplies it natively, int8 where it has int8 dot-product instructions (:func:`native_int8`), and float32 elsewhere.
+(docs/performance/hot-path.md, "bf16 on CPUs that multiply it natively"). ``"int8"`` runs an ONNX Runtime session with
+int8 weights (:mod:`agents.runners.onnx_int8`): on that AMX host 1.6-2x faster than float32. On an AVX2-only AMD EPYC
+(Zen 1: no VNNI, no AVX-512) it was not faster than float32 at all, and the torch float32 path, which computes a
+classifier's last layer for the first position only, was faster than int8 (docs/performance/hot-path.md, "eighth
+session"). On an AMD EPYC with AVX512-BF16 and VNNI but no AMX (Zen 4) int8 was the fastest: 40-43 ms of CPU per note
+and model against bf16's 48-53 and float32's 80-97, one thread (docs/performance/hot-path.md, "nineteenth session").
+So ``"auto"`` takes bf16 where the CPU has AMX, int8 where it has int8 dot-product instructions (:func:`native_int8`),
+bf16 where it multiplies bf16 natively without either, and float32 elsewhere.
+
+The ICD-10-CM coder's sentence encoder resolves ``"auto"`` on its own (:func:`encoder_precision`): its int8 is torch's
+dynamic quantisation, whose mention embeddings fall to a cosine of 0.87 of float32's where bf16's stay above 0.996,
+so it takes bf16 wherever the CPU multiplies it natively.
 """
 
 from __future__ import annotations
@@ -38,11 +45,31 @@ def native_int8() -> bool:
     return bool(check is not None and check())
 
 
+def amx() -> bool:
+    """Whether the CPU has AMX tiles (Intel Sapphire Rapids and later), where oneDNN's bf16 matrix products beat int8."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check is not None and check())
+
+
 def cpu_precision(quantization: str) -> str:
-    """What runs on a CPU for ``quantization``: ``"none"`` (float32), ``"int8"`` or ``"bf16"``; ``"auto"``: bf16 where
-    :func:`native_bf16`, else int8 where :func:`native_int8`, else float32."""
+    """What a task's model runs in on a CPU for ``quantization``: ``"none"`` (float32), ``"int8"`` or ``"bf16"``;
+    ``"auto"``: bf16 where :func:`native_bf16` and :func:`amx`, else int8 where :func:`native_int8`, else bf16 where
+    :func:`native_bf16`, else float32."""
+    if _checked(quantization) != "auto":
+        return quantization
+    bf16 = native_bf16()
+    return "bf16" if bf16 and amx() else "int8" if native_int8() else "bf16" if bf16 else "none"
+
+
+def encoder_precision(quantization: str) -> str:
+    """What the coder's sentence encoder runs in on a CPU for ``quantization``; ``"auto"``: bf16 where
+    :func:`native_bf16`, else int8 (torch's dynamic quantisation) where :func:`native_int8`, else float32."""
+    if _checked(quantization) != "auto":
+        return quantization
+    return "bf16" if native_bf16() else "int8" if native_int8() else "none"
+
+
+def _checked(quantization: str) -> str:
     if quantization not in CPU_PRECISIONS:
         raise ValueError(f"quantization {quantization!r}: expected one of {', '.join(CPU_PRECISIONS)}")
-    if quantization == "auto":
-        return "bf16" if native_bf16() else "int8" if native_int8() else "none"
     return quantization
