@@ -86,3 +86,13 @@ def test_a_phase_ends_when_every_note_is_stored_not_when_replayed_rows_reach_the
     stored = iter([3])
     with pytest.raises(TimeoutError, match="only 3 of 5"):
         stack.wait_for("next", 5, timeout_s=0.1)
+
+
+def test_the_bench_phases_send_different_notes_so_the_coders_cache_is_not_warmed_for_the_measured_phase() -> None:
+    from streams.ops.bench import bench_notes, bench_texts
+
+    warm, peak, latency = bench_notes(DATASETS, 256, 300, 40)
+    assert (len(warm), len(peak), len(latency)) == (256, 300, 40)
+    assert warm + peak + latency == bench_texts(596, DATASETS)
+    # the abstracts hold a few duplicates of their own; a warm-up that was the e2e phase's first notes shared 256
+    assert len(set(warm) & set(peak)) <= 3 and len(set(peak) & set(latency)) <= 3

@@ -7,6 +7,10 @@
    when the last one's extraction row is in ClickHouse (notes/s).
 3. **latency**: notes published at half the measured e2e rate; each note's latency is its
    ClickHouse ``inserted_at`` minus the moment it was sent (p50/p99).
+
+   The warm-up, the e2e notes and the latency notes are consecutive slices of the bench notes
+   (:func:`bench_notes`), so no phase repeats a note another has just sent (the workers' ICD-10-CM
+   coder keeps a cache of the mentions it has coded) until the bench's source runs out.
 4. **stages**: CPU seconds per note of each stage, from the workers' and the sink's
    Prometheus counters over the e2e phase (produce and insert are wall time: their work
    happens in client and ClickHouse threads).
@@ -21,6 +25,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -106,6 +111,13 @@ def bench_texts(n: int, datasets: Path) -> list[str]:
         samples = Path(__file__).resolve().parents[1] / "samples" / "clinical_notes.jsonl"
         texts = [json.loads(line)["text"] for line in samples.read_text().splitlines() if line.strip()]
     return [texts[i % len(texts)] for i in range(n)]
+
+
+def bench_notes(datasets: Path, *counts: int) -> list[list[str]]:
+    """Consecutive slices of :func:`bench_texts`, one per count: the warm-up's, the e2e phase's, the latency phase's."""
+    texts = bench_texts(sum(counts), datasets)
+    ends = list(itertools.accumulate(counts))
+    return [texts[end - count : end] for count, end in zip(counts, ends, strict=True)]
 
 
 def raw_throughput(settings: Settings, texts: list[str], reference: bool = False) -> tuple[float, dict[str, float], dict[str, str]]:
@@ -197,7 +209,8 @@ def _bench_in(
             "kafka_bootstrap_servers": "",
         }
     )
-    texts = bench_texts(notes, datasets)
+    warm_count = max(2 * settings.batch_max_notes * workers, 16)
+    warm, texts = bench_notes(datasets, warm_count, notes)
     device = _device_name(settings.device)
     echo(f"bench: {notes} notes (median {int(statistics.median(len(t) for t in texts))} chars), models {models}, device {device}")
     echo(f"{workers} worker process(es), {threads} torch thread(s) each, {partitions} partitions")
@@ -209,7 +222,6 @@ def _bench_in(
 
     stack = BenchStack(settings, workers, work)
     try:
-        warm = texts[: max(2 * settings.batch_max_notes * workers, 16)]
         stack.publish("warmup", warm)
         stack.wait_for("warmup", len(warm), timeout_s=600 + 20 * len(warm) / max(raw_before, 0.1))
         before, insert_before = scrape_stage_metrics(stack.metrics_ports), insert_seconds()
@@ -244,7 +256,7 @@ def _bench_in(
 
         rate = e2e / 2
         count = max(20, int(rate * latency_seconds))
-        lat_texts = texts[:count] if count <= len(texts) else (texts * (count // len(texts) + 1))[:count]
+        lat_texts = bench_notes(datasets, warm_count, notes, count)[2]
         echo(f"latency: {count} notes at {rate:.1f} notes/s")
         t0 = time.monotonic()
 
