@@ -111,13 +111,39 @@ def test_bf16_embeddings_stay_close_to_float32_and_auto_is_resolved_in_the_index
     assert recorded == encoder_precision("auto") != "auto"
 
 
+def test_int8_embeddings_come_from_onnx_runtime_and_an_older_int8_index_keeps_torchs_dynamic_quantisation(tmp_path: Path) -> None:
+    mentions = ["essential hypertension", "T2DM with CKD stage 3", "Ünïcode: Crohn's disease", "fracture of ankle", "x", ""]
+    plain = SentenceEncoder().encode(mentions)
+    onnx = SentenceEncoder(quantization="int8")
+    assert onnx.int8_engine == "onnxruntime" and SentenceEncoder(quantization="bf16").int8_engine is None
+    int8 = onnx.encode(mentions)
+    assert int8.dtype == np.float32 and int8.shape == plain.shape
+    assert np.allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
+    assert float((plain * int8).sum(axis=1).min()) > 0.95  # torch's dynamic int8 went down to 0.87
+    with pytest.raises(ValueError, match="int8_engine"):
+        SentenceEncoder(quantization="int8", int8_engine="tflite")
+    Icd10Coder.build(tmp_path / "index", prefixes=("I10",), quantization="int8")
+    meta_file = tmp_path / "index" / "index.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    assert (meta["encoder"], meta["int8_engine"]) == ("int8", "onnxruntime")
+    loaded = Icd10Coder.load(tmp_path / "index")
+    assert loaded.encoder.int8_engine == "onnxruntime"
+    assert np.array_equal(loaded.encoder.encode(mentions), int8)  # mentions embedded as the index was
+    # an index written before the ONNX Runtime encoder records no engine: its mentions keep torch's quantisation
+    del meta["int8_engine"]
+    meta_file.write_text(json.dumps(meta), encoding="utf-8")
+    older = Icd10Coder.load(tmp_path / "index")
+    assert older.encoder.int8_engine == "torch" and older.encoder._onnx is None
+    assert older.encoder.encode(mentions).shape == plain.shape
+
+
 def test_the_encoder_runs_where_the_models_do_in_the_precision_of_its_index() -> None:
     assert encoder_placement("auto", "cpu") == ("cpu", encoder_precision("auto"))
     assert encoder_placement("int8", "cpu") == ("cpu", "int8")
     assert encoder_placement("auto", "cuda") == ("cuda", "bf16")  # what `codes build` records on a GPU host
     assert encoder_placement("bf16", "cuda:1") == ("cuda:1", "bf16")
     assert encoder_placement("none", "cuda") == ("cuda", "none")
-    assert encoder_placement("int8", "cuda") == ("cpu", "int8")  # torch's dynamic int8 runs on a CPU only
+    assert encoder_placement("int8", "cuda") == ("cpu", "int8")  # int8 (ONNX Runtime's CPU session) runs on a CPU only
     with pytest.raises(ValueError, match="fp8"):
         encoder_placement("fp8", "cuda")
 

@@ -200,7 +200,12 @@ class Icd10Coder:
         meta = json.loads((directory / "index.json").read_text(encoding="utf-8"))
         arrays = np.load(directory / "embeddings.npy")
         entries = [Entry(t, c) for t, c in zip(meta["texts"], meta["codes"], strict=True)]
-        encoder = SentenceEncoder(meta.get("backbone", backbone), quantization=meta.get("encoder", "none"), device=device)
+        encoder = SentenceEncoder(
+            meta.get("backbone", backbone),
+            quantization=meta.get("encoder", "none"),
+            device=device,
+            int8_engine=meta.get("int8_engine") or "torch",  # an int8 index built before 2026-12-05 records none
+        )
         return cls(entries, meta["families"], arrays, encoder)
 
     @classmethod
@@ -214,8 +219,8 @@ class Icd10Coder:
     ) -> Icd10Coder:
         """Embed every entry of the table and store the index in ``directory`` (written whole, then renamed).
         ``quantization``: how the encoder runs, for the index now and for every mention later, the coder's main cost in
-        the worker (``auto``: bf16 on a GPU and on a CPU that multiplies it natively, int8 on other CPUs; see
-        :mod:`agents.clinical.encoder`)."""
+        the worker (``auto``: bf16 on a GPU, on a CPU as :func:`agents.runners.precision.encoder_precision` resolves it;
+        see :mod:`agents.clinical.encoder`)."""
         from agents.clinical.encoder import SentenceEncoder
 
         entries, families = table_entries(prefixes)
@@ -232,6 +237,7 @@ class Icd10Coder:
             "system": SYSTEM,
             "backbone": backbone,
             "encoder": encoder.quantization,  # "auto" resolved: mentions are embedded the same way later
+            "int8_engine": encoder.int8_engine,
             "texts": [e.text for e in entries],
             "codes": [e.code for e in entries],
             "families": families,

@@ -1,12 +1,16 @@
 """Sentence embeddings from the packaged backbone (all-MiniLM-L6-v2): mean-pooled over tokens, L2-normalised, as
 the model was trained to be used. Batched and length-sorted; no gradients. An index and its mentions must be embedded
 the same way (the coder records which in its index). ``bf16`` runs the model in bfloat16: on CPUs that multiply it
-natively (:func:`agents.runners.precision.native_bf16`) 2.5-3x faster than float32 here, with embeddings within a cosine of
-0.996 of float32's. ``int8`` runs the linear layers with int8 weights through torch's dynamic quantisation: 1.6x faster
-than float32 here, embeddings down to a cosine of 0.87 (docs/performance/hot-path.md, "bf16 on CPUs that multiply it natively").
+natively (:func:`agents.runners.precision.native_bf16`) 2.5-3x faster than float32 on the AMX host, with embeddings
+within a cosine of 0.996 of float32's. ``int8`` runs it as an ONNX Runtime session with int8 weights, as the task
+models' int8 path does (:class:`agents.runners.onnx_int8.OnnxInt8Model`; indexes built since 2026-12-05): on a Zen 4
+EPYC (VNNI, no AMX) 1.07-1.16 ms of CPU per mention against bf16's 1.48-1.56 and float32's 2.81-2.88, embeddings
+within a cosine of 0.97 of float32's (0.991 on average). Older int8 indexes were embedded with torch's dynamic
+quantisation (``int8_engine="torch"``, embeddings down to a cosine of 0.87), which their mentions keep using
+(docs/performance/hot-path.md, "bf16 on CPUs that multiply it natively" and "nineteenth session").
 
 On a GPU (``device``) the encoder runs there in the precision the index asks for, bf16 or float32, so a worker on a GPU
-host leaves its CPU to the rest of the note; int8 (torch's dynamic quantisation) runs on a CPU only, so an int8 index
+host leaves its CPU to the rest of the note; int8 (an ONNX Runtime CPU session) runs on a CPU only, so an int8 index
 keeps its encoder on the CPU."""
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+#: how an int8 encoder runs: ONNX Runtime's int8 session, or torch's dynamic quantisation (indexes built before 2026-12-05)
+INT8_ENGINES = ("onnxruntime", "torch")
 
 
 def quantize_int8(model: Any) -> Any:
@@ -63,6 +70,7 @@ class SentenceEncoder:
         max_length: int = 48,
         quantization: str = "none",
         device: str = "cpu",
+        int8_engine: str = "onnxruntime",
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -77,7 +85,16 @@ class SentenceEncoder:
         #: where the encoder runs, and in what ("auto" resolved for this host and device, :func:`encoder_placement`)
         self.device = torch.device(place)
         self.quantization = precision
-        if self.quantization == "int8":
+        if int8_engine not in INT8_ENGINES:
+            raise ValueError(f"int8_engine {int8_engine!r}: expected one of {', '.join(INT8_ENGINES)}")
+        #: how an int8 encoder runs ("onnxruntime", or "torch" for an index built before 2026-12-05); None when not int8
+        self.int8_engine = int8_engine if self.quantization == "int8" else None
+        self._onnx: Any = None
+        if self.int8_engine == "onnxruntime":
+            from agents.runners.onnx_int8 import OnnxInt8Model
+
+            self._onnx = OnnxInt8Model(self.model, per_token=True, threads=torch.get_num_threads(), output="last_hidden_state")
+        elif self.int8_engine == "torch":
             self.model = quantize_int8(self.model)
         else:
             self.model = self.model.to(self.device, torch.bfloat16 if self.quantization == "bf16" else torch.float32)
@@ -99,7 +116,10 @@ class SentenceEncoder:
                 batch = self.tokenizer(
                     [texts[i] for i in picked], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
                 ).to(self.device)
-                hidden = self.model(**batch).last_hidden_state
+                if self._onnx is not None:
+                    hidden = torch.from_numpy(self._onnx(batch["input_ids"].numpy(), batch["attention_mask"].numpy()))
+                else:
+                    hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)

@@ -26,19 +26,21 @@ import torch
 OPSET = 17
 
 
-class _Logits(torch.nn.Module):
-    """The model as a function of (input_ids, attention_mask) to its logits, the form the exporter traces."""
+class _Output(torch.nn.Module):
+    """The model as a function of (input_ids, attention_mask) to one of its outputs (a task model's ``logits``, an
+    encoder's ``last_hidden_state``), the form the exporter traces."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, output: str) -> None:
         super().__init__()
         self.model = model
+        self.output = output
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return logits
+        out: torch.Tensor = getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), self.output)
+        return out
 
 
-def _export(model: torch.nn.Module, per_token: bool, path: Path) -> None:
+def _export(model: torch.nn.Module, per_token: bool, path: Path, output: str) -> None:
     """The float32 model to ONNX, batch and sequence dimensions dynamic. Attention is exported in its plain (eager)
     form: ONNX Runtime runs that faster here than the SDPA graph's export."""
     model = model.float().eval()
@@ -47,15 +49,15 @@ def _export(model: torch.nn.Module, per_token: bool, path: Path) -> None:
         set_attention("eager")
     sample = torch.ones(2, 8, dtype=torch.long)
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
-    axes["logits"] = {0: "batch", 1: "tokens"} if per_token else {0: "batch"}
+    axes[output] = {0: "batch", 1: "tokens"} if per_token else {0: "batch"}
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notes on Python control flow over shapes (traced as dynamic)
         torch.onnx.export(
-            _Logits(model),
+            _Output(model, output),
             (sample, sample),
             str(path),
             input_names=["input_ids", "attention_mask"],
-            output_names=["logits"],
+            output_names=[output],
             dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,
@@ -83,15 +85,18 @@ def _quantize(source: Path, target: Path) -> None:
 
 
 class OnnxInt8Model:
-    """A task model as an int8 ONNX Runtime session: ``(input_ids, attention_mask)`` int64 arrays in, float32 logits
-    out. ``threads``: intra-op threads (the worker's torch thread budget; with one, the calling thread computes)."""
+    """A model as an int8 ONNX Runtime session: ``(input_ids, attention_mask)`` int64 arrays in, its float32
+    ``output`` out (a task model's ``logits``, per token when ``per_token``; the coder's sentence encoder's
+    ``last_hidden_state``). ``threads``: intra-op threads (the worker's torch thread budget; with one, the calling thread
+    computes)."""
 
-    def __init__(self, model: torch.nn.Module, per_token: bool, threads: int) -> None:
+    def __init__(self, model: torch.nn.Module, per_token: bool, threads: int, output: str = "logits") -> None:
         import onnxruntime as ort  # type: ignore[import-untyped]
 
         with tempfile.TemporaryDirectory(prefix="ehrstream-onnx-") as folder:
             plain, quantized = Path(folder) / "model.onnx", Path(folder) / "model.int8.onnx"
-            _export(model, per_token, plain)
+            _export(model, per_token, plain, output)
+            self.output = output
             _quantize(plain, quantized)
             data = quantized.read_bytes()
         import onnx
@@ -106,5 +111,5 @@ class OnnxInt8Model:
         self.session: Any = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        logits: np.ndarray = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
-        return logits
+        out: np.ndarray = self.session.run([self.output], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+        return out
