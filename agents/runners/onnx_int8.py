@@ -93,10 +93,11 @@ class OnnxInt8Model:
     def __init__(self, model: torch.nn.Module, per_token: bool, threads: int, output: str = "logits") -> None:
         import onnxruntime as ort  # type: ignore[import-untyped]
 
+        #: the model output the session returns
+        self.output = output
         with tempfile.TemporaryDirectory(prefix="ehrstream-onnx-") as folder:
             plain, quantized = Path(folder) / "model.onnx", Path(folder) / "model.int8.onnx"
             _export(model, per_token, plain, output)
-            self.output = output
             _quantize(plain, quantized)
             data = quantized.read_bytes()
         import onnx
