@@ -5,9 +5,9 @@ penalties + prior`` (:mod:`agents.clinical.coding`). Scoring all 61,167 entries 
 the whole index and five passes over ``[mentions, entries]`` arrays per block of mentions. The coder scores exactly
 only where it can matter:
 
-1. **bound**: the meaning part from a product in bf16 where the encoder runs in bf16, or in int8 on a CPU that
-   multiplies bf16 natively (a quarter of the float32 product's CPU on the AMX host, docs/performance/hot-path.md),
-   else in float32, plus the wording part; no penalty (it only lowers a score) and
+1. **bound**: the meaning part from a product in bf16 on a CPU that multiplies it natively, whatever the encoder ran
+   in (a quarter of the float32 product's CPU on the AMX host, docs/performance/hot-path.md), else in float32, plus
+   the wording part; no penalty (it only lowers a score) and
    no prior (at most ``prior.max()``);
 2. the :data:`CANDIDATES` best entries by that bound are scored exactly (float32 meaning from their own index rows);
 3. any other entry scores at most the last candidate's bound, plus ``prior.max()``, plus how far the product's
@@ -47,11 +47,12 @@ def product_slack(precision: str) -> float:
     return 1e-5
 
 
-def bound_index(embeddings: np.ndarray, precision: str, device: Any) -> tuple[Any, str]:
+def bound_index(embeddings: np.ndarray, device: Any) -> tuple[Any, str]:
     """The index the bound multiplies mentions with, and the precision of that product (:func:`product_slack`). On a
-    CPU: bf16 where mentions are embedded in bf16 or in int8 and the CPU multiplies bf16 natively (a quarter of
-    float32's CPU on the AMX host), else the float32 index itself. On a GPU: the float32 index there (a few ms for a
-    whole batch of mentions; a bf16 product there may also sum in bf16, which no slack here covers)."""
+    CPU: bf16 where the CPU multiplies it natively (a quarter of float32's CPU on the AMX host; the slack keeps the
+    codes exact whatever the mentions were embedded in), else the float32 index itself. On a GPU: the float32 index
+    there (a few ms for a whole batch of mentions; a bf16 product there may also sum in bf16, which no slack here
+    covers)."""
     import torch
 
     from agents.runners.precision import native_bf16
@@ -59,8 +60,7 @@ def bound_index(embeddings: np.ndarray, precision: str, device: Any) -> tuple[An
     exact = torch.from_numpy(embeddings)
     if device.type != "cpu":
         return exact.to(device), "tf32"
-    bf16 = precision == "bf16" or (precision == "int8" and native_bf16())
-    return (exact.to(torch.bfloat16), "bf16") if bf16 else (exact, "none")
+    return (exact.to(torch.bfloat16), "bf16") if native_bf16() else (exact, "none")
 
 
 def ranked_codes(score: np.ndarray, entries: np.ndarray, codes: np.ndarray, top: int) -> list[tuple[str, float]]:

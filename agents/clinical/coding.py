@@ -187,7 +187,7 @@ class Icd10Coder:
         )
         self._cache: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         # the bound's index (:mod:`agents.clinical.code_search`), where the encoder runs
-        self._index, product = bound_index(self.embeddings, encoder.quantization, encoder.device)
+        self._index, product = bound_index(self.embeddings, encoder.device)
         self._slack = EMBEDDING_WEIGHT * product_slack(product)
         self._prior_max = float(self.prior.max()) if len(self.prior) else 0.0
 
