@@ -215,7 +215,7 @@ def test_auto_picks_bf16_where_the_cpu_has_amx_then_int8_where_it_has_int8_dot_p
     assert [precision.cpu_precision(q) for q in ("none", "int8", "bf16")] == ["none", "int8", "bf16"]
     with pytest.raises(ValueError, match="fp8"):
         precision.cpu_precision("fp8")
-    # the coder's encoder: its int8 (torch's dynamic quantisation) loses more than bf16, so bf16 wherever it is native
+    # the coder's encoder: its int8 codes a little worse than bf16 and saves little, so bf16 wherever it is native
     assert precision.encoder_precision("auto") == ("bf16" if bf16 else "int8" if int8 else "none")
     assert [precision.encoder_precision(q) for q in ("none", "int8", "bf16")] == ["none", "int8", "bf16"]
     with pytest.raises(ValueError, match="fp8"):
