@@ -15,7 +15,8 @@ from agents.clinical.code_search import best_above, best_of_all, ranked_codes
 from agents.clinical.coding import EMBEDDING_WEIGHT, PENALTY, Icd10Coder, combined_scores
 from agents.clinical.encoder import SentenceEncoder, encoder_placement
 from agents.clinical.icd10_table import default_code
-from agents.runners.precision import encoder_precision
+from agents.runners.onnx_int8 import FLOAT_NODES
+from agents.runners.precision import cpu_precision
 
 PREFIXES = ("I1", "E11", "E13", "J44", "N18", "S51", "S52", "C34", "C78", "O03", "O26", "S82", "M84", "M80", "R73", "Z86", "Z87")
 
@@ -32,7 +33,7 @@ def coder(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     Icd10Coder.build(directory, prefixes=PREFIXES, quantization=quantization, device=device)
     loaded = Icd10Coder.load(directory, device=device)  # what a worker does: the stored index, not the one in memory
     # mentions are embedded as the index was, where the worker's models run
-    precision = encoder_precision(quantization) if device == "cpu" else "bf16"
+    precision = cpu_precision(quantization) if device == "cpu" else "bf16"
     assert (loaded.encoder.quantization, loaded.encoder.device.type) == (precision, device)
     return loaded
 
@@ -108,7 +109,7 @@ def test_bf16_embeddings_stay_close_to_float32_and_auto_is_resolved_in_the_index
         SentenceEncoder(quantization="fp8")
     Icd10Coder.build(tmp_path / "index", prefixes=("I10",))  # the default, "auto"
     recorded = json.loads((tmp_path / "index" / "index.json").read_text(encoding="utf-8"))["encoder"]
-    assert recorded == encoder_precision("auto") != "auto"
+    assert recorded == cpu_precision("auto") != "auto"
 
 
 def test_int8_embeddings_come_from_onnx_runtime_and_an_older_int8_index_keeps_torchs_dynamic_quantisation(tmp_path: Path) -> None:
@@ -125,10 +126,23 @@ def test_int8_embeddings_come_from_onnx_runtime_and_an_older_int8_index_keeps_to
     Icd10Coder.build(tmp_path / "index", prefixes=("I10",), quantization="int8")
     meta_file = tmp_path / "index" / "index.json"
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    assert (meta["encoder"], meta["int8_engine"]) == ("int8", "onnxruntime")
+    assert (meta["encoder"], meta["int8_engine"], meta["int8_float_nodes"]) == ("int8", "onnxruntime", None)
     loaded = Icd10Coder.load(tmp_path / "index")
     assert loaded.encoder.int8_engine == "onnxruntime"
     assert np.array_equal(loaded.encoder.encode(mentions), int8)  # mentions embedded as the index was
+    # every weight of the encoder is int8: the float MatMuls left multiply activations only (attention's scores and
+    # context); the task models keep their attention output projections float
+    assert {name.rsplit("/", 1)[0] for name, op in loaded.encoder._onnx.nodes if op == "MatMul"} == {
+        f"/model/encoder/layer.{i}/attention/self" for i in range(6)
+    }
+    # an ONNX Runtime index built before the encoder was quantised whole records no float nodes: it keeps the task
+    # models' float attention output projections, as its entries were embedded
+    del meta["int8_float_nodes"]
+    meta_file.write_text(json.dumps(meta), encoding="utf-8")
+    partial = Icd10Coder.load(tmp_path / "index").encoder
+    assert partial.int8_float_nodes == FLOAT_NODES.pattern
+    floats = {name for name, op in partial._onnx.nodes if op == "MatMul" and "attention/self" not in name}
+    assert floats == {f"/model/encoder/layer.{i}/attention/output/dense/MatMul" for i in range(6)}
     # an index written before the ONNX Runtime encoder records no engine: its mentions keep torch's quantisation
     del meta["int8_engine"]
     meta_file.write_text(json.dumps(meta), encoding="utf-8")
@@ -138,7 +152,7 @@ def test_int8_embeddings_come_from_onnx_runtime_and_an_older_int8_index_keeps_to
 
 
 def test_the_encoder_runs_where_the_models_do_in_the_precision_of_its_index() -> None:
-    assert encoder_placement("auto", "cpu") == ("cpu", encoder_precision("auto"))
+    assert encoder_placement("auto", "cpu") == ("cpu", cpu_precision("auto"))
     assert encoder_placement("int8", "cpu") == ("cpu", "int8")
     assert encoder_placement("auto", "cuda") == ("cuda", "bf16")  # what `codes build` records on a GPU host
     assert encoder_placement("bf16", "cuda:1") == ("cuda:1", "bf16")

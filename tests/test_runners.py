@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from agents.clinical.encoder import encoder_placement
 from agents.errors import ModelLoadError
 from agents.learning.datasets import ClassificationExample, NerExample, read_examples
 from agents.learning.training import TrainConfig, evaluate_loaded, train
@@ -215,11 +216,8 @@ def test_auto_picks_bf16_where_the_cpu_has_amx_then_int8_where_it_has_int8_dot_p
     assert [precision.cpu_precision(q) for q in ("none", "int8", "bf16")] == ["none", "int8", "bf16"]
     with pytest.raises(ValueError, match="fp8"):
         precision.cpu_precision("fp8")
-    # the coder's encoder: its int8 codes a little worse than bf16 and saves little, so bf16 wherever it is native
-    assert precision.encoder_precision("auto") == ("bf16" if bf16 else "int8" if int8 else "none")
-    assert [precision.encoder_precision(q) for q in ("none", "int8", "bf16")] == ["none", "int8", "bf16"]
-    with pytest.raises(ValueError, match="fp8"):
-        precision.encoder_precision("fp8")
+    # the coder's sentence encoder follows the same rule (its int8 index codes as its bf16 index does)
+    assert encoder_placement("auto", "cpu") == ("cpu", picked)
 
 
 def test_prebuilt_padding_masks_give_the_probabilities_of_transformers_own(tiny_ner_dir: Path, tiny_cls_dir: Path) -> None:

@@ -200,11 +200,15 @@ class Icd10Coder:
         meta = json.loads((directory / "index.json").read_text(encoding="utf-8"))
         arrays = np.load(directory / "embeddings.npy")
         entries = [Entry(t, c) for t, c in zip(meta["texts"], meta["codes"], strict=True)]
+        from agents.runners.onnx_int8 import FLOAT_NODES
+
         encoder = SentenceEncoder(
             meta.get("backbone", backbone),
             quantization=meta.get("encoder", "none"),
             device=device,
             int8_engine=meta.get("int8_engine") or "torch",  # an int8 index built before 2026-12-05 records none
+            # an ONNX Runtime int8 index built before its encoder was quantised whole kept the task models' float weights
+            int8_float_nodes=meta.get("int8_float_nodes", FLOAT_NODES.pattern),
         )
         return cls(entries, meta["families"], arrays, encoder)
 
@@ -219,7 +223,7 @@ class Icd10Coder:
     ) -> Icd10Coder:
         """Embed every entry of the table and store the index in ``directory`` (written whole, then renamed).
         ``quantization``: how the encoder runs, for the index now and for every mention later, the coder's main cost in
-        the worker (``auto``: bf16 on a GPU, on a CPU as :func:`agents.runners.precision.encoder_precision` resolves it;
+        the worker (``auto``: bf16 on a GPU, on a CPU as :func:`agents.runners.precision.cpu_precision` resolves it;
         see :mod:`agents.clinical.encoder`)."""
         from agents.clinical.encoder import SentenceEncoder
 
@@ -238,6 +242,7 @@ class Icd10Coder:
             "backbone": backbone,
             "encoder": encoder.quantization,  # "auto" resolved: mentions are embedded the same way later
             "int8_engine": encoder.int8_engine,
+            "int8_float_nodes": encoder.int8_float_nodes,
             "texts": [e.text for e in entries],
             "codes": [e.code for e in entries],
             "families": families,

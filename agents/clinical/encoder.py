@@ -2,12 +2,15 @@
 the model was trained to be used. Batched and length-sorted; no gradients. An index and its mentions must be embedded
 the same way (the coder records which in its index). ``bf16`` runs the model in bfloat16: on CPUs that multiply it
 natively (:func:`agents.runners.precision.native_bf16`) 2.5-3x faster than float32 on the AMX host, with embeddings
-within a cosine of 0.996 of float32's. ``int8`` runs it as an ONNX Runtime session with int8 weights, as the task
-models' int8 path does (:class:`agents.runners.onnx_int8.OnnxInt8Model`; indexes built since 2026-12-05): on a Zen 4
-EPYC (VNNI, no AMX) 1.07-1.16 ms of CPU per mention against bf16's 1.48-1.56 and float32's 2.81-2.88, embeddings
-within a cosine of 0.97 of float32's (0.991 on average). Older int8 indexes were embedded with torch's dynamic
-quantisation (``int8_engine="torch"``, embeddings down to a cosine of 0.87), which their mentions keep using
-(docs/performance/hot-path.md, "bf16 on CPUs that multiply it natively" and "nineteenth session").
+within a cosine of 0.996 of float32's. ``int8`` runs it as an ONNX Runtime session with every weight int8
+(:class:`agents.runners.onnx_int8.OnnxInt8Model`, ``float_nodes=None``; indexes built since 2026-12-05): on a Zen 4
+EPYC (VNNI, no AMX) 1.13-1.15 ms of CPU per mention against bf16's 1.65-1.68 and float32's 3.0-3.2, embeddings within a
+cosine of 0.97 of float32's (0.991 on average), and an index built with it codes the mapping sets and the Synthea
+patients exactly as the bf16 index does (docs/performance/hot-path.md, "twentieth session"). So ``auto`` resolves as a
+task model's does (:func:`agents.runners.precision.cpu_precision`). Older int8 indexes were embedded either with the
+attention output projections kept float32, as the task models keep them (``int8_float_nodes`` not recorded), or with
+torch's dynamic quantisation (``int8_engine="torch"``, embeddings down to a cosine of 0.87); their mentions keep being
+embedded that way.
 
 On a GPU (``device``) the encoder runs there in the precision the index asks for, bf16 or float32, so a worker on a GPU
 host leaves its CPU to the rest of the note; int8 (an ONNX Runtime CPU session) runs on a CPU only, so an int8 index
@@ -15,12 +18,16 @@ keeps its encoder on the CPU."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
 
 #: how an int8 encoder runs: ONNX Runtime's int8 session, or torch's dynamic quantisation (indexes built before 2026-12-05)
 INT8_ENGINES = ("onnxruntime", "torch")
+#: the weights an ONNX Runtime int8 encoder keeps in float32: none (the task models keep their attention output
+#: projections; the encoder quantised whole was as close to float32 and 7% faster, docs/performance/hot-path.md)
+INT8_FLOAT_NODES: str | None = None
 
 
 def quantize_int8(model: Any) -> Any:
@@ -50,12 +57,12 @@ def quantize_int8(model: Any) -> Any:
 
 def encoder_placement(quantization: str, device: str) -> tuple[str, str]:
     """Where the encoder runs (``"cpu"`` or the GPU asked for) and in what (``"none"``, float32; ``"bf16"``; ``"int8"``):
-    on a CPU, :func:`agents.runners.precision.encoder_precision`; on a GPU, bf16 for ``"auto"``, and int8 moves the encoder
-    back to the CPU."""
+    on a CPU, as a task model's (:func:`agents.runners.precision.cpu_precision`); on a GPU, bf16 for ``"auto"``, and int8
+    moves the encoder back to the CPU."""
     from agents.runners.device import pick_device
-    from agents.runners.precision import encoder_precision
+    from agents.runners.precision import cpu_precision
 
-    precision = encoder_precision(quantization)  # raises for a precision there is none of
+    precision = cpu_precision(quantization)  # raises for a precision there is none of
     place = pick_device(device)
     if place.type == "cpu" or quantization == "int8":
         return "cpu", precision
@@ -71,6 +78,7 @@ class SentenceEncoder:
         quantization: str = "none",
         device: str = "cpu",
         int8_engine: str = "onnxruntime",
+        int8_float_nodes: str | None = INT8_FLOAT_NODES,
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -89,11 +97,16 @@ class SentenceEncoder:
             raise ValueError(f"int8_engine {int8_engine!r}: expected one of {', '.join(INT8_ENGINES)}")
         #: how an int8 encoder runs ("onnxruntime", or "torch" for an index built before 2026-12-05); None when not int8
         self.int8_engine = int8_engine if self.quantization == "int8" else None
+        #: the weights an ONNX Runtime int8 encoder keeps in float32 (a pattern of node names; None: every weight int8)
+        self.int8_float_nodes = int8_float_nodes if self.int8_engine == "onnxruntime" else None
         self._onnx: Any = None
         if self.int8_engine == "onnxruntime":
             from agents.runners.onnx_int8 import OnnxInt8Model
 
-            self._onnx = OnnxInt8Model(self.model, per_token=True, threads=torch.get_num_threads(), output="last_hidden_state")
+            kept = re.compile(int8_float_nodes) if int8_float_nodes else None
+            self._onnx = OnnxInt8Model(
+                self.model, per_token=True, threads=torch.get_num_threads(), output="last_hidden_state", float_nodes=kept
+            )
         elif self.int8_engine == "torch":
             self.model = quantize_int8(self.model)
         else:

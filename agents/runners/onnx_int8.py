@@ -69,14 +69,14 @@ def _export(model: torch.nn.Module, per_token: bool, path: Path, output: str) ->
 FLOAT_NODES = re.compile(r"classifier|attention/output/dense")
 
 
-def _quantize(source: Path, target: Path) -> None:
-    """Every MatMul/Gemm weight to int8 per output channel, except :data:`FLOAT_NODES`."""
+def _quantize(source: Path, target: Path, float_nodes: re.Pattern[str] | None) -> None:
+    """Every MatMul/Gemm weight to int8 per output channel, except the nodes ``float_nodes`` finds (None: none)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
 
     graph = onnx.load(str(source), load_external_data=False).graph
     # the quantiser first splits a Gemm into "<name>_MatMul" and "<name>_Add": exclude them under both names
-    keep = [name for node in graph.node if FLOAT_NODES.search(node.name) for name in (node.name, f"{node.name}_MatMul")]
+    keep = [name for node in graph.node if float_nodes and float_nodes.search(node.name) for name in (node.name, f"{node.name}_MatMul")]
     logging.getLogger().disabled, was = True, logging.getLogger().disabled  # its advice to pre-process goes to root
     try:
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep)
@@ -88,9 +88,16 @@ class OnnxInt8Model:
     """A model as an int8 ONNX Runtime session: ``(input_ids, attention_mask)`` int64 arrays in, its float32
     ``output`` out (a task model's ``logits``, per token when ``per_token``; the coder's sentence encoder's
     ``last_hidden_state``). ``threads``: intra-op threads (the worker's torch thread budget; with one, the calling thread
-    computes)."""
+    computes). ``float_nodes``: the weights kept in float32 (:data:`FLOAT_NODES` for a task model; None: every weight int8)."""
 
-    def __init__(self, model: torch.nn.Module, per_token: bool, threads: int, output: str = "logits") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        per_token: bool,
+        threads: int,
+        output: str = "logits",
+        float_nodes: re.Pattern[str] | None = FLOAT_NODES,
+    ) -> None:
         import onnxruntime as ort  # type: ignore[import-untyped]
 
         #: the model output the session returns
@@ -98,7 +105,7 @@ class OnnxInt8Model:
         with tempfile.TemporaryDirectory(prefix="ehrstream-onnx-") as folder:
             plain, quantized = Path(folder) / "model.onnx", Path(folder) / "model.int8.onnx"
             _export(model, per_token, plain, output)
-            _quantize(plain, quantized)
+            _quantize(plain, quantized, float_nodes)
             data = quantized.read_bytes()
         import onnx
 

@@ -12,11 +12,7 @@ and model against bf16's 48-53 and float32's 80-97, one thread (docs/performance
 So ``"auto"`` takes bf16 where the CPU has AMX, int8 where it has int8 dot-product instructions (:func:`native_int8`),
 bf16 where it multiplies bf16 natively without either, and float32 elsewhere.
 
-The ICD-10-CM coder's sentence encoder resolves ``"auto"`` on its own (:func:`encoder_precision`): bf16 wherever the
-CPU multiplies it natively. Its embeddings stay within a cosine of 0.996 of float32's, where its int8's (ONNX Runtime,
-as the task models') go down to 0.97; on the Zen 4 EPYC an int8 index and int8 mentions coded one Synthea mention and
-one clinical term's top three worse than bf16, and saved only about a tenth of the coder's CPU in the stream
-(docs/performance/hot-path.md, "nineteenth session").
+The ICD-10-CM coder's sentence encoder resolves ``"auto"`` by the same rule (:mod:`agents.clinical.encoder`).
 """
 
 from __future__ import annotations
@@ -61,14 +57,6 @@ def cpu_precision(quantization: str) -> str:
         return quantization
     bf16 = native_bf16()
     return "bf16" if bf16 and amx() else "int8" if native_int8() else "bf16" if bf16 else "none"
-
-
-def encoder_precision(quantization: str) -> str:
-    """What the coder's sentence encoder runs in on a CPU for ``quantization``; ``"auto"``: bf16 where
-    :func:`native_bf16`, else int8 (ONNX Runtime) where :func:`native_int8`, else float32."""
-    if _checked(quantization) != "auto":
-        return quantization
-    return "bf16" if native_bf16() else "int8" if native_int8() else "none"
 
 
 def _checked(quantization: str) -> str:
