@@ -21,7 +21,7 @@ from agents.runners.precision import cpu_precision
 PREFIXES = ("I1", "E11", "E13", "J44", "N18", "S51", "S52", "C34", "C78", "O03", "O26", "S82", "M84", "M80", "R73", "Z86", "Z87")
 
 
-#: both encoder precisions ``auto`` may pick on a CPU (bf16 where it multiplies it natively, int8 elsewhere), and on a
+#: both encoder precisions ``auto`` may pick on a CPU (bf16 with AMX or without VNNI, int8 with VNNI), and on a
 #: host with a GPU the coder as a worker there runs it (index built there, encoder and bound there)
 PLACES = [("int8", "cpu"), ("bf16", "cpu"), *([("auto", "cuda")] if torch.cuda.is_available() else [])]
 
