@@ -88,7 +88,9 @@ class SentenceEncoder:
         path = resolve_base(backbone)
         with quiet_transformers():
             self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
-            self.model: Any = AutoModel.from_pretrained(path).eval()
+            model = AutoModel.from_pretrained(path).eval()
+        #: the embedding width
+        self.dim = int(model.config.hidden_size)
         place, precision = encoder_placement(quantization, device)
         #: where the encoder runs, and in what ("auto" resolved for this host and device, :func:`encoder_placement`)
         self.device = torch.device(place)
@@ -100,17 +102,18 @@ class SentenceEncoder:
         #: the weights an ONNX Runtime int8 encoder keeps in float32 (a pattern of node names; None: every weight int8)
         self.int8_float_nodes = int8_float_nodes if self.int8_engine == "onnxruntime" else None
         self._onnx: Any = None
+        #: the torch model, where torch runs the encoder; None where ONNX Runtime's int8 session does (the session holds
+        #: its own weights, so the float32 model is not kept beside it)
+        self.model: Any = None
         if self.int8_engine == "onnxruntime":
             from agents.runners.onnx_int8 import OnnxInt8Model
 
             kept = re.compile(int8_float_nodes) if int8_float_nodes else None
-            self._onnx = OnnxInt8Model(
-                self.model, per_token=True, threads=torch.get_num_threads(), output="last_hidden_state", float_nodes=kept
-            )
+            self._onnx = OnnxInt8Model(model, per_token=True, threads=torch.get_num_threads(), output="last_hidden_state", float_nodes=kept)
         elif self.int8_engine == "torch":
-            self.model = quantize_int8(self.model)
+            self.model = quantize_int8(model)
         else:
-            self.model = self.model.to(self.device, torch.bfloat16 if self.quantization == "bf16" else torch.float32)
+            self.model = model.to(self.device, torch.bfloat16 if self.quantization == "bf16" else torch.float32)
         self.batch_size = batch_size
         self.max_length = max_length
         self._torch = torch
@@ -120,8 +123,7 @@ class SentenceEncoder:
         from agents.runners.device import attention_kernels, wait_for_device
 
         torch = self._torch
-        dim = int(self.model.config.hidden_size)
-        out = np.zeros((len(texts), dim), dtype=np.float32)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
         with torch.inference_mode(), attention_kernels(self.device):
             for lo in range(0, len(texts), self.batch_size):

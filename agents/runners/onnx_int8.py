@@ -76,7 +76,8 @@ def _quantize(source: Path, target: Path, float_nodes: re.Pattern[str] | None) -
 
     graph = onnx.load(str(source), load_external_data=False).graph
     # the quantiser first splits a Gemm into "<name>_MatMul" and "<name>_Add": exclude them under both names
-    keep = [name for node in graph.node if float_nodes and float_nodes.search(node.name) for name in (node.name, f"{node.name}_MatMul")]
+    kept = [node.name for node in graph.node if float_nodes is not None and float_nodes.search(node.name)]
+    keep = [name for node in kept for name in (node, f"{node}_MatMul")]
     logging.getLogger().disabled, was = True, logging.getLogger().disabled  # its advice to pre-process goes to root
     try:
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep)
