@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from agents.config import DEFAULT_MODELS, TaskSettings, TopicSettings, default_tasks
 from streams.errors import ConfigError
 from streams.runtime.runfiles import write_private_file
+
+if TYPE_CHECKING:
+    from agents.runners.onnx_cache import OnnxCache
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "password", "secret", "default", "clickhouse"}
 
@@ -229,6 +232,13 @@ class Settings(BaseSettings):
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
     #: how often a worker looks at the model registry for a newly promoted version (``streams.learning.registry``)
     model_poll_seconds: float = Field(default=2.0, gt=0)
+
+    def onnx_cache(self) -> OnnxCache:
+        """Where int8 models (the task models', the coder's encoder) are kept, quantised, between starts:
+        ``<data_dir>/cache/onnx`` (:mod:`agents.runners.onnx_cache`)."""
+        from agents.runners.onnx_cache import OnnxCache
+
+        return OnnxCache(self.data_dir / "cache" / "onnx")
 
     def registry_file(self) -> Path:
         """The model registry (versions, scores, the live one per task) and, beside it, the candidates trained here."""

@@ -73,8 +73,11 @@ def build_runner_for(settings: Settings, task: TaskSettings, reference: bool = F
         batch_tokens=0 if reference else settings.inference_batch_tokens,
         prebuilt_mask=not reference,
         first_position=not reference,
+        onnx_cache=settings.onnx_cache(),
     )
     shortcut = ", its last layer at the first position only" if runner.first_position else ""
+    if runner.int8 is not None:
+        shortcut += ", read from the ONNX cache" if runner.int8.from_cache else ", quantised now and kept in the ONNX cache"
     log.info("task %s: runs on %s in %s (quantization %s)%s", task.name, runner.device.type, runner.runs_in, quantization, shortcut)
     return runner
 
@@ -95,7 +98,7 @@ def build_clinical(settings: Settings) -> dict[str, ClinicalAnnotator]:
                     "icd10cm_index",
                     f"task {task.name} codes to ICD-10-CM but {settings.icd10cm_index} has no index; run `ehrstream codes build`",
                 )
-            coder = Icd10Coder.load(settings.icd10cm_index, device=settings.device)
+            coder = Icd10Coder.load(settings.icd10cm_index, device=settings.device, onnx_cache=settings.onnx_cache())
         out[task.name] = ClinicalAnnotator(coder if task.coding == "icd10cm" else None)
     return out
 

@@ -15,6 +15,7 @@ from agents.clinical.code_search import best_above, best_of_all, ranked_codes
 from agents.clinical.coding import EMBEDDING_WEIGHT, PENALTY, Icd10Coder, combined_scores
 from agents.clinical.encoder import SentenceEncoder, encoder_placement
 from agents.clinical.icd10_table import default_code
+from agents.runners.onnx_cache import OnnxCache
 from agents.runners.onnx_int8 import FLOAT_NODES
 from agents.runners.precision import cpu_precision
 
@@ -123,12 +124,14 @@ def test_int8_embeddings_come_from_onnx_runtime_and_an_older_int8_index_keeps_to
     assert float((plain * int8).sum(axis=1).min()) > 0.95  # torch's dynamic int8 went down to 0.87
     with pytest.raises(ValueError, match="int8_engine"):
         SentenceEncoder(quantization="int8", int8_engine="tflite")
-    Icd10Coder.build(tmp_path / "index", prefixes=("I10",), quantization="int8")
+    cache = OnnxCache(tmp_path / "onnx")
+    built = Icd10Coder.build(tmp_path / "index", prefixes=("I10",), quantization="int8", onnx_cache=cache)
+    assert not built.encoder._onnx.from_cache and len(cache.entries()) == 1  # `codes build` leaves it for the workers
     meta_file = tmp_path / "index" / "index.json"
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     assert (meta["encoder"], meta["int8_engine"], meta["int8_float_nodes"]) == ("int8", "onnxruntime", None)
-    loaded = Icd10Coder.load(tmp_path / "index")
-    assert loaded.encoder.int8_engine == "onnxruntime"
+    loaded = Icd10Coder.load(tmp_path / "index", onnx_cache=cache)
+    assert loaded.encoder.int8_engine == "onnxruntime" and loaded.encoder._onnx.from_cache
     assert np.array_equal(loaded.encoder.encode(mentions), int8)  # mentions embedded as the index was
     # every weight of the encoder is int8: the float MatMuls left multiply activations only (attention's scores and
     # context); the task models keep their attention output projections float
@@ -139,8 +142,8 @@ def test_int8_embeddings_come_from_onnx_runtime_and_an_older_int8_index_keeps_to
     # models' float attention output projections, as its entries were embedded
     del meta["int8_float_nodes"]
     meta_file.write_text(json.dumps(meta), encoding="utf-8")
-    partial = Icd10Coder.load(tmp_path / "index").encoder
-    assert partial.int8_float_nodes == FLOAT_NODES.pattern
+    partial = Icd10Coder.load(tmp_path / "index", onnx_cache=cache).encoder
+    assert partial.int8_float_nodes == FLOAT_NODES.pattern and not partial._onnx.from_cache  # another graph, another key
     floats = {name for name, op in partial._onnx.nodes if op == "MatMul" and "attention/self" not in name}
     assert floats == {f"/model/encoder/layer.{i}/attention/output/dense/MatMul" for i in range(6)}
     # an index written before the ONNX Runtime encoder records no engine: its mentions keep torch's quantisation

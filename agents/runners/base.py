@@ -20,6 +20,7 @@ from tqdm import tqdm
 from agents.model_dir import LoadedModel
 from agents.runners.columns import TaskColumns
 from agents.runners.device import attention_kernels, pick_device, wait_for_device
+from agents.runners.onnx_cache import OnnxCache
 from agents.runners.onnx_int8 import OnnxInt8Model
 from agents.runners.precision import cpu_precision
 from agents.runners.windows import TokenCache, Tokenizer, Windows, padded, put_back, sorted_batches, windows_of
@@ -86,6 +87,7 @@ class ModelRunner(ABC):
         batch_tokens: int | None = None,
         prebuilt_mask: bool = True,
         first_position: bool = True,
+        onnx_cache: OnnxCache | None = None,
     ) -> None:
         self.task = task
         #: a forward batch holds at most ``batch_size`` windows and ``batch_tokens`` padded tokens (``None``: no token
@@ -119,7 +121,8 @@ class ModelRunner(ABC):
         self.int8: OnnxInt8Model | None = None
         if int8:
             assert self.model is not None
-            self.int8 = OnnxInt8Model(self.model, per_token=loaded.kind is TaskKind.ner, threads=torch.get_num_threads())
+            per_token = loaded.kind is TaskKind.ner
+            self.int8 = OnnxInt8Model(self.model, per_token=per_token, threads=torch.get_num_threads(), cache=onnx_cache)
             # the session holds its own weights: the float32 ones (about 90 MB for a MiniLM task) are let go
             self.model, loaded = None, dataclasses.replace(loaded, model=None)
         self.loaded = loaded

@@ -6,7 +6,8 @@ Measured on this 2-core CPU against torch's own dynamic quantisation of the same
 README "Quantised CPU inference"): the disease model's forward about 20% less CPU per note, the condition model's about
 the same, the default stream's forward about 10% less, at test-split scores within 0.01 of float32. Export and
 quantisation take a few seconds per model at worker start; nothing is written next to the model (a temporary
-directory, read back into memory). A BERT classifier is exported as the runner holds it: with its last layer computed
+directory, read back into memory), and the result is kept in the worker's ONNX cache (:mod:`agents.runners.onnx_cache`,
+``<data_dir>/cache/onnx``) for the next start. A BERT classifier is exported as the runner holds it: with its last layer computed
 for the first position only (:mod:`agents.runners.first_position`; 14% less CPU on the EPYC, docs/performance/hot-path.md, "ninth session").
 """
 
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from agents.runners.onnx_cache import OnnxCache, model_key
 
 #: ONNX opset of the export (ONNX Runtime 1.32 runs it; the legacy exporter writes it)
 OPSET = 17
@@ -85,11 +88,21 @@ def _quantize(source: Path, target: Path, float_nodes: re.Pattern[str] | None) -
         logging.getLogger().disabled = was
 
 
+def _exported_int8(model: torch.nn.Module, per_token: bool, output: str, float_nodes: re.Pattern[str] | None) -> bytes:
+    """The model exported and quantised (:func:`_export`, :func:`_quantize`), as the bytes of its ONNX file."""
+    with tempfile.TemporaryDirectory(prefix="ehrstream-onnx-") as folder:
+        plain, quantized = Path(folder) / "model.onnx", Path(folder) / "model.int8.onnx"
+        _export(model, per_token, plain, output)
+        _quantize(plain, quantized, float_nodes)
+        return quantized.read_bytes()
+
+
 class OnnxInt8Model:
     """A model as an int8 ONNX Runtime session: ``(input_ids, attention_mask)`` int64 arrays in, its float32
     ``output`` out (a task model's ``logits``, per token when ``per_token``; the coder's sentence encoder's
     ``last_hidden_state``). ``threads``: intra-op threads (the worker's torch thread budget; with one, the calling thread
-    computes). ``float_nodes``: the weights kept in float32 (:data:`FLOAT_NODES` for a task model; None: every weight int8)."""
+    computes). ``float_nodes``: the weights kept in float32 (:data:`FLOAT_NODES` for a task model; None: every weight int8).
+    ``cache``: where a quantised model is kept between starts (:mod:`agents.runners.onnx_cache`); None: built each time."""
 
     def __init__(
         self,
@@ -98,16 +111,23 @@ class OnnxInt8Model:
         threads: int,
         output: str = "logits",
         float_nodes: re.Pattern[str] | None = FLOAT_NODES,
+        cache: OnnxCache | None = None,
     ) -> None:
         import onnxruntime as ort  # type: ignore[import-untyped]
 
         #: the model output the session returns
         self.output = output
-        with tempfile.TemporaryDirectory(prefix="ehrstream-onnx-") as folder:
-            plain, quantized = Path(folder) / "model.onnx", Path(folder) / "model.int8.onnx"
-            _export(model, per_token, plain, output)
-            _quantize(plain, quantized, float_nodes)
-            data = quantized.read_bytes()
+        data, key = None, ""
+        if cache is not None:
+            pattern = None if float_nodes is None else float_nodes.pattern
+            key = model_key(model, per_token=per_token, output=output, float_nodes=pattern, opset=OPSET, attention="eager")
+            data = cache.get(key)
+        #: whether the quantised model came from ``cache`` (not exported and quantised here)
+        self.from_cache = data is not None
+        if data is None:
+            data = _exported_int8(model, per_token, output, float_nodes)
+            if cache is not None:
+                cache.put(key, data)
         import onnx
 
         #: (node name, operator) of the quantised graph: what runs int8 and what stays float32

@@ -44,8 +44,9 @@ def codes_build(obj: CliContext) -> None:
     """Embed the ICD-10-CM table into the configured index directory (icd10cm_index; about 2 minutes on 2 CPU cores)."""
     from agents.clinical.coding import Icd10Coder
 
-    directory = obj.settings().icd10cm_index
-    coder = Icd10Coder.build(directory, device=obj.settings().device)
+    settings = obj.settings()
+    directory = settings.icd10cm_index
+    coder = Icd10Coder.build(directory, device=settings.device, onnx_cache=settings.onnx_cache())
     click.echo(json.dumps({"index": str(directory), "entries": len(coder.entries)}))
 
 
@@ -64,7 +65,8 @@ def codes_evaluate(obj: CliContext, data: Path, as_json: bool) -> None:
     from agents.clinical.coding import Icd10Coder
     from streams.clinical.codes_check import evaluate_codes
 
-    result = evaluate_codes(Icd10Coder.load(obj.settings().icd10cm_index, device=obj.settings().device), data)
+    settings = obj.settings()
+    result = evaluate_codes(Icd10Coder.load(settings.icd10cm_index, device=settings.device, onnx_cache=settings.onnx_cache()), data)
     click.echo(json.dumps(result) if as_json else json.dumps({k: v for k, v in result.items() if k != "wrong_category"}, indent=1))
 
 
@@ -75,7 +77,8 @@ def codes_lookup(obj: CliContext, mentions: tuple[str, ...]) -> None:
     """The three best ICD-10-CM codes of each MENTION."""
     from agents.clinical.coding import Icd10Coder
 
-    coder = Icd10Coder.load(obj.settings().icd10cm_index, device=obj.settings().device)
+    settings = obj.settings()
+    coder = Icd10Coder.load(settings.icd10cm_index, device=settings.device, onnx_cache=settings.onnx_cache())
     for mention, found in zip(mentions, coder.candidates(list(mentions)), strict=True):
         click.echo(json.dumps({"mention": mention, "codes": found}))
 

@@ -119,7 +119,7 @@ def ensure_code_index(settings: Settings) -> None:
     from agents.clinical.coding import Icd10Coder
 
     log.warning("no ICD-10-CM index at %s: building it once (1-9 minutes on 2 CPU cores)", settings.icd10cm_index)
-    Icd10Coder.build(settings.icd10cm_index, device=settings.device)
+    Icd10Coder.build(settings.icd10cm_index, device=settings.device, onnx_cache=settings.onnx_cache())
 
 
 class WorkerPool:
