@@ -14,7 +14,7 @@ from agents.clinical import code_search, coding
 from agents.clinical.code_search import best_above, best_of_all, ranked_codes
 from agents.clinical.coding import EMBEDDING_WEIGHT, PENALTY, Icd10Coder, combined_scores
 from agents.clinical.encoder import SentenceEncoder, encoder_placement
-from agents.clinical.icd10_table import default_code
+from agents.clinical.icd10_table import code_displays, default_code
 from agents.runners.onnx_cache import OnnxCache
 from agents.runners.onnx_int8 import FLOAT_NODES
 from agents.runners.precision import cpu_precision
@@ -68,6 +68,22 @@ def test_the_seventh_character_follows_the_mention(coder: Icd10Coder) -> None:
         ["laceration of forearm", "laceration of forearm, subsequent encounter", "sequela of forearm laceration"]
     )
     assert (fresh[0]["code"][-1], later[0]["code"][-1], sequela[0]["code"][-1]) == ("A", "D", "S")
+
+
+def test_the_index_names_every_code_it_can_give_as_the_table_does(coder: Icd10Coder) -> None:
+    import simple_icd_10_cm as cm
+
+    displays = code_displays(coder.entries, coder.families)
+    members = {c for family in coder.families.values() for c in family.values()}
+    assert set(displays) == {e.code for e in coder.entries if e.code not in coder.families} | members
+    assert all(displays[c] == cm.get_description(c) for c in displays)
+    # an index built before it kept them: the table is read for them instead, and the coder codes the same
+    # (both with empty caches: int8 quantises activations per batch, so a mention's scores move with its batch)
+    older = Icd10Coder(coder.entries, coder.families, coder.embeddings, coder.encoder)
+    named = Icd10Coder(coder.entries, coder.families, coder.embeddings, coder.encoder, displays)
+    assert np.array_equal(older.flags, coder.flags) and np.array_equal(older.prior, coder.prior)
+    mentions = [m for m, _ in CASES] + ["laceration of forearm, subsequent encounter", "sequela of forearm laceration"]
+    assert older.candidates(mentions) == named.candidates(mentions)
 
 
 def test_a_doubtful_mention_scores_lower_than_a_clear_one(coder: Icd10Coder) -> None:
@@ -132,6 +148,8 @@ def test_int8_embeddings_come_from_onnx_runtime_and_an_older_int8_index_keeps_to
     assert (meta["encoder"], meta["int8_engine"], meta["int8_float_nodes"]) == ("int8", "onnxruntime", None)
     loaded = Icd10Coder.load(tmp_path / "index", onnx_cache=cache)
     assert loaded.encoder.int8_engine == "onnxruntime" and loaded.encoder._onnx.from_cache
+    # the codes' names come from the index, not from parsing the table again
+    assert meta["displays"]["I10"] == "Essential (primary) hypertension" and loaded._display.__self__ == meta["displays"]
     assert np.array_equal(loaded.encoder.encode(mentions), int8)  # mentions embedded as the index was
     # every weight of the encoder is int8: the float MatMuls left multiply activations only (attention's scores and
     # context); the task models keep their attention output projections float

@@ -27,13 +27,15 @@ import json
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agents.clinical.code_flags import FLAGS, entry_flags, mention_flags
 from agents.clinical.code_search import CANDIDATES, best_above, best_of_all, bound_index, candidates, product_slack
-from agents.clinical.icd10_table import Entry, clean, table_entries
+from agents.clinical.icd10_table import Entry, clean, code_displays, table_entries
 from agents.clinical.terms import ABBREVIATIONS
 
 if TYPE_CHECKING:
@@ -54,39 +56,6 @@ _STOP = frozenset(
     ["of", "the", "and", "or", "a", "an", "in", "to", "for", "by", "on", "at", "as", "is", "nos", "unspecified", "other", "specified"]
 )
 _ABBREVIATION = re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(k) for k in sorted(ABBREVIATIONS, key=len, reverse=True)) + r")(?![\w-])")
-
-#: kinds of code a mention must give grounds for: (entry test on the description and code, mention words that license it)
-FLAGS: tuple[tuple[str, re.Pattern[str], re.Pattern[str]], ...] = (
-    ("secondary", re.compile(r"^secondary|secondary malignant"), re.compile(r"secondary|metasta")),
-    ("history", re.compile(r"personal history|family history"), re.compile(r"history|h/o|hx")),
-    (
-        "pregnancy",
-        re.compile(r"^O|pregnan|childbirth|puerperium|gestation"),
-        re.compile(r"pregnan|gestation|obstetric|labou?r|delivery|abortion|miscarriage|postpartum|puerper|trimester|fetal|prenatal"),
-    ),
-    ("perinatal", re.compile(r"^P|newborn|neonatal|perinatal"), re.compile(r"newborn|neonat|perinatal|infant|birth")),
-    ("congenital", re.compile(r"^Q|congenital"), re.compile(r"congenital|birth defect|inherited")),
-    ("pathological", re.compile(r"pathological fracture|with current pathological"), re.compile(r"patholog|osteopor|due to")),
-    (
-        "encounter",
-        re.compile(r"^Z0[0-4]|encounter for (?:screening|observation|examination)"),
-        re.compile(r"screen|observation|encounter|exam"),
-    ),
-    ("elsewhere", re.compile(r"in diseases classified elsewhere"), re.compile(r"elsewhere")),
-    ("laterality", re.compile(r"\b(?:right|left|bilateral)\b"), re.compile(r"\b(?:right|left|bilateral|both|rt|lt)\b")),
-    (
-        "diabetes type",
-        re.compile(r"^E(?:08|09|10|13)"),
-        re.compile(r"type 1|type i\b|juvenile|drug|chemical|underlying|secondary|other specified"),
-    ),
-    ("external cause", re.compile(r"^[V-Y]"), re.compile(r"accident|collision|crash|struck|assault|fell|fall from|drown|bitten|bite")),
-    (
-        "poisoning",
-        re.compile(r"^T(?:3[6-9]|4[0-9]|50)|poisoning|underdosing|adverse effect"),
-        re.compile(r"poison|overdos|toxic|adverse|underdos"),
-    ),
-    ("unspecified complications", re.compile(r"with unspecified complications|other specified complication"), re.compile(r"complication")),
-)
 
 
 def normalise(mention: str) -> str:
@@ -158,14 +127,26 @@ def combined_scores(
 class Icd10Coder:
     """Loaded once per worker; :meth:`candidates` codes a batch of mentions (repeated mentions come from a cache)."""
 
-    def __init__(self, entries: list[Entry], families: dict[str, dict[str, str]], embeddings: np.ndarray, encoder: Any) -> None:
-        import simple_icd_10_cm as cm
-
+    def __init__(
+        self,
+        entries: list[Entry],
+        families: dict[str, dict[str, str]],
+        embeddings: np.ndarray,
+        encoder: Any,
+        displays: dict[str, str] | None = None,
+    ) -> None:
+        """``displays``: the description of every code the coder can give (:func:`code_displays`, kept in the index);
+        None (an index built before 2026-12-05): read from the table."""
         self.entries = entries
         self.families = families
         self.embeddings = embeddings.astype(np.float32)
         self.encoder = encoder
-        self._display = cm.get_description
+        if displays is None:
+            import simple_icd_10_cm as cm
+
+            self._display: Callable[[str], str] = cm.get_description
+        else:
+            self._display = displays.__getitem__
         docs = [_words(clean(e.text)) for e in entries]
         vocabulary: dict[str, int] = {}
         df: dict[int, int] = {}
@@ -177,11 +158,8 @@ class Icd10Coder:
         self.idf = np.log((1 + len(docs)) / (1 + np.array([df[j] for j in range(len(vocabulary))], dtype=np.float64))) + 1.0
         self.lexical = _tfidf(docs, vocabulary, self.idf)
         self.codes = np.array([e.code for e in entries])
-        self.flags = np.zeros(len(entries), dtype=np.int64)
         described = [(e.code, f"{e.text} | {self._describe(e.code)}".lower()) for e in entries]
-        for bit, (_, entry_test, _) in enumerate(FLAGS):
-            hit = np.array([bool(entry_test.search(code) or entry_test.search(text)) for code, text in described])
-            self.flags |= hit.astype(np.int64) << bit
+        self.flags = entry_flags(self.codes, [t for _, t in described])
         self._flag_values, self._flag_index = np.unique(self.flags, return_inverse=True)
         # among codes that fit equally well, the unspecified one: "Other hyperlipidemia" is a claim the mention may not make
         self.prior = np.array(
@@ -216,7 +194,7 @@ class Icd10Coder:
             int8_float_nodes=meta.get("int8_float_nodes", FLOAT_NODES.pattern),
             onnx_cache=onnx_cache,
         )
-        return cls(entries, meta["families"], arrays, encoder)
+        return cls(entries, meta["families"], arrays, encoder, meta.get("displays"))
 
     @classmethod
     def build(
@@ -235,6 +213,7 @@ class Icd10Coder:
         from agents.clinical.encoder import SentenceEncoder
 
         entries, families = table_entries(prefixes)
+        displays = code_displays(entries, families)
         encoder = SentenceEncoder(backbone, quantization=quantization, device=device, onnx_cache=onnx_cache)
         log.info("embedding %d ICD-10-CM entries", len(entries))
         embeddings = encoder.encode([clean(e.text) for e in entries]).astype(np.float16)
@@ -253,6 +232,7 @@ class Icd10Coder:
             "texts": [e.text for e in entries],
             "codes": [e.code for e in entries],
             "families": families,
+            "displays": displays,
         }
         (staging / "index.json").write_text(json.dumps(meta), encoding="utf-8")
         if directory.exists():
@@ -261,7 +241,7 @@ class Icd10Coder:
             staging.rename(directory)
         except OSError:  # another builder renamed its index into place first: keep that one
             shutil.rmtree(staging, ignore_errors=True)
-        return cls(entries, families, embeddings, encoder)
+        return cls(entries, families, embeddings, encoder, displays)
 
     def _describe(self, code: str) -> str:
         """The description of an entry's code (of a seventh-character family: of its first member)."""
@@ -373,9 +353,7 @@ class Icd10Coder:
     def _penalties(self, keys: list[str]) -> np.ndarray:
         """``[keys, flag values]``: how many kinds of code each value of the entries' flags stands for that the key
         gives no grounds for (the entries' flags take few distinct values: one gather per entry then does the rest)."""
-        licensed = np.zeros(len(keys), dtype=np.int64)
-        for bit, (_, _, mention_test) in enumerate(FLAGS):
-            licensed |= np.array([bool(mention_test.search(k)) for k in keys], dtype=np.int64) << bit
+        licensed = mention_flags(keys)
         unlicensed = self._flag_values[None, :] & ~licensed[:, None]
         per_value = np.zeros(unlicensed.shape, dtype=np.float32)
         for bit in range(len(FLAGS)):
