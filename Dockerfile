@@ -13,7 +13,7 @@ COPY samples ./samples
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0 \
  && pip install -c requirements.lock -e . \
  && useradd --system --uid 10001 --home-dir /app ehrstream \
- && mkdir -p /app/.ehrstream && chown -R ehrstream /app/.ehrstream
+ && mkdir -p /app/.ehrstream/cache && chown -R ehrstream /app/.ehrstream
 USER ehrstream
 # 8470: the review app; 9400: /metrics (EHRSTREAM_METRICS_PORT)
 EXPOSE 8470 9400

@@ -102,6 +102,14 @@ def test_workers_scale_share_a_group_and_only_the_gpu_profile_reserves_a_gpu(com
     assert gpu["profiles"] == ["gpu"] and cpu["profiles"] == ["cpu"]
     partitions = int(_env(gpu)["EHRSTREAM_TOPIC_PARTITIONS"])
     assert partitions >= 4  # room to scale out
+    # the replicas share their quantised int8 models (agents.runners.onnx_cache) in a volume their user can write
+    for worker in (gpu, cpu):
+        assert worker["volumes"] == ["onnx-cache:/app/.ehrstream/cache"]
+    assert "onnx-cache" in compose["volumes"]
+    assert Settings(data_dir=Path("/app/.ehrstream")).onnx_cache().directory == Path("/app/.ehrstream/cache/onnx")
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "EHRSTREAM_DATA_DIR=/app/.ehrstream" in dockerfile
+    assert "mkdir -p /app/.ehrstream/cache && chown -R ehrstream /app/.ehrstream" in dockerfile
 
 
 def test_addresses_ports_and_secrets_agree_across_services(compose: dict[str, Any]) -> None:
