@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import faust
 
@@ -29,6 +30,9 @@ from streams.learning.registry import ModelRegistry
 from streams.metrics import record_batch
 from streams.runtime.model_watcher import ModelWatcher
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from agents.clinical.coding import Icd10Coder
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +103,33 @@ def build_clinical(settings: Settings) -> dict[str, ClinicalAnnotator]:
                     f"task {task.name} codes to ICD-10-CM but {settings.icd10cm_index} has no index; run `ehrstream codes build`",
                 )
             coder = Icd10Coder.load(settings.icd10cm_index, device=settings.device, onnx_cache=settings.onnx_cache())
+            _report_encoder(coder, settings.device)
         out[task.name] = ClinicalAnnotator(coder if task.coding == "icd10cm" else None)
     return out
+
+
+def _report_encoder(coder: Icd10Coder, device: str) -> None:
+    """Log where the coder's encoder runs, and warn where its index holds it to another precision or device than this
+    host would pick (an int8 index keeps a GPU worker's encoder on the CPU; a bf16 one copied to a CPU without AMX is
+    slower there than int8): the encoder is most of the coder's cost, and the coder most of a note's CPU beside the
+    models (docs/performance/hot-path.md)."""
+    from agents.clinical.encoder import encoder_placement
+
+    encoder = coder.encoder
+    place, precision = encoder.device.type, encoder.quantization
+    cached = ", read from the ONNX cache" if encoder.from_cache else ""
+    log.info("ICD-10-CM coder: its encoder runs on %s in %s%s", place, precision, cached)
+    best_place, best = encoder_placement("auto", device)
+    if (place, precision) != (best_place.split(":")[0], best):
+        log.warning(
+            "ICD-10-CM index embedded in %s: its encoder runs on %s in %s, where this host would run it on %s in %s;"
+            " `ehrstream codes build` here rebuilds the index for that",
+            precision,
+            place,
+            precision,
+            best_place,
+            best,
+        )
 
 
 def build_pipeline(

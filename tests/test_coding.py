@@ -4,6 +4,7 @@ the test: a few thousand entries). Each case is a failure mode of a plain neares
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,13 @@ from agents.clinical.code_search import best_above, best_of_all, ranked_codes
 from agents.clinical.coding import EMBEDDING_WEIGHT, PENALTY, Icd10Coder, combined_scores
 from agents.clinical.encoder import SentenceEncoder, encoder_placement
 from agents.clinical.icd10_table import code_displays, default_code
+from agents.config import TaskSettings
 from agents.runners.onnx_cache import OnnxCache
 from agents.runners.onnx_int8 import FLOAT_NODES
 from agents.runners.precision import cpu_precision
+from schemas.extraction import TaskKind
+from streams.settings import Settings
+from streams.worker import build_clinical
 
 PREFIXES = ("I1", "E11", "E13", "J44", "N18", "S51", "S52", "C34", "C78", "O03", "O26", "S82", "M84", "M80", "R73", "Z86", "Z87")
 
@@ -291,3 +296,23 @@ def test_the_best_codes_of_a_ranking_with_ties_equal_a_full_sort() -> None:
         settled = best_above(score, entries, floor, codes, 3)
         assert settled is None or settled == want
         assert (settled is None) == (len({codes[j] for j in entries if score[j] > floor}) < 3)
+
+
+def test_a_worker_says_where_its_coders_encoder_runs_and_warns_when_its_index_holds_it_elsewhere(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    here = cpu_precision("auto")
+    other = "none" if here != "none" else "int8"
+    for precision, warned in ((here, False), (other, True)):
+        index = tmp_path / f"index-{precision}"
+        Icd10Coder.build(index, prefixes=("I10",), quantization=precision)
+        task = TaskSettings(name="disease", kind=TaskKind.ner, model_dir=tmp_path, coding="icd10cm")
+        settings = Settings(data_dir=tmp_path / "data", device="cpu", icd10cm_index=index, tasks=[task])
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="streams.worker"):
+            annotators = build_clinical(settings)
+        assert list(annotators) == ["disease"]
+        assert f"its encoder runs on cpu in {precision}" in caplog.text
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert bool(warnings) is warned
+        assert all(f"this host would run it on cpu in {here}" in w and "`ehrstream codes build`" in w for w in warnings)

@@ -124,6 +124,11 @@ class SentenceEncoder:
         self.max_length = max_length
         self._torch = torch
 
+    @property
+    def from_cache(self) -> bool:
+        """Whether the int8 session came from the ONNX cache (not exported and quantised when this encoder was built)."""
+        return self._onnx is not None and bool(self._onnx.from_cache)
+
     def encode(self, texts: list[str]) -> np.ndarray:
         """``[len(texts), dim]`` float32, unit rows."""
         from agents.runners.device import attention_kernels, wait_for_device
