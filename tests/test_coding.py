@@ -14,7 +14,7 @@ import torch
 from agents.clinical import code_search, coding
 from agents.clinical.code_search import best_above, best_of_all, ranked_codes
 from agents.clinical.coding import EMBEDDING_WEIGHT, PENALTY, Icd10Coder, combined_scores
-from agents.clinical.encoder import SentenceEncoder, encoder_placement
+from agents.clinical.encoder import CPU_BATCH, SentenceEncoder, encoder_placement
 from agents.clinical.icd10_table import code_displays, default_code
 from agents.config import TaskSettings
 from agents.runners.onnx_cache import OnnxCache
@@ -316,3 +316,16 @@ def test_a_worker_says_where_its_coders_encoder_runs_and_warns_when_its_index_ho
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert bool(warnings) is warned
         assert all(f"this host would run it on cpu in {here}" in w and "`ehrstream codes build`" in w for w in warnings)
+
+
+def test_a_cpu_encoder_embeds_in_calls_of_texts_of_about_one_length_each_row_its_own_texts() -> None:
+    encoder = SentenceEncoder()  # float32: its embeddings do not depend on what else is in the call
+    assert encoder.batch_size == CPU_BATCH
+    words = ["fracture", "of", "the", "left", "ankle", "Ünïcode", "Crohn's", "disease", "type", "2", "diabetes"]
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 14)))) for _ in range(3 * CPU_BATCH + 5)] + ["", "x"]
+    narrow = encoder.encode(texts)  # four calls
+    encoder.batch_size = len(texts)
+    wide = encoder.encode(texts)  # one call, every text padded to the longest
+    assert narrow.shape == (len(texts), encoder.dim) and np.allclose(narrow, wide, atol=1e-5)
+    assert np.allclose(narrow[texts.index("x")], encoder.encode(["x"])[0], atol=1e-5)

