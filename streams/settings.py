@@ -233,12 +233,16 @@ class Settings(BaseSettings):
     #: how often a worker looks at the model registry for a newly promoted version (``streams.learning.registry``)
     model_poll_seconds: float = Field(default=2.0, gt=0)
 
+    def cache_dir(self) -> Path:
+        """What is derived from the models and kept between runs (the demo's fresh start keeps it too)."""
+        return self.data_dir / "cache"
+
     def onnx_cache(self) -> OnnxCache:
         """Where int8 models (the task models', the coder's encoder) are kept, quantised, between starts:
         ``<data_dir>/cache/onnx`` (:mod:`agents.runners.onnx_cache`)."""
         from agents.runners.onnx_cache import OnnxCache
 
-        return OnnxCache(self.data_dir / "cache" / "onnx")
+        return OnnxCache(self.cache_dir() / "onnx")
 
     def registry_file(self) -> Path:
         """The model registry (versions, scores, the live one per task) and, beside it, the candidates trained here."""

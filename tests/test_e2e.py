@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from agents.runners.precision import cpu_precision
 from schemas.clinical_note import ClinicalNote
 from schemas.codec import Codecs
 from schemas.dead_letter import DeadLetter, ErrorKind
@@ -134,3 +135,9 @@ def test_demo_command_accounts_for_every_note(tmp_path: Path) -> None:
     assert summary["dead_lettered"] == 1  # one bad record in fifty
     assert summary["clickhouse_notes"] == summary["extracted"]
     assert summary["auto_accepted"] + summary["routed_to_review"] == summary["extracted"]
+    # the int8 models its workers quantised are kept for the next run: both task models where `auto` picks int8 on
+    # this CPU, and the coder's encoder where its index was embedded by ONNX Runtime's int8
+    index = json.loads((REPO / "models" / "icd10cm" / "index.json").read_text(encoding="utf-8"))
+    int8_encoder = index["encoder"] == "int8" and index.get("int8_engine") == "onnxruntime"
+    kept = sorted(p.name for p in tmp_path.rglob("cache/onnx/*.onnx"))
+    assert len(kept) == 2 * (cpu_precision("auto") == "int8") + int8_encoder, kept

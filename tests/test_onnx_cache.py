@@ -19,6 +19,7 @@ from agents.runners.first_position import with_first_position
 from agents.runners.onnx_cache import OnnxCache, model_key
 from agents.runners.onnx_int8 import FLOAT_NODES
 from schemas.extraction import TaskKind
+from streams.ops.demo import fresh_data_dir
 from streams.settings import Settings
 from streams.worker import build_runners
 
@@ -114,3 +115,23 @@ def test_a_worker_keeps_its_int8_models_in_its_data_dir_for_the_next_start(tmp_p
     assert [r.int8 is not None and r.int8.from_cache for r in build_runners(settings)] == [False, False]
     assert len(settings.onnx_cache().entries()) == 2 and settings.onnx_cache().directory.is_relative_to(tmp_path / "data")
     assert [r.int8 is not None and r.int8.from_cache for r in build_runners(settings)] == [True, True]
+
+
+def test_the_demo_starts_from_an_empty_data_dir_but_for_its_cache(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "demo")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "kept.txt").write_text("not the demo's", encoding="utf-8")
+    for name in ("broker/notes/0/batch", "clickhouse/data.bin", "worker.log", "cache/onnx/abc.onnx"):
+        (settings.data_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (settings.data_dir / name).write_text("x", encoding="utf-8")
+    (settings.data_dir / "linked").symlink_to(outside)
+    fresh_data_dir(settings)
+    assert [p.relative_to(settings.data_dir).as_posix() for p in sorted(settings.data_dir.rglob("*"))] == [
+        "cache",
+        "cache/onnx",
+        "cache/onnx/abc.onnx",
+    ]
+    assert (outside / "kept.txt").exists()  # a link is removed, not what it points to
+    fresh_data_dir(Settings(data_dir=tmp_path / "new"))  # a first run: the directory is made
+    assert (tmp_path / "new").is_dir()

@@ -170,6 +170,20 @@ def input_records(
     return records, summary
 
 
+def fresh_data_dir(settings: Settings) -> None:
+    """The demo's own directory emptied (a fresh broker, database and logs each run), but for what is derived from the
+    models (``settings.cache_dir()``: the quantised int8 models, about 10 s of each worker's start)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    kept = settings.cache_dir()
+    for child in settings.data_dir.iterdir():
+        if child == kept and child.is_dir() and not child.is_symlink():
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def run_demo(
     settings: Settings,
     n: int,
@@ -180,9 +194,7 @@ def run_demo(
     """The whole path once: ``n`` records of the sample corpus (one bad in fifty), or the notes of ``source``."""
     started = time.monotonic()
     settings = with_partitions_for_workers(settings)
-    if settings.data_dir.exists():
-        shutil.rmtree(settings.data_dir)  # the demo's own directory: a fresh database each run
-    settings.data_dir.mkdir(parents=True)
+    fresh_data_dir(settings)
     rejected = 0
     codecs = build_codecs(settings)
     if source is not None:
