@@ -50,7 +50,7 @@ def test_the_key_changes_with_any_weight_what_the_export_asks_and_the_layers_tha
     assert model is not None
 
     def key(m: torch.nn.Module, per_token: bool = False, nodes: str | None = FLOAT_NODES.pattern) -> str:
-        return model_key(m, per_token=per_token, output="logits", float_nodes=nodes, opset=17, attention="eager")
+        return model_key(m, per_token=per_token, output="logits", float_nodes=nodes, opset=17)
 
     base = key(model)
     assert key(model) == base  # the same model, the same key

@@ -82,7 +82,7 @@ def model_key(model: torch.nn.Module, **export: Any) -> str:
         for name, tensor in model.state_dict(keep_vars=False).items():
             flat = tensor.detach().to("cpu").contiguous()
             add(f"{name} {flat.dtype} {tuple(flat.shape)}")
-            digest.update(flat.reshape(-1).view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+            digest.update(flat.reshape(-1).view(torch.uint8).numpy() if flat.numel() else b"")
     return digest.hexdigest()
 
 

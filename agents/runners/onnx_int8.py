@@ -13,6 +13,9 @@ for the first position only (:mod:`agents.runners.first_position`; 14% less CPU 
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
 import logging
 import re
 import tempfile
@@ -88,6 +91,14 @@ def _quantize(source: Path, target: Path, float_nodes: re.Pattern[str] | None) -
         logging.getLogger().disabled = was
 
 
+@functools.cache
+def _exporter() -> str:
+    """The digest of the code that exports and quantises (part of a cached model's key: a change to it is a change to
+    the graph)."""
+    source = "".join(inspect.getsource(part) for part in (_Output, _export, _quantize))
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
 def _exported_int8(model: torch.nn.Module, per_token: bool, output: str, float_nodes: re.Pattern[str] | None) -> bytes:
     """The model exported and quantised (:func:`_export`, :func:`_quantize`), as the bytes of its ONNX file."""
     with tempfile.TemporaryDirectory(prefix="ehrstream-onnx-") as folder:
@@ -120,7 +131,7 @@ class OnnxInt8Model:
         data, key = None, ""
         if cache is not None:
             pattern = None if float_nodes is None else float_nodes.pattern
-            key = model_key(model, per_token=per_token, output=output, float_nodes=pattern, opset=OPSET, attention="eager")
+            key = model_key(model, per_token=per_token, output=output, float_nodes=pattern, opset=OPSET, exporter=_exporter())
             data = cache.get(key)
         #: whether the quantised model came from ``cache`` (not exported and quantised here)
         self.from_cache = data is not None
