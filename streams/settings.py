@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from agents.config import DEFAULT_MODELS, TaskSettings, TopicSettings, default_tasks
 from streams.errors import ConfigError
 from streams.runtime.runfiles import write_private_file
+from streams.secret_files import SECRET_FILE_VARIABLES, SecretFileSource
 
 if TYPE_CHECKING:
     from agents.runners.onnx_cache import OnnxCache
@@ -336,41 +337,6 @@ class Settings(BaseSettings):
         if config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
-
-
-#: the secrets a ``<VARIABLE>_FILE`` environment variable may name a file for: (settings key path, variables)
-SECRET_FILE_VARIABLES: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
-    (("CLICKHOUSE_URL",), ("CLICKHOUSE_URL_FILE", "EHRSTREAM_CLICKHOUSE_URL_FILE")),
-    (("CLICKHOUSE_PASSWORD",), ("CLICKHOUSE_PASSWORD_FILE", "EHRSTREAM_CLICKHOUSE_PASSWORD_FILE")),
-    (("kafka", "sasl_password"), ("EHRSTREAM_KAFKA_SASL_PASSWORD_FILE",)),
-    (("kafka", "ssl_key_password"), ("EHRSTREAM_KAFKA_SSL_KEY_PASSWORD_FILE",)),
-    (("schema_registry_password",), ("EHRSTREAM_SCHEMA_REGISTRY_PASSWORD_FILE",)),
-]
-
-
-class SecretFileSource(PydanticBaseSettingsSource):
-    """Secrets from files (Docker/Kubernetes secrets): ``CLICKHOUSE_PASSWORD_FILE=/run/secrets/clickhouse_password``.
-    Ranks below the variable itself; the file's content, trailing newline stripped, is the value."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover (unused)
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        import os
-
-        values: dict[str, Any] = {}
-        for path, variables in SECRET_FILE_VARIABLES:
-            name = next((v for v in variables if os.environ.get(v)), None)
-            if name is None:
-                continue
-            file = Path(os.environ[name])
-            if not file.is_file():
-                raise ConfigError("settings", f"{name}: no such file: {file}")
-            target = values
-            for key in path[:-1]:
-                target = target.setdefault(key, {})
-            target[path[-1]] = file.read_text().rstrip("\r\n")
-        return values
 
 
 #: what :meth:`Settings.child_config` leaves out: the secrets, reviewer accounts, and where this process read its file
