@@ -80,8 +80,7 @@ def build_runner_for(settings: Settings, task: TaskSettings, reference: bool = F
         onnx_cache=settings.onnx_cache(),
     )
     shortcut = ", its last layer at the first position only" if runner.first_position else ""
-    if runner.int8 is not None:
-        shortcut += ", read from the ONNX cache" if runner.int8.from_cache else ", quantised now and kept in the ONNX cache"
+    shortcut += _cache_note(None if runner.int8 is None else runner.int8.from_cache)
     log.info("task %s: runs on %s in %s (quantization %s)%s", task.name, runner.device.type, runner.runs_in, quantization, shortcut)
     return runner
 
@@ -117,19 +116,25 @@ def _report_encoder(coder: Icd10Coder, device: str) -> None:
 
     encoder = coder.encoder
     place, precision = encoder.device.type, encoder.quantization
-    cached = ", read from the ONNX cache" if encoder.from_cache else ""
+    cached = _cache_note(encoder.from_cache if encoder.int8_engine == "onnxruntime" else None)
     log.info("ICD-10-CM coder: its encoder runs on %s in %s%s", place, precision, cached)
     best_place, best = encoder_placement("auto", device)
     if (place, precision) != (best_place.split(":")[0], best):
         log.warning(
-            "ICD-10-CM index embedded in %s: its encoder runs on %s in %s, where this host would run it on %s in %s;"
+            "the ICD-10-CM index holds its encoder on %s in %s; this host would run it on %s in %s, and"
             " `ehrstream codes build` here rebuilds the index for that",
-            precision,
             place,
             precision,
             best_place,
             best,
         )
+
+
+def _cache_note(from_cache: bool | None) -> str:
+    """How an int8 ONNX Runtime session was built, for the start-up log (None: the model runs no such session)."""
+    if from_cache is None:
+        return ""
+    return ", read from the ONNX cache" if from_cache else ", quantised now and kept in the ONNX cache"
 
 
 def build_pipeline(

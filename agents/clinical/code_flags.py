@@ -58,3 +58,13 @@ def mention_flags(keys: list[str]) -> np.ndarray:
     for bit, (_, _, mention_test) in enumerate(FLAGS):
         licensed |= np.array([bool(mention_test.search(k)) for k in keys], dtype=np.int64) << bit
     return licensed
+
+
+def unlicensed_kinds(flag_values: np.ndarray, keys: list[str]) -> np.ndarray:
+    """``[keys, flag values]``: how many of the kinds each of the entries' distinct ``flag_values`` stands for the
+    key gives no grounds for (:func:`mention_flags`)."""
+    unlicensed = flag_values[None, :] & ~mention_flags(keys)[:, None]
+    counts = np.zeros(unlicensed.shape, dtype=np.float32)
+    for bit in range(len(FLAGS)):
+        counts += ((unlicensed >> bit) & 1).astype(np.float32)
+    return counts

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agents.clinical.code_flags import FLAGS, entry_flags, mention_flags
+from agents.clinical.code_flags import entry_flags, unlicensed_kinds
 from agents.clinical.code_search import CANDIDATES, best_above, best_of_all, bound_index, candidates, product_slack
 from agents.clinical.icd10_table import Entry, clean, code_displays, table_entries
 from agents.clinical.terms import ABBREVIATIONS
@@ -353,9 +353,4 @@ class Icd10Coder:
     def _penalties(self, keys: list[str]) -> np.ndarray:
         """``[keys, flag values]``: how many kinds of code each value of the entries' flags stands for that the key
         gives no grounds for (the entries' flags take few distinct values: one gather per entry then does the rest)."""
-        licensed = mention_flags(keys)
-        unlicensed = self._flag_values[None, :] & ~licensed[:, None]
-        per_value = np.zeros(unlicensed.shape, dtype=np.float32)
-        for bit in range(len(FLAGS)):
-            per_value += ((unlicensed >> bit) & 1).astype(np.float32)
-        return per_value
+        return unlicensed_kinds(self._flag_values, keys)
