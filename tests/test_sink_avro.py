@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -153,3 +156,44 @@ def test_a_batch_clickhouse_refuses_stores_its_good_records_and_dead_letters_the
     finally:
         sink.stop()
         p.close()
+
+
+SPOOL_PROBE = r"""
+import random, sys
+from pathlib import Path
+from schemas.codec import Codecs
+from schemas.extraction import Extraction
+from streams.sink.avro_intake import AvroIntake, Pending
+from streams.sink.backend import ChdbBackend
+from streams.sink.migrations import migrate
+from streams.sink.rows import TABLE_COLUMNS
+from tests.test_avro_columns import random_extraction
+
+backend = ChdbBackend(Path(sys.argv[1]), "ehrstream")
+if sys.argv[2] == "insert":
+    migrate(backend)
+    codec = Codecs().of(Extraction)
+    pending = Pending()
+    pending.add(0, 10**9, None, codec.encode(Extraction.model_validate(random_extraction(random.Random(3)))))
+    intake = AvroIntake(codec, "extractions")
+    backend.insert_avro(intake.statement("ehrstream", TABLE_COLUMNS["extractions"]), intake.structure, intake.container(pending))
+    print(backend.query("SELECT count() FROM ehrstream.extractions").scalar())
+# exits without closing the backend, as a process that is stopped does
+"""
+
+
+@pytest.mark.parametrize("work", ["insert", "none"])
+def test_a_process_that_never_closes_its_chdb_leaves_no_spool_directory(tmp_path: Path, work: str) -> None:
+    """The columnar insert's spool directory goes with the process, closed or not: each test run and each killed sink
+    used to leave one ``ehrstream-intake-*`` directory in the system's temporary directory. A backend that never inserts
+    Avro makes none."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**os.environ, "TMPDIR": str(temporary)}
+    done = subprocess.run(
+        [sys.executable, "-c", SPOOL_PROBE, str(tmp_path / "chdb"), work], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    if work == "insert":
+        assert done.stdout.split()[-1] == "1"  # the batch went through the spool
+    assert sorted(p.name for p in temporary.iterdir() if p.name.startswith("ehrstream-intake-")) == []

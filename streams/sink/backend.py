@@ -16,6 +16,8 @@ import re
 import shutil
 import tempfile
 import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,12 +148,20 @@ class ChdbBackend:
         self.path = path
         self.database = database
         self._lock = threading.Lock()
-        #: where :meth:`insert_avro` puts a batch for chdb to read (removed by :meth:`close`)
-        self._spool = Path(tempfile.mkdtemp(prefix="ehrstream-intake-"))
         try:
             self._session = session.Session(str(path))  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise SinkError("open", f"chdb data directory {path} is unavailable (is another process using it?): {exc}") from exc
+        #: where :meth:`insert_avro` puts a batch for chdb to read: made at the first such insert, removed by
+        #: :meth:`close`, or when the backend is collected or the process exits without closing it
+        self._spool: Path | None = None
+        self._remove_spool: Callable[[], object] | None = None
+
+    def _spool_file(self) -> Path:
+        if self._spool is None:
+            self._spool = Path(tempfile.mkdtemp(prefix="ehrstream-intake-"))
+            self._remove_spool = weakref.finalize(self, shutil.rmtree, self._spool, ignore_errors=True)
+        return self._spool / "batch.avro"
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
         self._run(sql, parameters, "CSV")
@@ -190,9 +200,9 @@ class ChdbBackend:
         """Through a file the statement reads with ``file()``: chdb's streaming insert takes no ``INSERT ... SELECT``,
         and it did not raise what a materialised view refused (chdb 4.4: the rows were dropped, the insert reported
         written), so the statement runs as a query, whose errors are raised."""
-        spool = self._spool / "batch.avro"
-        source = f"file('{_quoted(str(spool))}', 'Avro', '{_quoted(structure)}')"
         with self._lock:
+            spool = self._spool_file()
+            source = f"file('{_quoted(str(spool))}', 'Avro', '{_quoted(structure)}')"
             spool.write_bytes(payload)
             try:
                 self._session.query(statement.format(source=source) + " SETTINGS max_threads = 1", "CSV")  # type: ignore[no-untyped-call]
@@ -212,7 +222,8 @@ class ChdbBackend:
     def close(self) -> None:
         with self._lock:
             self._session.close()  # type: ignore[no-untyped-call]
-            shutil.rmtree(self._spool, ignore_errors=True)
+            if self._remove_spool is not None:
+                self._remove_spool()
 
 
 class ServerBackend:
