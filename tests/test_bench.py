@@ -54,6 +54,10 @@ def test_bench_reports_raw_e2e_ratio_latency_and_stages(tiny_settings: Settings,
     assert {"bench (publisher, sink)", "broker", "workers"} <= set(by_process) and all(v >= 0 for v in by_process.values())
     assert result["total_cpu_ms_per_note"] == pytest.approx(sum(by_process.values()), abs=0.01)
     assert 0 < result["overhead_cpu_ms_per_note"] < result["total_cpu_ms_per_note"]
+    # the same over the latency phase, whose notes go a few per produce request
+    paced = result["latency_cpu_ms_per_note_by_process"]
+    assert {"bench (publisher, sink)", "broker", "workers"} <= set(paced) and all(v >= 0 for v in paced.values())
+    assert 0 < result["latency_overhead_cpu_ms_per_note"] < sum(paced.values())
     assert "ratio e2e / raw" in proc.stderr  # the table goes to stderr with --json
 
 

@@ -95,6 +95,11 @@ class BenchResult:
     total_cpu_ms_per_note: float | None = None
     #: the same, per part of the stack: the bench process (publisher and sink), the broker, its object store, the workers
     cpu_ms_per_note_by_process: dict[str, float] = field(default_factory=dict)
+    #: ``overhead_cpu_ms_per_note`` during the latency phase: notes sent at half the rate, a few per produce request as
+    #: a live feed sends them (the e2e phase sends them all at once, in large requests), until the last is stored
+    latency_overhead_cpu_ms_per_note: float | None = None
+    #: ``cpu_ms_per_note_by_process`` during the latency phase
+    latency_cpu_ms_per_note_by_process: dict[str, float] = field(default_factory=dict)
     #: wall time of sections + assertion + coding over that of tokenise + infer + postprocess, same run
     clinical_share_of_model_stages: float | None = None
     date: str = ""
@@ -246,18 +251,15 @@ def _bench_in(
         clinical_share = round(sum(stage_ms[s]["wall"] for s in CLINICAL_STAGES) / model_wall, 4) if model_wall else None
         stage_ms["produce"] = {"wall": per_note("wall:produce")}
         stage_ms["insert"] = {"wall": round(1000 * (insert_after - insert_before) / records, 3)}
-        total_ms = overhead_ms = None
-        by_role: dict[str, float] = {}
-        if cpu_before is not None and cpu_after is not None:
-            by_role = {k: round(1000 * v / len(texts), 3) for k, v in sorted(cpu_by_role(cpu_before, cpu_after).items())}
-            total_ms = round(sum(by_role.values()), 3)
-            overhead_ms = round(total_ms - 1000 * (after["cpu:forward"] - before["cpu:forward"]) / len(texts), 3)
+        total_ms, overhead_ms, by_role = _phase_cpu(cpu_before, cpu_after, before, after, len(texts))
+        if total_ms is not None:
             echo(f"CPU per note, every process: {total_ms:.2f} ms {by_role}; around the model: {overhead_ms:.2f} ms")
 
         rate = e2e / 2
         count = max(20, int(rate * latency_seconds))
         lat_texts = bench_notes(datasets, warm_count, notes, count)[2]
         echo(f"latency: {count} notes at {rate:.1f} notes/s")
+        paced_before, paced_cpu_before = scrape_stage_metrics(stack.metrics_ports), tree_cpu()
         t0 = time.monotonic()
 
         def pace(i: int) -> None:
@@ -269,6 +271,9 @@ def _bench_in(
         times = sorted(sent_at.values())
         offered = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else rate
         stack.wait_for("latency", count, timeout_s=120 + 4 * count / rate)
+        _, paced_overhead_ms, paced_by_role = _phase_cpu(
+            paced_cpu_before, tree_cpu(), paced_before, scrape_stage_metrics(stack.metrics_ports), count
+        )
         arrivals = stack.arrival_times("latency")
         latencies = sorted(1000 * (arrivals[k][1] - sent_at[k]) for k in sent_at)
         to_worker = sorted(1000 * (arrivals[k][0] - sent_at[k]) for k in sent_at)
@@ -306,9 +311,28 @@ def _bench_in(
         overhead_cpu_ms_per_note=overhead_ms,
         total_cpu_ms_per_note=total_ms,
         cpu_ms_per_note_by_process=by_role,
+        latency_overhead_cpu_ms_per_note=paced_overhead_ms,
+        latency_cpu_ms_per_note_by_process=paced_by_role,
         clinical_share_of_model_stages=clinical_share,
         date=datetime.now(UTC).strftime("%Y-%m-%d"),
     )
+
+
+def _phase_cpu(
+    cpu_before: dict[int, tuple[str, float]] | None,
+    cpu_after: dict[int, tuple[str, float]] | None,
+    before: dict[str, float],
+    after: dict[str, float],
+    notes: int,
+) -> tuple[float | None, float | None, dict[str, float]]:
+    """CPU ms per note of every process of the stack over one phase (``tree_cpu`` and the workers' stage metrics at
+    its start and end): in all, around the model (less the models' forward calls), and per part of the stack. None
+    without /proc."""
+    if cpu_before is None or cpu_after is None:
+        return None, None, {}
+    by_role = {k: round(1000 * v / notes, 3) for k, v in sorted(cpu_by_role(cpu_before, cpu_after).items())}
+    total = round(sum(by_role.values()), 3)
+    return total, round(total - 1000 * (after["cpu:forward"] - before["cpu:forward"]) / notes, 3), by_role
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -349,6 +373,8 @@ def format_result(result: BenchResult) -> str:
         ("CPU ms per note, all processes", _ms(result.total_cpu_ms_per_note)),
         ("  around the model (overhead)", _ms(result.overhead_cpu_ms_per_note)),
         ("  by process", str(result.cpu_ms_per_note_by_process)),
+        ("  around the model, latency phase", _ms(result.latency_overhead_cpu_ms_per_note)),
+        ("  by process, latency phase", str(result.latency_cpu_ms_per_note_by_process)),
     ]
     share = result.clinical_share_of_model_stages
     rows.append(("clinical layer / model stages (wall)", "n/a" if share is None else f"{share:.3f}"))
