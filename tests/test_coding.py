@@ -329,3 +329,26 @@ def test_a_cpu_encoder_embeds_in_calls_of_texts_of_about_one_length_each_row_its
     wide = encoder.encode(texts)  # one call, every text padded to the longest
     assert narrow.shape == (len(texts), encoder.dim) and np.allclose(narrow, wide, atol=1e-5)
     assert np.allclose(narrow[texts.index("x")], encoder.encode(["x"])[0], atol=1e-5)
+
+
+def test_the_int8_bound_is_never_further_from_the_exact_product_than_its_slack(coder: Icd10Coder) -> None:
+    """The bound's int8 product on a CPU says, per mention, how far it can be from the float32 product with every entry;
+    the candidates' floor rests on that. Checked against the exact product for real mentions and for queries made to
+    round badly (one large component, the rest just under half a quantisation step), and the slack stays small enough
+    to settle mentions (the bounded-search test above shows it does)."""
+    product = code_search.Int8Product(coder.embeddings)
+    rng = np.random.default_rng(5)
+    real = coder.encoder.encode(KEYS)
+    dim = real.shape[1]
+    spiky = np.full((4, dim), 0.499 / 127, dtype=np.float32)
+    spiky[np.arange(4), rng.integers(0, dim, 4)] = 1.0
+    spiky /= np.linalg.norm(spiky, axis=1, keepdims=True)
+    noise = rng.standard_normal((16, dim)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    for queries in (real, spiky, noise, real[:1]):
+        approximate, slack = product(queries)
+        exact = queries.astype(np.float64) @ coder.embeddings.T.astype(np.float64)
+        assert approximate.shape == exact.shape and approximate.dtype == torch.float32
+        assert (np.abs(approximate.numpy() - exact).max(axis=1) <= slack).all()
+    assert (product(real)[1] < 0.04).all()  # mentions' embeddings spread their weight: a small slack
+    assert (product(spiky)[1] > 0.05).all()  # a query that rounds badly gets the larger slack it needs

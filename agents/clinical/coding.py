@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agents.clinical.code_flags import entry_flags, unlicensed_kinds
-from agents.clinical.code_search import CANDIDATES, best_above, best_of_all, bound_index, candidates, product_slack
+from agents.clinical.code_search import CANDIDATES, best_above, best_of_all, bound_product, candidates
 from agents.clinical.icd10_table import Entry, clean, code_displays, table_entries
 from agents.clinical.terms import ABBREVIATIONS
 
@@ -167,9 +167,12 @@ class Icd10Coder:
             dtype=np.float32,
         )
         self._cache: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-        # the bound's index (:mod:`agents.clinical.code_search`), where the encoder runs
-        self._index, product = bound_index(self.embeddings, encoder.device)
-        self._slack = EMBEDDING_WEIGHT * product_slack(product)
+        # the bound's product (:mod:`agents.clinical.code_search`), where the encoder runs
+        import torch
+
+        self._product = bound_product(self.embeddings, encoder.device, torch.get_num_threads())
+        #: the TF-IDF product's right-hand side as scipy multiplies it (a CSR copy of the transpose), made once, not per call
+        self._lexical_t = self.lexical.T.tocsr()
         self._prior_max = float(self.prior.max()) if len(self.prior) else 0.0
 
     @classmethod
@@ -282,7 +285,7 @@ class Icd10Coder:
         chunks = []
         for lo in range(0, len(keys), 64):
             chunk = keys[lo : lo + 64]
-            wording = _tfidf([_words(k) for k in chunk], self.vocabulary, self.idf).dot(self.lexical.T).tocsr()
+            wording = _tfidf([_words(k) for k in chunk], self.vocabulary, self.idf).dot(self._lexical_t).tocsr()
             # a mention whose words are an entry's words needs no embedding (the encoder is most of the coder's cost):
             # its meaning score is taken to be its wording score
             unsure = np.nonzero(wording.max(axis=1).toarray().ravel() < LEXICAL_SURE)[0]
@@ -335,14 +338,14 @@ class Icd10Coder:
         they do not settle it."""
         import torch
 
-        index = self._index
-        bound = (torch.from_numpy(queries * EMBEDDING_WEIGHT).to(index.device, index.dtype) @ index.T).float()
+        product, slack = self._product(queries)
+        bound = product.mul_(EMBEDDING_WEIGHT)
         spread = wording.tocoo()
-        flat = torch.from_numpy(spread.row.astype(np.int64) * bound.shape[1] + spread.col).to(index.device)
-        added = torch.from_numpy(((1 - EMBEDDING_WEIGHT) * spread.data).astype(np.float32)).to(index.device)
+        flat = torch.from_numpy(spread.row.astype(np.int64) * bound.shape[1] + spread.col).to(bound.device)
+        added = torch.from_numpy(((1 - EMBEDDING_WEIGHT) * spread.data).astype(np.float32)).to(bound.device)
         bound.view(-1).index_add_(0, flat, added)
         entries, last = candidates(bound, CANDIDATES)
-        floor = last + self._prior_max + self._slack
+        floor = last + self._prior_max + EMBEDDING_WEIGHT * slack
         meaning = np.einsum("ukd,ud->uk", self.embeddings[entries], queries)
         mentions = np.repeat(np.arange(len(queries)), entries.shape[1])
         words = np.asarray(wording[mentions, entries.ravel()], dtype=np.float32).reshape(entries.shape)
