@@ -46,16 +46,23 @@ class Int8Product:
     What it can be off by is exact, per mention: ``q·e - q̂·ê = (q - q̂)·e + q̂·(e - ê)``, so at most
     ``|q - q̂| max|e| + |q̂| max|e - ê|``, the norms of the query's own rounding and of the rounded query, with the
     index's largest norm and largest rounding (computed once). Anything ONNX Runtime's float32 scaling adds is far below
-    the ``1e-5`` added to it."""
+    the ``1e-5`` added to it.
 
-    def __init__(self, embeddings: np.ndarray, threads: int = 1) -> None:
+    Without int8 dot-product instructions (VNNI) ONNX Runtime multiplies uint8 by int8 with 16-bit multiply-adds that
+    saturate at 32,767, and two products of 255 and 127 exceed it; there the index keeps 63 levels a side (255 * 63 * 2
+    is 32,130), which doubles its rounding and the slack with it, but never the answer (``index_levels`` chooses)."""
+
+    def __init__(self, embeddings: np.ndarray, threads: int = 1, index_levels: int | None = None) -> None:
         import onnxruntime as ort  # type: ignore[import-untyped]
         from onnx import TensorProto, helper, numpy_helper
 
+        from agents.runners.precision import native_int8
+
+        top = index_levels or (127 if native_int8() else 63)
         exact = embeddings.astype(np.float64)
-        steps = (np.abs(exact).max(axis=1) / 127).astype(np.float32)
+        steps = (np.abs(exact).max(axis=1) / top).astype(np.float32)
         steps[steps == 0] = 1.0  # an all-zero row stays zero
-        levels = np.clip(np.rint(exact / steps[:, None]), -127, 127)
+        levels = np.clip(np.rint(exact / steps[:, None]), -top, top)
         self.index_error = float(np.sqrt(((exact - levels * steps[:, None].astype(np.float64)) ** 2).sum(axis=1)).max())
         self.index_norm = float(np.sqrt((exact**2).sum(axis=1)).max())
         entries, dim = embeddings.shape
