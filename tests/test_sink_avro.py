@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from streams.runtime.broker import TansuBroker
 from streams.runtime.sink_thread import SinkThread
 from streams.settings import Settings
 from streams.sink.avro_intake import AvroIntake, Pending
-from streams.sink.backend import ChdbBackend
+from streams.sink.backend import SPOOL_FOLDER, ChdbBackend
 from streams.sink.migrations import migrate
 from streams.sink.rows import TABLE_COLUMNS, extraction_row, json_each_row, review_task_row
 from tests.test_avro_columns import random_extraction, random_review_task
@@ -159,41 +160,45 @@ def test_a_batch_clickhouse_refuses_stores_its_good_records_and_dead_letters_the
 
 
 SPOOL_PROBE = r"""
-import random, sys
+import os, random, signal, sys
 from pathlib import Path
 from schemas.codec import Codecs
 from schemas.extraction import Extraction
 from streams.sink.avro_intake import AvroIntake, Pending
-from streams.sink.backend import ChdbBackend
+from streams.sink.backend import SPOOL_FOLDER, ChdbBackend
 from streams.sink.migrations import migrate
 from streams.sink.rows import TABLE_COLUMNS
 from tests.test_avro_columns import random_extraction
 
 backend = ChdbBackend(Path(sys.argv[1]), "ehrstream")
-if sys.argv[2] == "insert":
+if sys.argv[2] != "none":
     migrate(backend)
     codec = Codecs().of(Extraction)
     pending = Pending()
     pending.add(0, 10**9, None, codec.encode(Extraction.model_validate(random_extraction(random.Random(3)))))
     intake = AvroIntake(codec, "extractions")
     backend.insert_avro(intake.statement("ehrstream", TABLE_COLUMNS["extractions"]), intake.structure, intake.container(pending))
-    print(backend.query("SELECT count() FROM ehrstream.extractions").scalar())
-# exits without closing the backend, as a process that is stopped does
+    print(backend.query("SELECT count() FROM ehrstream.extractions").scalar(), flush=True)
+if sys.argv[2] == "killed":
+    os.kill(os.getpid(), signal.SIGKILL)
+# otherwise exits without closing the backend
 """
 
 
-@pytest.mark.parametrize("work", ["insert", "none"])
-def test_a_process_that_never_closes_its_chdb_leaves_no_spool_directory(tmp_path: Path, work: str) -> None:
-    """The columnar insert's spool directory goes with the process, closed or not: each test run and each killed sink
-    used to leave one ``ehrstream-intake-*`` directory in the system's temporary directory. A backend that never inserts
-    Avro makes none."""
+@pytest.mark.parametrize("work", ["insert", "none", "killed"])
+def test_a_process_that_never_closes_its_chdb_leaves_no_spool_behind(tmp_path: Path, work: str) -> None:
+    """The columnar insert's spool is a folder of the chdb data directory, emptied after each batch: nothing goes to the
+    system's temporary directory, where each test run and each killed sink used to leave an ``ehrstream-intake-*``
+    directory, closed, unclosed or killed; the next process on the directory reuses the folder."""
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     env = {**os.environ, "TMPDIR": str(temporary)}
-    done = subprocess.run(
-        [sys.executable, "-c", SPOOL_PROBE, str(tmp_path / "chdb"), work], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    if work == "insert":
-        assert done.stdout.split()[-1] == "1"  # the batch went through the spool
-    assert sorted(p.name for p in temporary.iterdir() if p.name.startswith("ehrstream-intake-")) == []
+    data = tmp_path / "chdb"
+    for round_ in (1, 2):  # a second process on the same data directory
+        done = subprocess.run([sys.executable, "-c", SPOOL_PROBE, str(data), work], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == (-signal.SIGKILL if work == "killed" else 0), done.stderr[-2000:]
+        if work != "none":
+            assert done.stdout.split()[-1] == str(round_)  # the batch went through the spool: one more row each time
+    assert list(temporary.iterdir()) == []
+    spool = data / SPOOL_FOLDER
+    assert not spool.exists() if work == "none" else list(spool.iterdir()) == []

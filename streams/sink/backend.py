@@ -14,10 +14,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 import threading
-import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,6 +133,10 @@ def chdb_parameters(parameters: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: _literal(v) if isinstance(v, list | tuple) else v for k, v in parameters.items()}
 
 
+#: the folder of a chdb data directory through which :meth:`ChdbBackend.insert_avro` hands ClickHouse a batch
+SPOOL_FOLDER = "ehrstream-intake"
+
+
 class ChdbBackend:
     """Embedded ClickHouse. Thread-safe: calls are serialised on one session."""
 
@@ -152,16 +153,9 @@ class ChdbBackend:
             self._session = session.Session(str(path))  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise SinkError("open", f"chdb data directory {path} is unavailable (is another process using it?): {exc}") from exc
-        #: where :meth:`insert_avro` puts a batch for chdb to read: made at the first such insert, removed by
-        #: :meth:`close`, or when the backend is collected or the process exits without closing it
-        self._spool: Path | None = None
-        self._remove_spool: Callable[[], object] | None = None
-
-    def _spool_file(self) -> Path:
-        if self._spool is None:
-            self._spool = Path(tempfile.mkdtemp(prefix="ehrstream-intake-"))
-            self._remove_spool = weakref.finalize(self, shutil.rmtree, self._spool, ignore_errors=True)
-        return self._spool / "batch.avro"
+        #: where :meth:`insert_avro` puts a batch for chdb to read: a folder of the data directory (only this process
+        #: has it open), so a process that is killed leaves nothing elsewhere and the next one reuses it
+        self._spool = path / SPOOL_FOLDER
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> None:
         self._run(sql, parameters, "CSV")
@@ -201,7 +195,8 @@ class ChdbBackend:
         and it did not raise what a materialised view refused (chdb 4.4: the rows were dropped, the insert reported
         written), so the statement runs as a query, whose errors are raised."""
         with self._lock:
-            spool = self._spool_file()
+            self._spool.mkdir(exist_ok=True)
+            spool = self._spool / "batch.avro"
             source = f"file('{_quoted(str(spool))}', 'Avro', '{_quoted(structure)}')"
             spool.write_bytes(payload)
             try:
@@ -222,8 +217,7 @@ class ChdbBackend:
     def close(self) -> None:
         with self._lock:
             self._session.close()  # type: ignore[no-untyped-call]
-            if self._remove_spool is not None:
-                self._remove_spool()
+            shutil.rmtree(self._spool, ignore_errors=True)
 
 
 class ServerBackend:
