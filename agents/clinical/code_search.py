@@ -53,9 +53,9 @@ class Int8Product:
     is 32,130), which doubles its rounding and the slack with it, but never the answer (``index_levels`` chooses)."""
 
     def __init__(self, embeddings: np.ndarray, threads: int = 1, index_levels: int | None = None) -> None:
-        import onnxruntime as ort  # type: ignore[import-untyped]
         from onnx import TensorProto, helper, numpy_helper
 
+        from agents.runners.onnx_int8 import cpu_session
         from agents.runners.precision import native_int8
 
         top = index_levels or (127 if native_int8() else 63)
@@ -81,10 +81,7 @@ class Int8Product:
             ],
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(model.SerializeToString(), threads)
 
     def __call__(self, queries: np.ndarray) -> tuple[Any, np.ndarray]:
         """``([mentions, entries]`` float32 torch tensor, per mention how far it can be from the exact product)."""
@@ -115,9 +112,12 @@ class DeviceProduct:
         return torch.from_numpy(queries).to(self.index.device) @ self.index.T, np.full(len(queries), TF32_SLACK)
 
 
-def bound_product(embeddings: np.ndarray, device: Any, threads: int = 1) -> Int8Product | DeviceProduct:
-    """The bound's product where the coder's encoder runs."""
-    return Int8Product(embeddings, threads) if device.type == "cpu" else DeviceProduct(embeddings, device)
+def bound_product(embeddings: np.ndarray, device: Any) -> Int8Product | DeviceProduct:
+    """The bound's product where the coder's encoder runs (on a CPU with the worker's torch thread budget, as the
+    encoder's own session)."""
+    import torch
+
+    return Int8Product(embeddings, torch.get_num_threads()) if device.type == "cpu" else DeviceProduct(embeddings, device)
 
 
 def ranked_codes(score: np.ndarray, entries: np.ndarray, codes: np.ndarray, top: int) -> list[tuple[str, float]]:

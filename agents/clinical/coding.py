@@ -168,9 +168,7 @@ class Icd10Coder:
         )
         self._cache: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         # the bound's product (:mod:`agents.clinical.code_search`), where the encoder runs
-        import torch
-
-        self._product = bound_product(self.embeddings, encoder.device, torch.get_num_threads())
+        self._product = bound_product(self.embeddings, encoder.device)
         #: the TF-IDF product's right-hand side as scipy multiplies it (a CSR copy of the transpose), made once, not per call
         self._lexical_t = self.lexical.T.tocsr()
         self._prior_max = float(self.prior.max()) if len(self.prior) else 0.0

@@ -108,6 +108,19 @@ def _exported_int8(model: torch.nn.Module, per_token: bool, output: str, float_n
         return quantized.read_bytes()
 
 
+def cpu_session(model: bytes, threads: int) -> Any:
+    """An ONNX Runtime session on the CPU for a serialised model: ``threads`` intra-op threads (the worker's torch thread
+    budget), one inter-op thread, every graph optimisation, warnings only."""
+    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxInt8Model:
     """A model as an int8 ONNX Runtime session: ``(input_ids, attention_mask)`` int64 arrays in, its float32
     ``output`` out (a task model's ``logits``, per token when ``per_token``; the coder's sentence encoder's
@@ -124,8 +137,6 @@ class OnnxInt8Model:
         float_nodes: re.Pattern[str] | None = FLOAT_NODES,
         cache: OnnxCache | None = None,
     ) -> None:
-        import onnxruntime as ort  # type: ignore[import-untyped]
-
         #: the model output the session returns
         self.output = output
         data, key = None, ""
@@ -143,12 +154,7 @@ class OnnxInt8Model:
 
         #: (node name, operator) of the quantised graph: what runs int8 and what stays float32
         self.nodes = [(node.name, node.op_type) for node in onnx.load_from_string(data).graph.node]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.session: Any = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self.session: Any = cpu_session(data, threads)
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         out: np.ndarray = self.session.run([self.output], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
