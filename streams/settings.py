@@ -164,6 +164,11 @@ class Settings(BaseSettings):
     #: where the embedded broker keeps topics, records and committed offsets: ``disk`` (``<data_dir>/broker``, fsynced:
     #: a crash of the whole stack loses nothing a publisher was told was stored) or ``memory`` (gone when it stops)
     embedded_storage: Literal["disk", "memory"] = "disk"
+    #: how long the embedded ``disk`` broker keeps a record batch once every consumer group committing on its partition
+    #: has committed past it (a partition no group commits on keeps everything; ClickHouse is the record): Tansu lists a
+    #: partition's every batch on each fetch, so its CPU per fetch grows with what it keeps
+    #: (:mod:`streams.runtime.object_retention`). Kafka's default retention, 7 days, is 604800
+    embedded_retention_seconds: float = Field(default=60.0, gt=0)
 
     topics: TopicSettings = TopicSettings()
     topic_partitions: int = Field(default=4, ge=1)

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.clinical_note import ClinicalNote
 from streams.kafka.clients import ensure_topics, producer
 from streams.kafka.schema_registry import build_codecs
-from streams.runtime.broker import TansuBroker
+from streams.runtime.broker import embedded_broker
 from streams.runtime.processes import free_port
 from streams.runtime.sink_thread import SinkThread
 from streams.runtime.workers import WorkerPool
@@ -55,7 +55,7 @@ class BenchStack:
     def __init__(self, settings: Settings, workers: int, data_dir: Path) -> None:
         self.settings = settings
         self.data_dir = data_dir
-        self.broker = TansuBroker(log_file=data_dir / "tansu.log", storage_dir=settings.broker_storage_dir()).start()
+        self.broker = embedded_broker(settings, data_dir / "tansu.log").start()
         ensure_topics(settings, self.broker.bootstrap)
         self.sink = SinkThread(settings, self.broker.bootstrap)
         self.sink.start()

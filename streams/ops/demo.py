@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import TopicPartition
+from kafka.structs import OffsetAndMetadata
 from tqdm import tqdm
 
 from agents.config import REPO_ROOT
@@ -34,7 +35,7 @@ from streams.kafka.clients import consumer as make_consumer
 from streams.kafka.clients import ensure_topics
 from streams.kafka.clients import producer as make_producer
 from streams.kafka.schema_registry import build_codecs
-from streams.runtime.broker import TansuBroker
+from streams.runtime.broker import embedded_broker
 from streams.runtime.sink_thread import SinkThread
 from streams.runtime.workers import WorkerPool, with_partitions_for_workers
 from streams.settings import Settings
@@ -121,36 +122,52 @@ class TopicCounts:
     dead_lettered: int = 0
 
 
-def count_topics(settings: Settings, bootstrap: str, codecs: Codecs) -> TopicCounts:
-    """Distinct notes per status on the extractions topic, and dead letters, read from the start."""
-    consumer = make_consumer(settings, bootstrap, group_id=None, consumer_timeout_ms=1000)
-    try:
-        parts = [
+#: the consumer group the demo's count commits as, so that the durable embedded broker keeps what it has not read
+COUNT_GROUP = "ehrstream-demo-count"
+
+
+class TopicCounter:
+    """Distinct notes per status on the extractions topic, and dead letters, read from the start by one consumer that
+    keeps reading forward: each :meth:`update` reads what arrived since the last and commits where it got to. The
+    durable embedded broker deletes a record batch once every group committing on its partition is past it (after
+    ``embedded_retention_seconds``); the count commits as a group of its own (:data:`COUNT_GROUP`), from offset 0 before
+    it reads, so nothing it has not counted goes."""
+
+    def __init__(self, settings: Settings, bootstrap: str, codecs: Codecs) -> None:
+        self.settings = settings
+        self.consumer = make_consumer(settings, bootstrap, group_id=COUNT_GROUP, consumer_timeout_ms=1000)
+        self.parts = [
             TopicPartition(t, p)
             for t in (settings.topics.extractions, settings.topics.deadletter)
-            for p in sorted(consumer.partitions_for_topic(t) or [])
+            for p in sorted(self.consumer.partitions_for_topic(t) or [])
         ]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        end = consumer.end_offsets(parts)
-        status: dict[str, ExtractionStatus] = {}
-        dead: set[tuple[str, int, int]] = set()
-        extraction_codec, dead_codec = codecs.of(Extraction), codecs.of(DeadLetter)
-        while any(consumer.position(tp) < end[tp] for tp in parts):
-            for tp, messages in consumer.poll(timeout_ms=500).items():
+        self.consumer.assign(self.parts)
+        self.consumer.seek_to_beginning(*self.parts)
+        self.consumer.commit({tp: OffsetAndMetadata(0, "", -1) for tp in self.parts})
+        self._extraction, self._dead = codecs.of(Extraction), codecs.of(DeadLetter)
+        self._status: dict[str, ExtractionStatus] = {}
+        self._dead_letters: set[tuple[str, int, int]] = set()
+
+    def update(self) -> TopicCounts:
+        """The counts once everything on the topics now has been read."""
+        end = self.consumer.end_offsets(self.parts)
+        while any(self.consumer.position(tp) < end[tp] for tp in self.parts):
+            for tp, messages in self.consumer.poll(timeout_ms=500).items():
                 for m in messages:
-                    if tp.topic == settings.topics.extractions:
-                        e = extraction_codec.decode(m.value)
-                        status[e.note_id] = e.status
+                    if tp.topic == self.settings.topics.extractions:
+                        e = self._extraction.decode(m.value)
+                        self._status[e.note_id] = e.status
                     else:
-                        d = dead_codec.decode(m.value)
-                        dead.add((d.source_topic, d.source_partition, d.source_offset))
-        counts = TopicCounts(extracted=len(status), dead_lettered=len(dead))
-        counts.auto_accepted = sum(1 for s in status.values() if s is ExtractionStatus.auto_accepted)
+                        d = self._dead.decode(m.value)
+                        self._dead_letters.add((d.source_topic, d.source_partition, d.source_offset))
+        self.consumer.commit({tp: OffsetAndMetadata(self.consumer.position(tp), "", -1) for tp in self.parts})
+        counts = TopicCounts(extracted=len(self._status), dead_lettered=len(self._dead_letters))
+        counts.auto_accepted = sum(1 for s in self._status.values() if s is ExtractionStatus.auto_accepted)
         counts.routed_to_review = counts.extracted - counts.auto_accepted
         return counts
-    finally:
-        consumer.close()
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def input_records(
@@ -206,7 +223,7 @@ def run_demo(
     n = len(records)
     if n == 0:
         raise ValueError("nothing to publish: every input record was rejected")
-    with TansuBroker(log_file=settings.data_dir / "tansu.log", storage_dir=settings.broker_storage_dir()) as broker:
+    with embedded_broker(settings, settings.data_dir / "tansu.log") as broker:
         echo(f"embedded Kafka (tansu) on {broker.bootstrap}")
         ensure_topics(settings, broker.bootstrap)
         sink = SinkThread(settings, broker.bootstrap, codecs=codecs)
@@ -223,12 +240,13 @@ def run_demo(
             producer.close()
             counts = TopicCounts()
             bar = tqdm(total=n, desc="extracted or dead-lettered", unit="note", disable=None)  # a bar on a terminal only
+            counter = TopicCounter(settings, broker.bootstrap, codecs)
 
             def all_accounted() -> bool:
                 nonlocal counts
                 if not workers.all_alive():
                     raise RuntimeError(f"a worker exited; see {settings.data_dir}/worker*.log")
-                counts = count_topics(settings, broker.bootstrap, codecs)
+                counts = counter.update()
                 bar.update(counts.extracted + counts.dead_lettered - bar.n)
                 return counts.extracted + counts.dead_lettered >= n
 
@@ -236,6 +254,7 @@ def run_demo(
                 poll_until(all_accounted, 120 + n * 0.5, "every record to be extracted or dead-lettered", interval_s=2.0)
             finally:
                 bar.close()
+                counter.close()
 
             def in_clickhouse() -> bool:
                 return clickhouse_notes(sink) >= counts.extracted

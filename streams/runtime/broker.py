@@ -12,9 +12,13 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streams.errors import BrokerError
 from streams.runtime.processes import ListeningProcess, free_port
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +43,21 @@ class TansuBroker:
     """
 
     def __init__(
-        self, port: int | None = None, log_file: Path | None = None, advertised: str | None = None, storage_dir: Path | None = None
+        self,
+        port: int | None = None,
+        log_file: Path | None = None,
+        advertised: str | None = None,
+        storage_dir: Path | None = None,
+        retention_s: float | None = None,
     ) -> None:
+        """``retention_s`` (durable only): how long a record batch every consumer group has committed past is kept
+        (:mod:`streams.runtime.object_retention`); None keeps every batch."""
         self.port = port or free_port()
         self.log_file = log_file
         #: host:port clients are told to connect to, when something (a TLS-terminating proxy) sits in front
         self.advertised = advertised
         self.storage_dir = storage_dir
+        self.retention_s = retention_s
         self._broker: ListeningProcess | None = None
         self._store: ListeningProcess | None = None
 
@@ -73,6 +85,8 @@ class TansuBroker:
         if self.storage_dir is not None:
             store_port = free_port()
             store_cmd = [sys.executable, "-m", "streams.runtime.object_store", str(self.storage_dir), str(store_port)]
+            if self.retention_s is not None:
+                store_cmd.append(str(self.retention_s))
             self._store = ListeningProcess("the broker's object store", store_cmd, store_port, self.log_file)
             self._store.start(timeout_s)
             storage = f"s3://{BUCKET}/"
@@ -98,6 +112,12 @@ class TansuBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def embedded_broker(settings: Settings, log_file: Path) -> TansuBroker:
+    """The embedded broker the settings ask for: durable under ``<data_dir>/broker``, keeping consumed record batches
+    ``embedded_retention_seconds``, or in memory. Not started."""
+    return TansuBroker(log_file=log_file, storage_dir=settings.broker_storage_dir(), retention_s=settings.embedded_retention_seconds)
 
 
 #: the bucket Tansu keeps its cluster in

@@ -9,7 +9,8 @@ deletes of one key are serialised by a lock; different keys are written (and fsy
 listings take no lock (an ETag is cached for the inode it was computed from). Tansu lists a partition's objects on
 every fetch, so listings of directories are kept in memory (``streams.runtime.object_listing``). Request signatures
 are not checked: it listens on 127.0.0.1 only, for the broker this process started.
-Run as ``python -m streams.runtime.object_store ROOT PORT``.
+Record batches that every consumer group has committed past are deleted after a retention period
+(:mod:`streams.runtime.object_retention`). Run as ``python -m streams.runtime.object_store ROOT PORT [RETENTION_S]``.
 """
 
 from __future__ import annotations
@@ -304,11 +305,18 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(root: Path, port: int) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(ObjectStore(root)))
+def serve(root: Path, port: int, retention_s: float | None = None) -> None:
+    """Serve ``root`` on loopback; with ``retention_s``, record batches every consumer group has committed past are
+    deleted once that old (:mod:`streams.runtime.object_retention`)."""
+    from streams.runtime.object_retention import RetentionSweeper
+
+    store = ObjectStore(root)
+    if retention_s is not None:
+        RetentionSweeper(store, retention_s).start()
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(store))
     server.daemon_threads = True
     server.serve_forever()
 
 
 if __name__ == "__main__":
-    serve(Path(sys.argv[1]), int(sys.argv[2]))
+    serve(Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else None)

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from streams.kafka.clients import ensure_topics
 from streams.kafka.lag import monitor_lag
 from streams.metrics import serve
-from streams.runtime.broker import EMBEDDED_TIMEOUTS, TansuBroker
+from streams.runtime.broker import EMBEDDED_TIMEOUTS, embedded_broker
 from streams.runtime.runfiles import live_run_file, write_run_file
 from streams.runtime.sink_thread import SinkThread
 from streams.runtime.workers import WorkerPool, with_partitions_for_workers, worker_plan
@@ -54,7 +54,7 @@ def running_stack(data_dir: Path) -> dict[str, Any] | None:
 def run_stack(settings: Settings, echo: Callable[[str], None]) -> None:
     settings = with_partitions_for_workers(settings.model_copy(update=EMBEDDED_TIMEOUTS) if settings.embedded_kafka else settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with TansuBroker(log_file=settings.data_dir / "tansu.log", storage_dir=settings.broker_storage_dir()) as broker:
+    with embedded_broker(settings, settings.data_dir / "tansu.log") as broker:
         ensure_topics(settings, broker.bootstrap)
         serve(settings.metrics_port)  # this process: the sink and the review app; workers serve the next ports
         monitor_lag(settings, broker.bootstrap, settings.sink_group, settings.topics.results())
