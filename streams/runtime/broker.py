@@ -39,7 +39,8 @@ class TansuBroker:
 
     ``storage_dir`` makes it durable: its topics, records and committed offsets live in a small S3-compatible
     object store on loopback (``streams.runtime.object_store``, files under ``storage_dir``, fsynced), so a broker
-    started again on the same directory has everything the previous one acknowledged. Without it, memory only.
+    started again on the same directory has everything the previous one acknowledged that a consumer group still needs
+    (batches every group has committed past go after ``retention_s``). Without it, memory only.
     """
 
     def __init__(
