@@ -239,8 +239,8 @@ def run_demo(
             producer.flush()
             producer.close()
             counts = TopicCounts()
-            bar = tqdm(total=n, desc="extracted or dead-lettered", unit="note", disable=None)  # a bar on a terminal only
             counter = TopicCounter(settings, broker.bootstrap, codecs)
+            bar = tqdm(total=n, desc="extracted or dead-lettered", unit="note", disable=None)  # a bar on a terminal only
 
             def all_accounted() -> bool:
                 nonlocal counts

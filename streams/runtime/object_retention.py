@@ -108,33 +108,22 @@ def _sweep_partition(store: ObjectStore, bucket: str, prefix: str, floor: int, c
     return deleted
 
 
-class RetentionSweeper:
-    """:func:`sweep` every ``interval_s`` in a daemon thread, until :meth:`stop`."""
+def start_sweeping(store: ObjectStore, retention_s: float) -> threading.Thread:
+    """:func:`sweep` a few times per retention period (at most every 5 s), in a daemon thread that lives as long as the
+    object store's process."""
+    interval_s = min(5.0, max(retention_s / 4, 0.05))
 
-    def __init__(self, store: ObjectStore, retention_s: float, interval_s: float | None = None) -> None:
-        self.store = store
-        self.retention_s = retention_s
-        #: how often to sweep: a few times per retention period, at most every 5 s
-        self.interval_s = interval_s if interval_s is not None else min(5.0, max(retention_s / 4, 0.05))
-        self.deleted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
-
-    def start(self) -> RetentionSweeper:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+    def run() -> None:
+        while True:
+            time.sleep(interval_s)
             try:
-                found = sweep(self.store, self.retention_s)
+                deleted = sweep(store, retention_s)
             except Exception:  # a sweep that failed deletes nothing more; the next one starts afresh
                 log.exception("retention sweep failed")
                 continue
-            if found:
-                self.deleted += found
-                log.debug("retention: %d record batches deleted (%d in all)", found, self.deleted)
+            if deleted:
+                log.debug("retention: %d record batches deleted", deleted)
+
+    thread = threading.Thread(target=run, name="retention", daemon=True)
+    thread.start()
+    return thread

@@ -308,11 +308,11 @@ def _handler(store: ObjectStore) -> type[BaseHTTPRequestHandler]:
 def serve(root: Path, port: int, retention_s: float | None = None) -> None:
     """Serve ``root`` on loopback; with ``retention_s``, record batches every consumer group has committed past are
     deleted once that old (:mod:`streams.runtime.object_retention`)."""
-    from streams.runtime.object_retention import RetentionSweeper
+    from streams.runtime.object_retention import start_sweeping
 
     store = ObjectStore(root)
     if retention_s is not None:
-        RetentionSweeper(store, retention_s).start()
+        start_sweeping(store, retention_s)
     server = ThreadingHTTPServer(("127.0.0.1", port), _handler(store))
     server.daemon_threads = True
     server.serve_forever()
